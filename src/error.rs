@@ -1,0 +1,61 @@
+//! The crate's one error type.
+
+use std::time::Duration;
+
+/// Everything that can go wrong: a bad configuration (found when the layer is
+/// built, never at the first request) or a store that failed to answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A rate string or value that is not a valid [`Rate`](crate::Rate).
+    #[error("invalid rate {input:?}: {reason}")]
+    InvalidRate {
+        /// The text as given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A policy or store setting that cannot work; `field` names it as it is
+    /// spelled in a configuration file.
+    #[error("invalid `{field}`: {reason}")]
+    Config {
+        /// The setting, e.g. `policy.name` or `redis.url`.
+        field: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// Redis answered with an error or the connection failed.
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis answered something the limiter's script never returns.
+    #[error("unexpected reply from Redis: {0}")]
+    UnexpectedReply(String),
+    /// The store did not answer in time.
+    #[error("the rate-limit store did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Error {
+    pub(crate) fn invalid_rate(input: impl Into<String>, reason: &'static str) -> Self {
+        Self::InvalidRate {
+            input: input.into(),
+            reason,
+        }
+    }
+
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// `true` for errors of the store (Redis down, slow or confused), as
+    /// opposed to configuration errors.
+    pub fn is_store_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis(_) | Self::UnexpectedReply(_) | Self::Timeout(_)
+        )
+    }
+}

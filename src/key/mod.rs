@@ -1,0 +1,407 @@
+//! Which client a request counts against: [`Key`].
+//!
+//! A key extractor reads the request head and writes a label and a value,
+//! such as `x-agent-token:AGENT-1` or `ip:203.0.113.9`, which become the hash
+//! tag of the Redis key. Values come from clients, so they pass through
+//! [`encode`] before they reach a key.
+
+mod client_ip;
+pub(crate) mod encode;
+
+use std::{fmt, sync::Arc};
+
+use http::{HeaderName, request::Parts};
+
+pub use client_ip::{ClientIp, ForwardedHeader};
+
+use crate::Error;
+
+/// The authenticated user, as the application's auth middleware records it
+/// in the request extensions; read by [`Key::user`].
+///
+/// ```
+/// use axum_redis_ratelimit::UserId;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(UserId::from("user-5"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UserId(pub Arc<str>);
+
+impl<T: Into<Arc<str>>> From<T> for UserId {
+    fn from(id: T) -> Self {
+        Self(id.into())
+    }
+}
+
+type WriteFn = dyn Fn(&Parts, &mut String) -> bool + Send + Sync;
+
+#[derive(Clone)]
+enum Source {
+    Header(HeaderName),
+    ClientIp(Arc<ClientIp>),
+    Global,
+    Custom(Arc<WriteFn>),
+    /// A key whose definition was wrong; reported when the policy is built.
+    Invalid(Arc<Error>),
+}
+
+/// How to find the client a request counts against.
+///
+/// ```
+/// use axum_redis_ratelimit::{ClientIp, Key};
+///
+/// // Agents by token; the token is a credential, so only its hash is stored.
+/// let agents = Key::header("X-Agent-Token").secret();
+/// // People by address, behind a load balancer at 10.0.0.0/8.
+/// let people = Key::client_ip_with(ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap());
+/// // Users as the auth middleware recorded them, else their address.
+/// let users = Key::user().or(Key::client_ip());
+/// // Anything else.
+/// let tenants = Key::from_fn("tenant", |parts| parts.uri.host().map(str::to_owned));
+/// ```
+#[derive(Clone)]
+pub struct Key {
+    label: Arc<str>,
+    source: Source,
+    secret: bool,
+    fallback: Option<Box<Key>>,
+}
+
+/// No value for a request: the header was absent, the extension not set…
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingKey {
+    /// The label of the first key tried, e.g. `x-agent-token`.
+    pub label: Arc<str>,
+}
+
+impl Key {
+    fn new(label: impl Into<Arc<str>>, source: Source) -> Self {
+        Self {
+            label: label.into(),
+            source,
+            secret: false,
+            fallback: None,
+        }
+    }
+
+    fn invalid(label: &str, field: &str, reason: String) -> Self {
+        Self::new(
+            label,
+            Source::Invalid(Arc::new(Error::config(field, reason))),
+        )
+    }
+
+    /// The value of a request header, such as `X-Agent-Token`. An absent or
+    /// empty header is a missing key; several values are one key.
+    pub fn header(name: &str) -> Self {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => Self::new(name.as_str().to_owned(), Source::Header(name)),
+            Err(_) => Self::invalid(
+                "header",
+                "key.header",
+                format!("{name:?} is not a valid header name"),
+            ),
+        }
+    }
+
+    /// The client's socket address; forwarding headers are ignored. Needs
+    /// the server to be started with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`.
+    pub fn client_ip() -> Self {
+        Self::client_ip_with(ClientIp::new())
+    }
+
+    /// The client's address as `config` finds it (trusted proxies, IPv6
+    /// grouping).
+    pub fn client_ip_with(config: ClientIp) -> Self {
+        Self::new("ip", Source::ClientIp(Arc::new(config)))
+    }
+
+    /// The [`UserId`] the application put in the request extensions.
+    pub fn user() -> Self {
+        Self::custom("user", |parts, out| {
+            match parts.extensions.get::<UserId>() {
+                Some(UserId(id)) if !id.is_empty() => {
+                    encode::push_value(out, id.as_bytes(), false);
+                    true
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// A value derived from an extension of type `T`, set by an earlier
+    /// middleware; missing when the extension is absent.
+    pub fn extension<T, V, F>(label: &str, read: F) -> Self
+    where
+        T: Send + Sync + 'static,
+        V: AsRef<[u8]>,
+        F: Fn(&T) -> V + Send + Sync + 'static,
+    {
+        Self::from_fn(label, move |parts| parts.extensions.get::<T>().map(&read))
+    }
+
+    /// Any value computed from the request head; `None` is a missing key.
+    /// `label` names the key in Redis and may hold letters, digits, `-`,
+    /// `_` and `.`.
+    pub fn from_fn<V, F>(label: &str, read: F) -> Self
+    where
+        V: AsRef<[u8]>,
+        F: Fn(&Parts) -> Option<V> + Send + Sync + 'static,
+    {
+        if !encode::is_valid_name(label, false) {
+            return Self::invalid(
+                "custom",
+                "key.label",
+                format!("{label:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
+            );
+        }
+        Self::custom(label, move |parts, out| match read(parts) {
+            Some(value) if !value.as_ref().is_empty() => {
+                encode::push_value(out, value.as_ref(), false);
+                true
+            }
+            _ => false,
+        })
+    }
+
+    fn custom(
+        label: &str,
+        write: impl Fn(&Parts, &mut String) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(label, Source::Custom(Arc::new(write)))
+    }
+
+    /// One counter shared by every request.
+    pub fn global() -> Self {
+        Self::new("global", Source::Global)
+    }
+
+    /// Stores and logs only a hash of the value: for credentials such as
+    /// agent tokens or API keys.
+    pub fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    /// Tries `fallback` when this key has no value.
+    pub fn or(mut self, fallback: Key) -> Self {
+        let mut last = &mut self;
+        while let Some(ref mut next) = last.fallback {
+            last = next;
+        }
+        last.fallback = Some(Box::new(fallback));
+        self
+    }
+
+    /// The label of the key, e.g. `x-agent-token`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Reports a key that was defined wrongly.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if let Source::Invalid(err) = &self.source {
+            return Err(match &**err {
+                Error::Config { field, reason } => Error::config(field.clone(), reason.clone()),
+                other => Error::config("key", other.to_string()),
+            });
+        }
+        self.fallback.as_deref().map_or(Ok(()), Key::validate)
+    }
+
+    /// Appends `label:value` (or `global`) for this request to `out`, trying
+    /// the fallbacks in order.
+    pub(crate) fn write(&self, parts: &Parts, out: &mut String) -> Result<(), MissingKey> {
+        let start = out.len();
+        let mut key = Some(self);
+        while let Some(current) = key {
+            if current.write_one(parts, out) {
+                return Ok(());
+            }
+            out.truncate(start);
+            key = current.fallback.as_deref();
+        }
+        Err(MissingKey {
+            label: self.label.clone(),
+        })
+    }
+
+    fn write_one(&self, parts: &Parts, out: &mut String) -> bool {
+        out.push_str(&self.label);
+        if matches!(self.source, Source::Global) {
+            return true;
+        }
+        out.push(':');
+        match &self.source {
+            Source::Header(name) => {
+                let mut values = parts.headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (Some(value), None) if !value.is_empty() => {
+                        encode::push_value(out, value.as_bytes(), self.secret);
+                        true
+                    }
+                    // Several values: hash them all, so that adding a second
+                    // header never yields a fresh key.
+                    (Some(_), Some(_)) => {
+                        let joined: Vec<u8> = parts
+                            .headers
+                            .get_all(name)
+                            .iter()
+                            .flat_map(|v| v.as_bytes().iter().copied().chain([b'\n']))
+                            .collect();
+                        encode::push_value(out, &joined, true);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Source::ClientIp(config) => match config.client_ip(parts) {
+                Some(ip) => {
+                    use fmt::Write as _;
+                    let (ip, prefix) = config.grouped(ip);
+                    let _ = write!(out, "{ip}");
+                    if let Some(prefix) = prefix {
+                        let _ = write!(out, "/{prefix}");
+                    }
+                    true
+                }
+                None => {
+                    warn_no_connect_info();
+                    false
+                }
+            },
+            Source::Custom(write) if self.secret => {
+                // Hash whatever the function wrote.
+                let start = out.len();
+                if !write(parts, out) {
+                    return false;
+                }
+                let value = out.split_off(start);
+                encode::push_value(out, value.as_bytes(), true);
+                true
+            }
+            Source::Custom(write) => write(parts, out),
+            Source::Global | Source::Invalid(_) => false,
+        }
+    }
+}
+
+fn warn_no_connect_info() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::error!(
+            "rate limit keyed by client IP, but the request has no ConnectInfo<SocketAddr>: \
+             serve the app with `into_make_service_with_connect_info::<SocketAddr>()`"
+        );
+    });
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Key");
+        s.field("label", &self.label).field("secret", &self.secret);
+        if let Source::ClientIp(config) = &self.source {
+            s.field("client_ip", config);
+        }
+        s.field("fallback", &self.fallback).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+
+    use super::*;
+
+    fn parts(build: impl FnOnce(&mut http::Request<()>)) -> Parts {
+        let mut request = http::Request::new(());
+        build(&mut request);
+        request.into_parts().0
+    }
+
+    fn write(key: &Key, parts: &Parts) -> Result<String, MissingKey> {
+        let mut out = String::new();
+        key.write(parts, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn header_keys_carry_their_label() {
+        let key = Key::header("X-Agent-Token");
+        let req = parts(|r| {
+            r.headers_mut()
+                .insert("x-agent-token", "AGENT-1".parse().unwrap());
+        });
+        assert_eq!(write(&key, &req).unwrap(), "x-agent-token:AGENT-1");
+        let secret = write(&key.clone().secret(), &req).unwrap();
+        assert!(secret.starts_with("x-agent-token:#") && !secret.contains("AGENT"));
+    }
+
+    #[test]
+    fn missing_and_empty_headers_are_missing_keys() {
+        let key = Key::header("x-agent-token");
+        let empty = parts(|r| {
+            r.headers_mut().insert("x-agent-token", "".parse().unwrap());
+        });
+        for req in [parts(|_| {}), empty] {
+            assert_eq!(
+                write(&key, &req).unwrap_err().label.as_ref(),
+                "x-agent-token"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_headers_do_not_escape_the_limit() {
+        let key = Key::header("x-agent-token");
+        let two = parts(|r| {
+            r.headers_mut()
+                .append("x-agent-token", "a".parse().unwrap());
+            r.headers_mut()
+                .append("x-agent-token", "b".parse().unwrap());
+        });
+        let same = write(&key, &two).unwrap();
+        assert_eq!(same, write(&key, &two).unwrap());
+        assert_ne!(same, "x-agent-token:a");
+    }
+
+    #[test]
+    fn fallbacks_are_tried_in_order() {
+        let key = Key::user().or(Key::header("x-a")).or(Key::client_ip());
+        let req = parts(|r| {
+            r.extensions_mut()
+                .insert(ConnectInfo("192.0.2.1:5000".parse::<SocketAddr>().unwrap()));
+        });
+        assert_eq!(write(&key, &req).unwrap(), "ip:192.0.2.1");
+        let req = parts(|r| {
+            r.extensions_mut().insert(UserId::from("u5"));
+        });
+        assert_eq!(write(&key, &req).unwrap(), "user:u5");
+        assert_eq!(
+            write(&key, &parts(|_| {})).unwrap_err().label.as_ref(),
+            "user"
+        );
+    }
+
+    #[test]
+    fn global_and_custom_keys() {
+        assert_eq!(write(&Key::global(), &parts(|_| {})).unwrap(), "global");
+        let key = Key::from_fn("path", |p: &Parts| Some(p.uri.path().to_owned()));
+        let req = parts(|r| *r.uri_mut() = "/a/b{c}".parse().unwrap());
+        let written = write(&key, &req).unwrap();
+        assert!(written.starts_with("path:#"), "{written}");
+    }
+
+    #[test]
+    fn bad_definitions_fail_validation_naming_the_field() {
+        let err = Key::header("bad header").validate().unwrap_err();
+        assert!(err.to_string().contains("key.header"), "{err}");
+        let err = Key::from_fn("a{b}", |_| Some("x")).validate().unwrap_err();
+        assert!(err.to_string().contains("key.label"), "{err}");
+        let err = Key::global().or(Key::header("")).validate().unwrap_err();
+        assert!(err.to_string().contains("key.header"), "{err}");
+    }
+}

@@ -1,0 +1,143 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use axum::response::{IntoResponse, Response};
+use http::Request;
+use tower::{Layer, Service};
+
+use super::{future::ResponseFuture, health::Stats};
+use crate::{
+    Error, OnMissingKey, Policy,
+    policy::Compiled,
+    response,
+    store::{Check, Store},
+};
+
+/// Applies one [`Policy`] to every request of the wrapped service. Stack
+/// several layers for several policies.
+pub struct RateLimitLayer<St> {
+    shared: Arc<Shared>,
+    store: St,
+}
+
+/// What every clone of the service shares: the policy and its counters.
+pub(crate) struct Shared {
+    pub policy: Compiled,
+    pub stats: Arc<Stats>,
+}
+
+impl<St: Store> RateLimitLayer<St> {
+    /// Checks `policy` and binds it to `store`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first setting that cannot work.
+    pub fn new(policy: Policy, store: St) -> Result<Self, Error> {
+        Ok(Self {
+            shared: Arc::new(Shared {
+                policy: policy.compile()?,
+                stats: Arc::default(),
+            }),
+            store,
+        })
+    }
+
+    /// Counters of store failures, shared by every service this layer made.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+}
+
+impl<St: Clone> Clone for RateLimitLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<S, St: Clone> Layer<S> for RateLimitLayer<St> {
+    type Service = RateLimit<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+/// The middleware [`RateLimitLayer`] produces. Clones share the policy, the
+/// store and the counters.
+pub struct RateLimit<S, St> {
+    inner: S,
+    shared: Arc<Shared>,
+    store: St,
+}
+
+impl<S: Clone, St: Clone> Clone for RateLimit<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<S, St, B> Service<Request<B>> for RateLimit<S, St>
+where
+    S: Service<Request<B>> + Clone,
+    S::Response: IntoResponse,
+    St: Store,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, St::Future, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let policy = &self.shared.policy;
+        if !policy.applies_to(request.method()) {
+            return ResponseFuture::forward(self.inner.call(request), &self.shared);
+        }
+        let (parts, body) = request.into_parts();
+        let mut key = String::with_capacity(policy.key_head.len() + 80);
+        key.push_str(&policy.key_head);
+        if let Err(missing) = policy.key.write(&parts, &mut key) {
+            let request = Request::from_parts(parts, body);
+            return match policy.on_missing_key {
+                OnMissingKey::Allow => {
+                    ResponseFuture::forward(self.inner.call(request), &self.shared)
+                }
+                OnMissingKey::Reject(status) => ResponseFuture::respond(
+                    response::missing_key(status, &missing.label),
+                    &self.shared,
+                ),
+            };
+        }
+        key.push_str(&policy.key_tail);
+        let check = self.store.check(Check {
+            key: &key,
+            rate: policy.rate,
+            algorithm: policy.algorithm,
+            cost: 1,
+        });
+        // The clone is the one that is not yet ready; the ready one goes with
+        // the request (tower's usual dance).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::check(
+            tokio::time::timeout(policy.timeout, check),
+            inner,
+            Request::from_parts(parts, body),
+            &self.shared,
+        )
+    }
+}

@@ -1,0 +1,54 @@
+//! Rate limiting for axum and tower services, with counters in Redis.
+//!
+//! A [`RateLimitLayer`] extracts a [`Key`] from each request (an agent
+//! token, the client IP, the user…), asks a [`Store`](store::Store) in one
+//! atomic round trip whether that key is within its [`Rate`], and either
+//! forwards the request or answers `429 Too Many Requests` with
+//! `Retry-After`. With [`RedisStore`] the counters are shared by every app
+//! server, survive their restarts and expire by themselves; [`MemoryStore`]
+//! keeps them in the process for a single instance or development.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use axum_redis_ratelimit::{Key, MemoryStore, Policy, RateLimitLayer};
+//!
+//! # fn main() -> Result<(), axum_redis_ratelimit::Error> {
+//! let dashboard = Policy::new("dashboard")
+//!     .rate("60/m".parse()?)
+//!     .key(Key::user().or(Key::client_ip()));
+//! let app: Router = Router::new()
+//!     .route("/api/v1/dashboard/", get(|| async { "ok" }))
+//!     .layer(RateLimitLayer::new(dashboard, MemoryStore::new())?);
+//! # Ok(()) }
+//! ```
+//!
+//! The modules, each one concept: [`rate`] (what a rate is), [`key`] (whom
+//! to count), [`algorithm`] (how to count, as a Lua script and its in-memory
+//! twin), [`store`] (where counters live), [`policy`] (one named limit and
+//! its edge cases), [`layer`] (the middleware), [`headers`] and
+//! [`response`] (what clients and handlers see), [`config`] (policies from
+//! a file) and [`error`].
+
+#![warn(missing_docs)]
+
+pub mod algorithm;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod key;
+pub mod layer;
+pub mod policy;
+pub mod rate;
+pub mod response;
+pub mod store;
+
+pub use self::{
+    algorithm::{Algorithm, Decision},
+    error::Error,
+    key::{ClientIp, ForwardedHeader, Key, UserId},
+    layer::{RateLimit, RateLimitLayer},
+    policy::{FailMode, Mode, OnMissingKey, Policy},
+    rate::Rate,
+    response::{RateLimitInfo, RateLimitStatus},
+    store::{MemoryStore, RedisStore},
+};

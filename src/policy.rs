@@ -1,0 +1,364 @@
+//! [`Policy`]: what is limited, how, and what happens at the edges.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use axum::response::Response;
+use http::{HeaderValue, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::{Algorithm, Error, Key, Rate, headers, key::encode, response::RateLimitInfo};
+
+/// What the layer does with a request over the limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Answer `429 Too Many Requests`.
+    #[default]
+    Block,
+    /// Forward every request; handlers read the decision with the
+    /// [`RateLimitStatus`](crate::RateLimitStatus) extractor and decide.
+    Annotate,
+}
+
+/// What the layer does when the store fails or does not answer in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Forward the request unlimited, log the outage once and count it.
+    /// The default: a limiter should not turn a Redis outage into an
+    /// outage of the whole API.
+    #[default]
+    Open,
+    /// Answer `503 Service Unavailable` with `Retry-After: 1`: for endpoints
+    /// such as login, where an unlimited window is worse than downtime.
+    Closed,
+}
+
+/// What the layer does with a request whose key cannot be found (no agent
+/// token, no user). To try another key first, use [`Key::or`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingKey {
+    /// Answer with this status (default `400 Bad Request`), so that
+    /// omitting the key never escapes the limit.
+    Reject(#[serde(with = "status_code")] StatusCode),
+    /// Forward the request without limiting it.
+    Allow,
+}
+
+impl Default for OnMissingKey {
+    fn default() -> Self {
+        Self::Reject(StatusCode::BAD_REQUEST)
+    }
+}
+
+/// Builds the response to a request over the limit.
+pub type RejectionHook = Arc<dyn Fn(&RateLimitInfo) -> Response + Send + Sync>;
+
+/// A named rate-limit policy. Build one, then hand it to
+/// [`RateLimitLayer::new`](crate::RateLimitLayer::new), which checks it.
+///
+/// ```
+/// use axum_redis_ratelimit::{Key, OnMissingKey, Policy, Rate};
+/// use http::{Method, StatusCode};
+/// use std::time::Duration;
+///
+/// let telemetry = Policy::new("telemetry")
+///     .rate(Rate::per_minute(1000))
+///     .key(Key::header("X-Agent-Token").secret())
+///     .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
+///     .methods([Method::POST])
+///     .timeout(Duration::from_millis(50))
+///     .fail_open();
+/// ```
+#[derive(Clone)]
+pub struct Policy {
+    pub(crate) name: String,
+    pub(crate) rate: Option<Rate>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) key: Option<Key>,
+    pub(crate) on_missing_key: OnMissingKey,
+    pub(crate) mode: Mode,
+    pub(crate) on_store_error: FailMode,
+    pub(crate) timeout: Duration,
+    pub(crate) methods: Option<Vec<Method>>,
+    pub(crate) prefix: String,
+    pub(crate) legacy_headers: bool,
+    pub(crate) on_rejected: Option<RejectionHook>,
+}
+
+/// Default bound on a store call: well above a healthy Redis round trip
+/// (well under 1 ms on a LAN), well below what a client notices.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Default start of every Redis key.
+pub const DEFAULT_PREFIX: &str = "rl:";
+
+impl Policy {
+    /// A policy called `name`; the name is part of every counter key and of
+    /// the `RateLimit` headers, so two policies never share counters. It may
+    /// hold letters, digits, `-`, `_` and `.`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            rate: None,
+            algorithm: Algorithm::default(),
+            key: None,
+            on_missing_key: OnMissingKey::default(),
+            mode: Mode::default(),
+            on_store_error: FailMode::default(),
+            timeout: DEFAULT_TIMEOUT,
+            methods: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            legacy_headers: false,
+            on_rejected: None,
+        }
+    }
+
+    /// The rate to enforce (required).
+    pub fn rate(mut self, rate: Rate) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// How to count (default [`Algorithm::FixedWindow`]).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// Whom to count (required).
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// What to do when the key is missing (default: reject with 400).
+    pub fn on_missing_key(mut self, action: OnMissingKey) -> Self {
+        self.on_missing_key = action;
+        self
+    }
+
+    /// Block (default) or annotate.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// What to do when the store fails (default [`FailMode::Open`]).
+    pub fn on_store_error(mut self, mode: FailMode) -> Self {
+        self.on_store_error = mode;
+        self
+    }
+
+    /// Shorthand for `on_store_error(FailMode::Open)`.
+    pub fn fail_open(self) -> Self {
+        self.on_store_error(FailMode::Open)
+    }
+
+    /// Shorthand for `on_store_error(FailMode::Closed)`.
+    pub fn fail_closed(self) -> Self {
+        self.on_store_error(FailMode::Closed)
+    }
+
+    /// The longest a request waits for the store (default 100 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Limit only requests with these methods; others pass untouched.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = Some(methods.into_iter().collect());
+        self
+    }
+
+    /// The start of every Redis key (default `rl:`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Also send `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+    /// `X-RateLimit-Reset` (seconds until reset), for older clients.
+    pub fn legacy_headers(mut self, on: bool) -> Self {
+        self.legacy_headers = on;
+        self
+    }
+
+    /// Builds the `429` response instead of the default JSON body. The
+    /// layer adds `Retry-After` and the `RateLimit` headers to it.
+    pub fn on_rejected<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&RateLimitInfo) -> Response + Send + Sync + 'static,
+    {
+        self.on_rejected = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks every setting; the error names the first one that is wrong.
+    pub(crate) fn compile(self) -> Result<Compiled, Error> {
+        if !encode::is_valid_name(&self.name, false) {
+            return Err(Error::config(
+                "policy.name",
+                format!(
+                    "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                    self.name
+                ),
+            ));
+        }
+        let field = |name: &str| format!("policies.{}.{name}", self.name);
+        if !encode::is_valid_name(&self.prefix, true) {
+            return Err(Error::config(
+                field("prefix"),
+                format!(
+                    "{:?} must be 1 to 64 letters, digits, '-', '_', '.' or ':'",
+                    self.prefix
+                ),
+            ));
+        }
+        let rate = self
+            .rate
+            .ok_or_else(|| Error::config(field("rate"), "is required, e.g. \"1000/m\""))?;
+        let key = self.key.ok_or_else(|| {
+            Error::config(field("key"), "is required, e.g. a header or the client IP")
+        })?;
+        key.validate()?;
+        if self.timeout.is_zero() {
+            return Err(Error::config(field("timeout"), "must be above zero"));
+        }
+        if let OnMissingKey::Reject(status) = self.on_missing_key {
+            if !(status.is_client_error() || status.is_server_error()) {
+                return Err(Error::config(
+                    field("on_missing_key"),
+                    format!("{status} is not an error status; use `allow` to let requests pass"),
+                ));
+            }
+        }
+        if self.methods.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::config(
+                field("methods"),
+                "is empty, so nothing would be limited",
+            ));
+        }
+        Ok(Compiled {
+            key_head: format!("{}{}:{{", self.prefix, self.name),
+            key_tail: format!("}}:{}", rate.window().as_secs()),
+            policy_header: headers::policy_value(&self.name, rate),
+            name: self.name.into(),
+            rate,
+            algorithm: self.algorithm,
+            key,
+            on_missing_key: self.on_missing_key,
+            mode: self.mode,
+            on_store_error: self.on_store_error,
+            timeout: self.timeout,
+            methods: self.methods,
+            legacy_headers: self.legacy_headers,
+            on_rejected: self.on_rejected,
+        })
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("rate", &self.rate)
+            .field("algorithm", &self.algorithm)
+            .field("key", &self.key)
+            .field("on_missing_key", &self.on_missing_key)
+            .field("mode", &self.mode)
+            .field("on_store_error", &self.on_store_error)
+            .field("timeout", &self.timeout)
+            .field("methods", &self.methods)
+            .field("prefix", &self.prefix)
+            .field("legacy_headers", &self.legacy_headers)
+            .field("on_rejected", &self.on_rejected.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+/// A checked policy with everything the hot path needs precomputed.
+pub(crate) struct Compiled {
+    pub name: Arc<str>,
+    pub rate: Rate,
+    pub algorithm: Algorithm,
+    pub key: Key,
+    pub on_missing_key: OnMissingKey,
+    pub mode: Mode,
+    pub on_store_error: FailMode,
+    pub timeout: Duration,
+    pub methods: Option<Vec<Method>>,
+    pub legacy_headers: bool,
+    pub on_rejected: Option<RejectionHook>,
+    /// `rl:telemetry:{`: the key up to the client's part.
+    pub key_head: String,
+    /// `}:60`: the key after it.
+    pub key_tail: String,
+    pub policy_header: HeaderValue,
+}
+
+impl Compiled {
+    pub fn applies_to(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+}
+
+mod status_code {
+    use http::StatusCode;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(status.as_u16())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StatusCode, D::Error> {
+        let code = u16::deserialize(d)?;
+        StatusCode::from_u16(code)
+            .map_err(|_| D::Error::custom(format!("{code} is not an HTTP status")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(policy: Policy) -> String {
+        policy
+            .compile()
+            .err()
+            .expect("should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn misconfigurations_name_the_field() {
+        let ok = || {
+            Policy::new("p")
+                .rate(Rate::per_minute(1))
+                .key(Key::global())
+        };
+        assert!(ok().compile().is_ok());
+        assert!(error(Policy::new("a b")).contains("policy.name"));
+        assert!(error(Policy::new("p").key(Key::global())).contains("policies.p.rate"));
+        assert!(error(Policy::new("p").rate(Rate::per_minute(1))).contains("policies.p.key"));
+        assert!(error(ok().prefix("r{l}")).contains("policies.p.prefix"));
+        assert!(error(ok().timeout(Duration::ZERO)).contains("policies.p.timeout"));
+        assert!(error(ok().methods([])).contains("policies.p.methods"));
+        assert!(error(ok().key(Key::header("x y"))).contains("key.header"));
+        let ok_status = OnMissingKey::Reject(StatusCode::OK);
+        assert!(error(ok().on_missing_key(ok_status)).contains("policies.p.on_missing_key"));
+    }
+
+    #[test]
+    fn keys_are_precomputed_around_the_client_part() {
+        let compiled = Policy::new("telemetry")
+            .rate(Rate::per_minute(1000))
+            .key(Key::global())
+            .compile()
+            .unwrap();
+        assert_eq!(compiled.key_head, "rl:telemetry:{");
+        assert_eq!(compiled.key_tail, "}:60");
+    }
+}
