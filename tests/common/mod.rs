@@ -1,0 +1,278 @@
+//! Test harness: real `redis-server` processes on free ports, which tests can
+//! kill, pause (SIGSTOP) and restart; an HTTP server on 127.0.0.1:0 with
+//! `ConnectInfo`; a small HTTP client.
+//!
+//! With `REDIS_URL` set, tests use that server instead (and skip the tests
+//! that need to kill or pause it). Every test uses its own key prefix, so
+//! nothing is flushed and tests never see each other's counters.
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use axum::{Router, body::Body};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+/// A Redis server for tests: the user's `REDIS_URL`, or a `redis-server`
+/// child of this test binary.
+pub struct RedisServer {
+    port: u16,
+    url: String,
+    child: Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    /// The server shared by all tests of this binary.
+    pub fn shared() -> &'static RedisServer {
+        static SHARED: OnceLock<RedisServer> = OnceLock::new();
+        SHARED.get_or_init(|| match std::env::var("REDIS_URL") {
+            Ok(url) => RedisServer {
+                port: 0,
+                url,
+                child: Mutex::new(None),
+            },
+            Err(_) => RedisServer::start(),
+        })
+    }
+
+    /// A server of this test's own, for tests that kill or pause it; `None`
+    /// (and the test is skipped) when `REDIS_URL` points elsewhere.
+    pub fn private() -> Option<RedisServer> {
+        if std::env::var_os("REDIS_URL").is_some() {
+            eprintln!("skipped: REDIS_URL is set, and this test must kill or pause Redis");
+            return None;
+        }
+        Some(RedisServer::start())
+    }
+
+    fn start() -> RedisServer {
+        let port = free_port();
+        let server = RedisServer {
+            port,
+            url: format!("redis://127.0.0.1:{port}/1"),
+            child: Mutex::new(None),
+        };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>/1`: database 1, as the seed's rate limiter.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Starts the process (again) on the same port and waits until it answers.
+    pub fn restart(&self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        *self.child.lock().unwrap() = Some(spawn_reaped(command));
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        for _ in 0..500 {
+            if let Ok(mut conn) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server on port {} did not answer within 5 s", self.port);
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to be gone.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the socket stays open, nothing answers.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let guard = self.child.lock().unwrap();
+        let pid = guard.as_ref().expect("server is running").id();
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+    }
+
+    /// A plain connection for inspecting what the limiter wrote.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawns from one long-lived thread with PR_SET_PDEATHSIG, so the servers
+/// die with the test binary even when it exits without dropping them (the
+/// death signal follows the spawning *thread*, hence the dedicated one).
+fn spawn_reaped(command: Command) -> Child {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut command, reply) in rx {
+                unsafe {
+                    command.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                let _ = reply.send(command.spawn());
+            }
+        });
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    spawner.lock().unwrap().send((command, tx)).unwrap();
+    rx.recv()
+        .unwrap()
+        .expect("redis-server must be installed (Debian package redis-server)")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A key prefix no other test uses, so tests never share counters.
+pub fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "rltest:{}:{}:",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Serves `app` on 127.0.0.1:0 with `ConnectInfo`; returns the base URL.
+pub async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// A response as a test looks at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// An HTTP/1 client.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    base: String,
+}
+
+impl HttpClient {
+    pub fn new(base: &str) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.to_owned(),
+        }
+    }
+
+    /// Sends a request; headers are raw bytes so tests can send anything
+    /// HTTP allows, non-UTF-8 included. Hangs are turned into failures.
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::empty()).unwrap();
+        let response = within(Duration::from_secs(10), self.client.request(request))
+            .await
+            .expect("request failed");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.send(Method::GET, path, headers).await
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.send(Method::POST, path, headers).await
+    }
+}
+
+/// Awaits `future`, failing the test if it hangs: a guard against a stuck
+/// test, never a timing assertion.
+pub async fn within<F: Future>(limit: Duration, future: F) -> F::Output {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {limit:?}"))
+}
+
+/// Polls `condition` every 20 ms until it holds, failing after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(limit, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
