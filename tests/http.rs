@@ -1,0 +1,366 @@
+//! The layer over real HTTP (`axum::serve` on 127.0.0.1:0 with
+//! `ConnectInfo`), with counters in the harness's Redis unless a test says
+//! otherwise.
+
+mod common;
+
+use std::convert::Infallible;
+
+use axum::{
+    Router,
+    body::Body,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use axum_redis_ratelimit::{
+    ClientIp, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate, RateLimitLayer,
+    RateLimitStatus, RedisStore, store::Store,
+};
+use common::{HttpClient, RedisServer, Reply, serve, unique_prefix};
+use futures::future::join_all;
+use http::{Method, Request, StatusCode};
+use tower::{Service, ServiceExt};
+
+const TOKEN: &str = "x-agent-token";
+
+async fn redis() -> RedisStore {
+    RedisStore::connect(RedisServer::shared().url()).await.unwrap()
+}
+
+/// A policy keyed by agent token, with a prefix of this test's own.
+fn telemetry(rate: &str) -> Policy {
+    Policy::new("telemetry")
+        .rate(rate.parse().unwrap())
+        .key(Key::header(TOKEN))
+        .prefix(unique_prefix())
+}
+
+fn app(policy: Policy, store: impl Store) -> Router {
+    Router::new()
+        .route("/t", post(|| async { "queued" }).get(|| async { "read" }))
+        .layer(RateLimitLayer::new(policy, store).unwrap())
+}
+
+async fn client(policy: Policy, store: impl Store) -> HttpClient {
+    HttpClient::new(&serve(app(policy, store)).await)
+}
+
+fn statuses(replies: &[Reply]) -> (usize, usize) {
+    let ok = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+    let limited = replies.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!(ok + limited, replies.len(), "only 200 and 429 expected: {replies:?}");
+    (ok, limited)
+}
+
+async fn burst(clients: &[HttpClient], n: usize, token: &str) -> Vec<Reply> {
+    join_all((0..n).map(|i| async move {
+        clients[i % clients.len()].post("/t", &[(TOKEN, token.as_bytes())]).await
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn exactly_the_limit_is_admitted_out_of_many_concurrent_requests() {
+    let http = client(telemetry("20/m"), redis().await).await;
+    assert_eq!(statuses(&burst(&[http], 100, "agent-1").await), (20, 80));
+}
+
+#[tokio::test]
+async fn two_app_servers_share_one_limit_through_redis() {
+    // Two routers, each with its own layer and connection, as two processes would have.
+    let policy = telemetry("20/m");
+    let first = client(policy.clone(), redis().await).await;
+    let second = client(policy, redis().await).await;
+    assert_eq!(statuses(&burst(&[first, second], 100, "agent-1").await), (20, 80));
+}
+
+#[tokio::test]
+async fn the_memory_store_admits_exactly_the_limit_too() {
+    let http = client(telemetry("20/m"), MemoryStore::new()).await;
+    assert_eq!(statuses(&burst(&[http], 100, "agent-1").await), (20, 80));
+}
+
+#[tokio::test]
+async fn keys_are_limited_independently() {
+    let http = client(telemetry("2/m"), redis().await).await;
+    assert_eq!(statuses(&burst(&[http.clone()], 3, "a").await), (2, 1));
+    assert_eq!(statuses(&burst(&[http], 2, "b").await), (2, 0));
+}
+
+#[tokio::test]
+async fn allowed_and_limited_responses_carry_the_ratelimit_fields() {
+    let http = client(telemetry("2/m").legacy_headers(true), redis().await).await;
+    let first = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("ratelimit-policy"), Some(r#""telemetry";q=2;w=60"#));
+    let t = |reply: &Reply, remaining: u64| {
+        let value = reply.header("ratelimit").unwrap();
+        let prefix = format!(r#""telemetry";r={remaining};t="#);
+        let t: u64 = value.strip_prefix(&prefix).unwrap_or_else(|| panic!("{value}")).parse().unwrap();
+        assert!((1..=60).contains(&t), "{value}");
+        t
+    };
+    t(&first, 1);
+    assert_eq!(first.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("1"));
+    assert!(first.header("retry-after").is_none());
+
+    http.post("/t", &[(TOKEN, b"a")]).await;
+    let limited = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(t(&limited, 0), retry);
+    assert_eq!(limited.header("content-type"), Some("application/json"));
+    assert_eq!(limited.body, format!(r#"{{"error":"Too many requests","retry_after":{retry}}}"#));
+    assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
+}
+
+#[tokio::test]
+async fn every_key_has_a_ttl_after_a_load() {
+    let prefix = unique_prefix();
+    let policy = telemetry("5/m").prefix(&prefix);
+    let http = client(policy, redis().await).await;
+    join_all((0..400).map(|i| {
+        let token = format!("agent-{}", i % 100);
+        let http = http.clone();
+        async move { http.post("/t", &[(TOKEN, token.as_bytes())]).await }
+    }))
+    .await;
+    let keys = keys_with_prefix(&prefix).await;
+    assert_eq!(keys.len(), 100);
+    let mut conn = RedisServer::shared().connection().await;
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "{key} has PTTL {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn a_counter_that_lost_its_ttl_gets_it_back() {
+    let prefix = unique_prefix();
+    let policy = telemetry("5/m").prefix(&prefix);
+    let http = client(policy, redis().await).await;
+    http.post("/t", &[(TOKEN, b"a")]).await;
+    let key = format!("{prefix}telemetry:{{{TOKEN}:a}}:60");
+    let mut conn = RedisServer::shared().connection().await;
+    let _: () = redis::cmd("PERSIST").arg(&key).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert_eq!(ttl, -1);
+    let reply = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0, "PTTL {ttl}");
+    let count: u64 = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    assert_eq!(count, 2);
+}
+
+#[tokio::test]
+async fn redis_keys_are_readable_and_hash_tagged() {
+    let prefix = unique_prefix();
+    let policy = telemetry("5/m").prefix(&prefix);
+    let http = client(policy, redis().await).await;
+    http.post("/t", &[(TOKEN, b"AGENT-ABC123")]).await;
+    assert_eq!(
+        keys_with_prefix(&prefix).await,
+        [format!("{prefix}telemetry:{{x-agent-token:AGENT-ABC123}}:60")]
+    );
+}
+
+#[tokio::test]
+async fn secret_keys_never_reach_redis_in_clear() {
+    let prefix = unique_prefix();
+    let policy = Policy::new("telemetry")
+        .rate(Rate::per_minute(5))
+        .key(Key::header(TOKEN).secret())
+        .prefix(&prefix);
+    let http = client(policy, redis().await).await;
+    http.post("/t", &[(TOKEN, b"AGENT-ABC123")]).await;
+    let keys = keys_with_prefix(&prefix).await;
+    assert_eq!(keys.len(), 1);
+    assert!(!keys[0].contains("ABC123") && keys[0].contains("{x-agent-token:#"), "{}", keys[0]);
+}
+
+#[tokio::test]
+async fn a_missing_key_gets_the_configured_outcome() {
+    let store = MemoryStore::new();
+    let default = client(telemetry("5/m"), store.clone()).await;
+    let reply = default.post("/t", &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body, r#"{"error":"Bad Request","missing_key":"x-agent-token"}"#);
+
+    let unauthorized = telemetry("5/m").on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED));
+    let reply = client(unauthorized, store.clone()).await.post("/t", &[]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    let allow = client(telemetry("1/m").on_missing_key(OnMissingKey::Allow), store.clone()).await;
+    for _ in 0..3 {
+        assert_eq!(allow.post("/t", &[]).await.status, StatusCode::OK);
+    }
+
+    // Falling back to the client IP: omitting the token does not escape.
+    let fallback = telemetry("2/m").key(Key::header(TOKEN).or(Key::client_ip()));
+    let http = client(fallback, store).await;
+    let replies = join_all((0..4).map(|_| async { http.post("/t", &[]).await })).await;
+    assert_eq!(statuses(&replies), (2, 2));
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let policy = telemetry("2/m").key(Key::client_ip());
+    let http = client(policy, redis().await).await;
+    let replies = join_all((0..4).map(|i| {
+        let spoofed = format!("203.0.113.{i}");
+        let http = http.clone();
+        async move { http.post("/t", &[("x-forwarded-for", spoofed.as_bytes())]).await }
+    }))
+    .await;
+    assert_eq!(statuses(&replies), (2, 2), "a forged header must not yield fresh keys");
+}
+
+#[tokio::test]
+async fn forwarded_for_from_a_trusted_proxy_is_honoured() {
+    let proxy = ClientIp::new().trust_proxies(["127.0.0.0/8"]).unwrap();
+    let prefix = unique_prefix();
+    let policy = telemetry("1/m").key(Key::client_ip_with(proxy)).prefix(&prefix);
+    let http = client(policy, redis().await).await;
+    for i in 0..3 {
+        let chain = format!("203.0.113.{i}, 127.0.0.9");
+        let reply = http.post("/t", &[("x-forwarded-for", chain.as_bytes())]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let again = http.post("/t", &[("x-forwarded-for", b"203.0.113.0")]).await;
+    assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
+    let mut keys = keys_with_prefix(&prefix).await;
+    keys.sort();
+    assert_eq!(keys[0], format!("{prefix}telemetry:{{ip:203.0.113.0}}:60"));
+}
+
+#[tokio::test]
+async fn huge_and_binary_keys_are_limited_never_a_server_error() {
+    let http = client(telemetry("2/m"), redis().await).await;
+    let huge = vec![b'A'; 64 * 1024];
+    let binary: &[u8] = b"\xff\xfe\x80agent";
+    let braces: &[u8] = b"}{rl:other:{x-agent-token:victim}";
+    for value in [&huge[..], binary, braces] {
+        let replies = join_all((0..3).map(|_| async { http.post("/t", &[(TOKEN, value)]).await })).await;
+        for reply in &replies {
+            assert!(!reply.status.is_server_error(), "{reply:?}");
+        }
+        assert_eq!(statuses(&replies), (2, 1));
+    }
+    // The hostile values above did not touch the victim's counter.
+    assert_eq!(http.post("/t", &[(TOKEN, b"victim")]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn annotate_mode_forwards_with_the_decision() {
+    let policy = telemetry("1/m").mode(Mode::Annotate);
+    let app = Router::new()
+        .route(
+            "/t",
+            post(|status: RateLimitStatus| async move {
+                let info = status.get("telemetry").unwrap();
+                format!("exceeded={} remaining={}", status.exceeded(), info.decision.remaining)
+            }),
+        )
+        .layer(RateLimitLayer::new(policy, redis().await).unwrap());
+    let http = HttpClient::new(&serve(app).await);
+    let first = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert_eq!((first.status, first.body.as_str()), (StatusCode::OK, "exceeded=false remaining=0"));
+    let second = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert_eq!((second.status, second.body.as_str()), (StatusCode::OK, "exceeded=true remaining=0"));
+    assert!(second.header("ratelimit").unwrap().contains("r=0"));
+}
+
+#[tokio::test]
+async fn only_the_configured_methods_are_limited() {
+    let http = client(telemetry("1/m").methods([Method::POST]), MemoryStore::new()).await;
+    for _ in 0..3 {
+        let reply = http.get("/t", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.header("ratelimit").is_none());
+    }
+    assert_eq!(http.post("/t", &[(TOKEN, b"a")]).await.status, StatusCode::OK);
+    assert_eq!(http.post("/t", &[(TOKEN, b"a")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_custom_rejection_keeps_the_standard_headers() {
+    let policy = telemetry("1/m").on_rejected(|info| {
+        (StatusCode::TOO_MANY_REQUESTS, format!("slow down, {}", info.policy)).into_response()
+    });
+    let http = client(policy, MemoryStore::new()).await;
+    http.post("/t", &[(TOKEN, b"a")]).await;
+    let reply = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::TOO_MANY_REQUESTS, "slow down, telemetry"));
+    assert!(reply.header("retry-after").is_some() && reply.header("ratelimit").is_some());
+}
+
+#[tokio::test]
+async fn policies_stack_and_apply_per_route() {
+    let store = MemoryStore::new();
+    let burst = telemetry("1/s");
+    let minute = Policy::new("minute").rate(Rate::per_minute(10)).key(Key::header(TOKEN));
+    let app = Router::new()
+        .route("/t", post(|| async { "queued" }))
+        .route_layer(RateLimitLayer::new(burst, store.clone()).unwrap())
+        .route_layer(RateLimitLayer::new(minute, store).unwrap())
+        .route("/healthz", get(|| async { "ok" }));
+    let http = HttpClient::new(&serve(app).await);
+    let reply = http.post("/t", &[(TOKEN, b"a")]).await;
+    let items: Vec<_> = reply.headers.get_all("ratelimit-policy").iter().collect();
+    assert_eq!(items, [r#""telemetry";q=1;w=1"#, r#""minute";q=10;w=60"#]);
+    assert_eq!(reply.headers.get_all("ratelimit").iter().count(), 2);
+    assert_eq!(http.post("/t", &[(TOKEN, b"a")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..5 {
+        assert_eq!(http.get("/healthz", &[]).await.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn clones_of_the_service_share_one_limit() {
+    // tower::limit::RateLimit keeps its state per clone; this layer must not.
+    let layer = RateLimitLayer::new(telemetry("3/m"), MemoryStore::new()).unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) }));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let request = Request::post("/t").header(TOKEN, "a").body(Body::empty()).unwrap();
+        let mut clone = service.clone();
+        statuses.push(clone.ready().await.unwrap().call(request).await.unwrap().status());
+    }
+    let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!(limited, 3, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded() {
+    let http = client(telemetry("3/m"), redis().await).await;
+    assert_eq!(http.post("/t", &[(TOKEN, b"a")]).await.status, StatusCode::OK);
+    let mut conn = RedisServer::shared().connection().await;
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    let reply = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.header("ratelimit").unwrap().contains("r=1"), "{reply:?}");
+}
+
+#[tokio::test]
+async fn misconfiguration_fails_when_the_layer_is_built() {
+    let err = RateLimitLayer::new(Policy::new("p").key(Key::global()), MemoryStore::new()).err().unwrap();
+    assert!(err.to_string().contains("policies.p.rate"), "{err}");
+    let err = RedisStore::connect("http://nope").await.unwrap_err();
+    assert!(err.to_string().contains("redis.url"), "{err}");
+}
+
+async fn keys_with_prefix(prefix: &str) -> Vec<String> {
+    let mut conn = RedisServer::shared().connection().await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
