@@ -227,13 +227,13 @@ impl Policy {
         if self.timeout.is_zero() {
             return Err(Error::config(field("timeout"), "must be above zero"));
         }
-        if let OnMissingKey::Reject(status) = self.on_missing_key {
-            if !(status.is_client_error() || status.is_server_error()) {
-                return Err(Error::config(
-                    field("on_missing_key"),
-                    format!("{status} is not an error status; use `allow` to let requests pass"),
-                ));
-            }
+        if let OnMissingKey::Reject(status) = self.on_missing_key
+            && !(status.is_client_error() || status.is_server_error())
+        {
+            return Err(Error::config(
+                field("on_missing_key"),
+                format!("{status} is not an error status; use `allow` to let requests pass"),
+            ));
         }
         if self.methods.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::config(

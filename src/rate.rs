@@ -167,7 +167,7 @@ impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (count, unit) = [(86_400, 'd'), (3_600, 'h'), (60, 'm'), (1, 's')]
             .into_iter()
-            .find(|(secs, _)| self.window_secs % secs == 0)
+            .find(|(secs, _)| self.window_secs.is_multiple_of(*secs))
             .map(|(secs, unit)| (self.window_secs / secs, unit))
             .unwrap_or((self.window_secs, 's'));
         if count == 1 {

@@ -84,10 +84,10 @@ impl RedisServer {
         *self.child.lock().unwrap() = Some(spawn_reaped(command));
         let client = redis::Client::open(self.url.as_str()).unwrap();
         for _ in 0..500 {
-            if let Ok(mut conn) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return;
-                }
+            if let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
