@@ -83,7 +83,11 @@ impl Backend for Redis {
         eventually(Duration::from_secs(5), || {
             let (key, mut conn) = (key.clone(), conn.clone());
             async move {
-                let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
                 !exists
             }
         })
@@ -105,7 +109,10 @@ async fn admits_exactly_the_limit_then_denies(b: &impl Backend) {
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
         let retry = d.retry_after().unwrap();
-        assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1), "{retry:?}");
+        assert!(
+            retry > Duration::ZERO && retry <= Duration::from_secs(1),
+            "{retry:?}"
+        );
         assert_eq!(retry, d.reset_after);
     }
 }
@@ -125,7 +132,10 @@ async fn the_window_expires_and_renews(b: &impl Backend) {
     assert!(first.allowed);
     let denied = b.check("w", THREE_PER_SECOND, 1).await;
     assert!(!denied.allowed);
-    assert!(denied.reset_after <= first.reset_after, "denials never extend the window");
+    assert!(
+        denied.reset_after <= first.reset_after,
+        "denials never extend the window"
+    );
     b.await_reset("w", &denied).await;
     let renewed = b.check("w", THREE_PER_SECOND, 1).await;
     assert!(renewed.allowed);
@@ -137,7 +147,10 @@ async fn cost_is_counted_all_or_nothing(b: &impl Backend) {
     let d = b.check("c", five, 3).await;
     assert!(d.allowed && d.remaining == 2);
     let d = b.check("c", five, 3).await;
-    assert!(!d.allowed && d.remaining == 2, "a denied cost consumes nothing: {d:?}");
+    assert!(
+        !d.allowed && d.remaining == 2,
+        "a denied cost consumes nothing: {d:?}"
+    );
     let d = b.check("c", five, 2).await;
     assert!(d.allowed && d.remaining == 0);
 }

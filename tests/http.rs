@@ -13,8 +13,8 @@ use axum::{
     routing::{get, post},
 };
 use axum_redis_ratelimit::{
-    ClientIp, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate, RateLimitLayer,
-    RateLimitStatus, RedisStore, store::Store,
+    ClientIp, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate, RateLimitLayer, RateLimitStatus,
+    RedisStore, store::Store,
 };
 use common::{HttpClient, RedisServer, Reply, serve, unique_prefix};
 use futures::future::join_all;
@@ -24,7 +24,9 @@ use tower::{Service, ServiceExt};
 const TOKEN: &str = "x-agent-token";
 
 async fn redis() -> RedisStore {
-    RedisStore::connect(RedisServer::shared().url()).await.unwrap()
+    RedisStore::connect(RedisServer::shared().url())
+        .await
+        .unwrap()
 }
 
 /// A policy keyed by agent token, with a prefix of this test's own.
@@ -46,15 +48,27 @@ async fn client(policy: Policy, store: impl Store) -> HttpClient {
 }
 
 fn statuses(replies: &[Reply]) -> (usize, usize) {
-    let ok = replies.iter().filter(|r| r.status == StatusCode::OK).count();
-    let limited = replies.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS).count();
-    assert_eq!(ok + limited, replies.len(), "only 200 and 429 expected: {replies:?}");
+    let ok = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let limited = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        ok + limited,
+        replies.len(),
+        "only 200 and 429 expected: {replies:?}"
+    );
     (ok, limited)
 }
 
 async fn burst(clients: &[HttpClient], n: usize, token: &str) -> Vec<Reply> {
     join_all((0..n).map(|i| async move {
-        clients[i % clients.len()].post("/t", &[(TOKEN, token.as_bytes())]).await
+        clients[i % clients.len()]
+            .post("/t", &[(TOKEN, token.as_bytes())])
+            .await
     }))
     .await
 }
@@ -71,7 +85,10 @@ async fn two_app_servers_share_one_limit_through_redis() {
     let policy = telemetry("20/m");
     let first = client(policy.clone(), redis().await).await;
     let second = client(policy, redis().await).await;
-    assert_eq!(statuses(&burst(&[first, second], 100, "agent-1").await), (20, 80));
+    assert_eq!(
+        statuses(&burst(&[first, second], 100, "agent-1").await),
+        (20, 80)
+    );
 }
 
 #[tokio::test]
@@ -83,7 +100,10 @@ async fn the_memory_store_admits_exactly_the_limit_too() {
 #[tokio::test]
 async fn keys_are_limited_independently() {
     let http = client(telemetry("2/m"), redis().await).await;
-    assert_eq!(statuses(&burst(std::slice::from_ref(&http), 3, "a").await), (2, 1));
+    assert_eq!(
+        statuses(&burst(std::slice::from_ref(&http), 3, "a").await),
+        (2, 1)
+    );
     assert_eq!(statuses(&burst(&[http], 2, "b").await), (2, 0));
 }
 
@@ -92,11 +112,18 @@ async fn allowed_and_limited_responses_carry_the_ratelimit_fields() {
     let http = client(telemetry("2/m").legacy_headers(true), redis().await).await;
     let first = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.header("ratelimit-policy"), Some(r#""telemetry";q=2;w=60"#));
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some(r#""telemetry";q=2;w=60"#)
+    );
     let t = |reply: &Reply, remaining: u64| {
         let value = reply.header("ratelimit").unwrap();
         let prefix = format!(r#""telemetry";r={remaining};t="#);
-        let t: u64 = value.strip_prefix(&prefix).unwrap_or_else(|| panic!("{value}")).parse().unwrap();
+        let t: u64 = value
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{value}"))
+            .parse()
+            .unwrap();
         assert!((1..=60).contains(&t), "{value}");
         t
     };
@@ -112,7 +139,10 @@ async fn allowed_and_limited_responses_carry_the_ratelimit_fields() {
     assert!((1..=60).contains(&retry));
     assert_eq!(t(&limited, 0), retry);
     assert_eq!(limited.header("content-type"), Some("application/json"));
-    assert_eq!(limited.body, format!(r#"{{"error":"Too many requests","retry_after":{retry}}}"#));
+    assert_eq!(
+        limited.body,
+        format!(r#"{{"error":"Too many requests","retry_after":{retry}}}"#)
+    );
     assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
 }
 
@@ -131,7 +161,11 @@ async fn every_key_has_a_ttl_after_a_load() {
     assert_eq!(keys.len(), 100);
     let mut conn = RedisServer::shared().connection().await;
     for key in keys {
-        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert!(ttl > 0 && ttl <= 60_000, "{key} has PTTL {ttl}");
     }
 }
@@ -144,14 +178,30 @@ async fn a_counter_that_lost_its_ttl_gets_it_back() {
     http.post("/t", &[(TOKEN, b"a")]).await;
     let key = format!("{prefix}telemetry:{{{TOKEN}:a}}:60");
     let mut conn = RedisServer::shared().connection().await;
-    let _: () = redis::cmd("PERSIST").arg(&key).query_async(&mut conn).await.unwrap();
-    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("PERSIST")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(ttl, -1);
     let reply = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(reply.status, StatusCode::OK);
-    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(ttl > 0, "PTTL {ttl}");
-    let count: u64 = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let count: u64 = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(count, 2);
 }
 
@@ -163,7 +213,9 @@ async fn redis_keys_are_readable_and_hash_tagged() {
     http.post("/t", &[(TOKEN, b"AGENT-ABC123")]).await;
     assert_eq!(
         keys_with_prefix(&prefix).await,
-        [format!("{prefix}telemetry:{{x-agent-token:AGENT-ABC123}}:60")]
+        [format!(
+            "{prefix}telemetry:{{x-agent-token:AGENT-ABC123}}:60"
+        )]
     );
 }
 
@@ -178,7 +230,11 @@ async fn secret_keys_never_reach_redis_in_clear() {
     http.post("/t", &[(TOKEN, b"AGENT-ABC123")]).await;
     let keys = keys_with_prefix(&prefix).await;
     assert_eq!(keys.len(), 1);
-    assert!(!keys[0].contains("ABC123") && keys[0].contains("{x-agent-token:#"), "{}", keys[0]);
+    assert!(
+        !keys[0].contains("ABC123") && keys[0].contains("{x-agent-token:#"),
+        "{}",
+        keys[0]
+    );
 }
 
 #[tokio::test]
@@ -187,13 +243,24 @@ async fn a_missing_key_gets_the_configured_outcome() {
     let default = client(telemetry("5/m"), store.clone()).await;
     let reply = default.post("/t", &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(reply.body, r#"{"error":"Bad Request","missing_key":"x-agent-token"}"#);
+    assert_eq!(
+        reply.body,
+        r#"{"error":"Bad Request","missing_key":"x-agent-token"}"#
+    );
 
-    let unauthorized = telemetry("5/m").on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED));
-    let reply = client(unauthorized, store.clone()).await.post("/t", &[]).await;
+    let unauthorized =
+        telemetry("5/m").on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED));
+    let reply = client(unauthorized, store.clone())
+        .await
+        .post("/t", &[])
+        .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 
-    let allow = client(telemetry("1/m").on_missing_key(OnMissingKey::Allow), store.clone()).await;
+    let allow = client(
+        telemetry("1/m").on_missing_key(OnMissingKey::Allow),
+        store.clone(),
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(allow.post("/t", &[]).await.status, StatusCode::OK);
     }
@@ -212,24 +279,37 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let replies = join_all((0..4).map(|i| {
         let spoofed = format!("203.0.113.{i}");
         let http = http.clone();
-        async move { http.post("/t", &[("x-forwarded-for", spoofed.as_bytes())]).await }
+        async move {
+            http.post("/t", &[("x-forwarded-for", spoofed.as_bytes())])
+                .await
+        }
     }))
     .await;
-    assert_eq!(statuses(&replies), (2, 2), "a forged header must not yield fresh keys");
+    assert_eq!(
+        statuses(&replies),
+        (2, 2),
+        "a forged header must not yield fresh keys"
+    );
 }
 
 #[tokio::test]
 async fn forwarded_for_from_a_trusted_proxy_is_honoured() {
     let proxy = ClientIp::new().trust_proxies(["127.0.0.0/8"]).unwrap();
     let prefix = unique_prefix();
-    let policy = telemetry("1/m").key(Key::client_ip_with(proxy)).prefix(&prefix);
+    let policy = telemetry("1/m")
+        .key(Key::client_ip_with(proxy))
+        .prefix(&prefix);
     let http = client(policy, redis().await).await;
     for i in 0..3 {
         let chain = format!("203.0.113.{i}, 127.0.0.9");
-        let reply = http.post("/t", &[("x-forwarded-for", chain.as_bytes())]).await;
+        let reply = http
+            .post("/t", &[("x-forwarded-for", chain.as_bytes())])
+            .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
-    let again = http.post("/t", &[("x-forwarded-for", b"203.0.113.0")]).await;
+    let again = http
+        .post("/t", &[("x-forwarded-for", b"203.0.113.0")])
+        .await;
     assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
     let mut keys = keys_with_prefix(&prefix).await;
     keys.sort();
@@ -243,14 +323,18 @@ async fn huge_and_binary_keys_are_limited_never_a_server_error() {
     let binary: &[u8] = b"\xff\xfe\x80agent";
     let braces: &[u8] = b"}{rl:other:{x-agent-token:victim}";
     for value in [&huge[..], binary, braces] {
-        let replies = join_all((0..3).map(|_| async { http.post("/t", &[(TOKEN, value)]).await })).await;
+        let replies =
+            join_all((0..3).map(|_| async { http.post("/t", &[(TOKEN, value)]).await })).await;
         for reply in &replies {
             assert!(!reply.status.is_server_error(), "{reply:?}");
         }
         assert_eq!(statuses(&replies), (2, 1));
     }
     // The hostile values above did not touch the victim's counter.
-    assert_eq!(http.post("/t", &[(TOKEN, b"victim")]).await.status, StatusCode::OK);
+    assert_eq!(
+        http.post("/t", &[(TOKEN, b"victim")]).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -261,15 +345,25 @@ async fn annotate_mode_forwards_with_the_decision() {
             "/t",
             post(|status: RateLimitStatus| async move {
                 let info = status.get("telemetry").unwrap();
-                format!("exceeded={} remaining={}", status.exceeded(), info.decision.remaining)
+                format!(
+                    "exceeded={} remaining={}",
+                    status.exceeded(),
+                    info.decision.remaining
+                )
             }),
         )
         .layer(RateLimitLayer::new(policy, redis().await).unwrap());
     let http = HttpClient::new(&serve(app).await);
     let first = http.post("/t", &[(TOKEN, b"a")]).await;
-    assert_eq!((first.status, first.body.as_str()), (StatusCode::OK, "exceeded=false remaining=0"));
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (StatusCode::OK, "exceeded=false remaining=0")
+    );
     let second = http.post("/t", &[(TOKEN, b"a")]).await;
-    assert_eq!((second.status, second.body.as_str()), (StatusCode::OK, "exceeded=true remaining=0"));
+    assert_eq!(
+        (second.status, second.body.as_str()),
+        (StatusCode::OK, "exceeded=true remaining=0")
+    );
     assert!(second.header("ratelimit").unwrap().contains("r=0"));
 }
 
@@ -281,19 +375,32 @@ async fn only_the_configured_methods_are_limited() {
         assert_eq!(reply.status, StatusCode::OK);
         assert!(reply.header("ratelimit").is_none());
     }
-    assert_eq!(http.post("/t", &[(TOKEN, b"a")]).await.status, StatusCode::OK);
-    assert_eq!(http.post("/t", &[(TOKEN, b"a")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        http.post("/t", &[(TOKEN, b"a")]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.post("/t", &[(TOKEN, b"a")]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 #[tokio::test]
 async fn a_custom_rejection_keeps_the_standard_headers() {
     let policy = telemetry("1/m").on_rejected(|info| {
-        (StatusCode::TOO_MANY_REQUESTS, format!("slow down, {}", info.policy)).into_response()
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("slow down, {}", info.policy),
+        )
+            .into_response()
     });
     let http = client(policy, MemoryStore::new()).await;
     http.post("/t", &[(TOKEN, b"a")]).await;
     let reply = http.post("/t", &[(TOKEN, b"a")]).await;
-    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::TOO_MANY_REQUESTS, "slow down, telemetry"));
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "slow down, telemetry")
+    );
     assert!(reply.header("retry-after").is_some() && reply.header("ratelimit").is_some());
 }
 
@@ -301,7 +408,9 @@ async fn a_custom_rejection_keeps_the_standard_headers() {
 async fn policies_stack_and_apply_per_route() {
     let store = MemoryStore::new();
     let burst = telemetry("1/s");
-    let minute = Policy::new("minute").rate(Rate::per_minute(10)).key(Key::header(TOKEN));
+    let minute = Policy::new("minute")
+        .rate(Rate::per_minute(10))
+        .key(Key::header(TOKEN));
     let app = Router::new()
         .route("/t", post(|| async { "queued" }))
         .route_layer(RateLimitLayer::new(burst, store.clone()).unwrap())
@@ -312,7 +421,10 @@ async fn policies_stack_and_apply_per_route() {
     let items: Vec<_> = reply.headers.get_all("ratelimit-policy").iter().collect();
     assert_eq!(items, [r#""telemetry";q=1;w=1"#, r#""minute";q=10;w=60"#]);
     assert_eq!(reply.headers.get_all("ratelimit").iter().count(), 2);
-    assert_eq!(http.post("/t", &[(TOKEN, b"a")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        http.post("/t", &[(TOKEN, b"a")]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     for _ in 0..5 {
         assert_eq!(http.get("/healthz", &[]).await.status, StatusCode::OK);
     }
@@ -324,31 +436,60 @@ async fn clones_of_the_service_share_one_limit() {
     let layer = RateLimitLayer::new(telemetry("3/m"), MemoryStore::new()).unwrap();
     let service = tower::ServiceBuilder::new()
         .layer(layer)
-        .service(tower::service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) }));
+        .service(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }));
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let request = Request::post("/t").header(TOKEN, "a").body(Body::empty()).unwrap();
+        let request = Request::post("/t")
+            .header(TOKEN, "a")
+            .body(Body::empty())
+            .unwrap();
         let mut clone = service.clone();
-        statuses.push(clone.ready().await.unwrap().call(request).await.unwrap().status());
+        statuses.push(
+            clone
+                .ready()
+                .await
+                .unwrap()
+                .call(request)
+                .await
+                .unwrap()
+                .status(),
+        );
     }
-    let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
     assert_eq!(limited, 3, "{statuses:?}");
 }
 
 #[tokio::test]
 async fn a_flushed_script_cache_is_reloaded() {
     let http = client(telemetry("3/m"), redis().await).await;
-    assert_eq!(http.post("/t", &[(TOKEN, b"a")]).await.status, StatusCode::OK);
+    assert_eq!(
+        http.post("/t", &[(TOKEN, b"a")]).await.status,
+        StatusCode::OK
+    );
     let mut conn = RedisServer::shared().connection().await;
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let reply = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply.header("ratelimit").unwrap().contains("r=1"), "{reply:?}");
+    assert!(
+        reply.header("ratelimit").unwrap().contains("r=1"),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test]
 async fn misconfiguration_fails_when_the_layer_is_built() {
-    let err = RateLimitLayer::new(Policy::new("p").key(Key::global()), MemoryStore::new()).err().unwrap();
+    let err = RateLimitLayer::new(Policy::new("p").key(Key::global()), MemoryStore::new())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("policies.p.rate"), "{err}");
     let err = RedisStore::connect("http://nope").await.unwrap_err();
     assert!(err.to_string().contains("redis.url"), "{err}");

@@ -6,9 +6,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use axum::{Router, routing::post};
-use axum_redis_ratelimit::{
-    FailMode, Key, Policy, Rate, RateLimitLayer, RedisStore, layer::Stats,
-};
+use axum_redis_ratelimit::{FailMode, Key, Policy, Rate, RateLimitLayer, RedisStore, layer::Stats};
 use common::{HttpClient, RedisServer, Reply, eventually, serve, within};
 use http::StatusCode;
 
@@ -28,7 +26,9 @@ async fn app(store: RedisStore, on_error: FailMode) -> App {
         .on_store_error(on_error);
     let layer = RateLimitLayer::new(policy, store).unwrap();
     let stats = layer.stats();
-    let router = Router::new().route("/t", post(|| async { "ok" })).layer(layer);
+    let router = Router::new()
+        .route("/t", post(|| async { "ok" }))
+        .layer(layer);
     App {
         http: HttpClient::new(&serve(router).await),
         stats,
@@ -38,7 +38,11 @@ async fn app(store: RedisStore, on_error: FailMode) -> App {
 impl App {
     async fn post(&self, token: &str) -> Reply {
         // Far above the policy timeout: a guard against a hang, not a measurement.
-        within(Duration::from_secs(5), self.http.post("/t", &[(TOKEN, token.as_bytes())])).await
+        within(
+            Duration::from_secs(5),
+            self.http.post("/t", &[(TOKEN, token.as_bytes())]),
+        )
+        .await
     }
 
     /// Waits until decisions come from Redis again: a request is answered
@@ -54,19 +58,31 @@ impl App {
 
 fn assert_failed_open(reply: &Reply) {
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    assert!(reply.header("ratelimit").is_none(), "no decision was made: {reply:?}");
+    assert!(
+        reply.header("ratelimit").is_none(),
+        "no decision was made: {reply:?}"
+    );
 }
 
 fn assert_failed_closed(reply: &Reply) {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
     assert_eq!(reply.header("retry-after"), Some("1"));
-    assert_eq!(reply.body, r#"{"error":"Rate limiter unavailable","retry_after":1}"#);
+    assert_eq!(
+        reply.body,
+        r#"{"error":"Rate limiter unavailable","retry_after":1}"#
+    );
 }
 
 #[tokio::test]
 async fn killed_redis_fails_open_then_recovers_after_restart() {
-    let Some(server) = RedisServer::private() else { return };
-    let app = app(RedisStore::connect(server.url()).await.unwrap(), FailMode::Open).await;
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let app = app(
+        RedisStore::connect(server.url()).await.unwrap(),
+        FailMode::Open,
+    )
+    .await;
     assert_eq!(app.post("a").await.status, StatusCode::OK);
 
     server.kill();
@@ -80,14 +96,23 @@ async fn killed_redis_fails_open_then_recovers_after_restart() {
     app.await_recovery("b").await;
     // Limiting resumed: "c" gets exactly 3 (a fresh server lost the old counters).
     let statuses: Vec<_> = futures::future::join_all((0..5).map(|_| app.post("c"))).await;
-    let ok = statuses.iter().filter(|r| r.status == StatusCode::OK).count();
+    let ok = statuses
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
     assert_eq!(ok, 3, "{statuses:?}");
 }
 
 #[tokio::test]
 async fn killed_redis_fails_closed_then_recovers_after_restart() {
-    let Some(server) = RedisServer::private() else { return };
-    let app = app(RedisStore::connect(server.url()).await.unwrap(), FailMode::Closed).await;
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let app = app(
+        RedisStore::connect(server.url()).await.unwrap(),
+        FailMode::Closed,
+    )
+    .await;
     assert_eq!(app.post("a").await.status, StatusCode::OK);
 
     server.kill();
@@ -102,8 +127,14 @@ async fn killed_redis_fails_closed_then_recovers_after_restart() {
 
 #[tokio::test]
 async fn paused_redis_fails_open_within_the_timeout() {
-    let Some(server) = RedisServer::private() else { return };
-    let app = app(RedisStore::connect(server.url()).await.unwrap(), FailMode::Open).await;
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let app = app(
+        RedisStore::connect(server.url()).await.unwrap(),
+        FailMode::Open,
+    )
+    .await;
     assert_eq!(app.post("a").await.status, StatusCode::OK);
 
     server.pause();
@@ -120,8 +151,14 @@ async fn paused_redis_fails_open_within_the_timeout() {
 
 #[tokio::test]
 async fn paused_redis_fails_closed_within_the_timeout() {
-    let Some(server) = RedisServer::private() else { return };
-    let app = app(RedisStore::connect(server.url()).await.unwrap(), FailMode::Closed).await;
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let app = app(
+        RedisStore::connect(server.url()).await.unwrap(),
+        FailMode::Closed,
+    )
+    .await;
     assert_eq!(app.post("a").await.status, StatusCode::OK);
 
     server.pause();
@@ -134,10 +171,19 @@ async fn paused_redis_fails_closed_within_the_timeout() {
 
 #[tokio::test]
 async fn an_app_started_while_redis_is_down_limits_once_it_is_up() {
-    let Some(server) = RedisServer::private() else { return };
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
     server.kill();
-    assert!(RedisStore::connect(server.url()).await.is_err(), "connect checks Redis");
-    let app = app(RedisStore::connect_lazy(server.url()).unwrap(), FailMode::Closed).await;
+    assert!(
+        RedisStore::connect(server.url()).await.is_err(),
+        "connect checks Redis"
+    );
+    let app = app(
+        RedisStore::connect_lazy(server.url()).unwrap(),
+        FailMode::Closed,
+    )
+    .await;
     assert_failed_closed(&app.post("a").await);
 
     server.restart();

@@ -91,7 +91,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server on port {} did not answer within 5 s", self.port);
+        panic!(
+            "redis-server on port {} did not answer within 5 s",
+            self.port
+        );
     }
 
     /// Kills the process (SIGKILL) and waits for it to be gone.
