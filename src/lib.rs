@@ -52,3 +52,8 @@ pub use self::{
     response::{RateLimitInfo, RateLimitStatus},
     store::{MemoryStore, RedisStore},
 };
+
+/// The README's code blocks, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
