@@ -1,0 +1,466 @@
+//! End-to-end tests of `examples/edr.rs`: the built example runs as a child
+//! process on a free port, against a `redis-server` of the test's own or its
+//! in-memory store, and is driven over HTTP.
+//!
+//! `cargo test` builds examples before tests, so the binary is
+//! `target/<profile>/examples/edr`, next to this test's `deps/` folder;
+//! `cargo test --test edr_example` alone does not, so a binary older than its
+//! sources is refused.
+
+mod common;
+
+use std::{
+    io::Read,
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use axum::body::Body;
+use common::{HttpClient, RedisServer, Reply, eventually, within};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+/// Every variable the example reads: none may leak in from the outer
+/// environment (a developer's `REDIS_URL`, `RUST_LOG=off`…).
+const EXAMPLE_VARS: &[&str] = &[
+    "LISTEN_ADDR",
+    "REDIS_URL",
+    "QUEUE_URL",
+    "TELEMETRY_RATE",
+    "LOGIN_RATE",
+    "DASHBOARD_RATE",
+    "TRUSTED_PROXIES",
+    "RUST_LOG",
+];
+
+/// Generous: a debug build under a loaded CI machine. Only a bound on a
+/// hang, never a timing assertion.
+const STARTUP: Duration = Duration::from_secs(30);
+
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    // target/debug/deps/edr_example-xxxx → target/debug/examples/edr
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("edr"))
+        .expect("the test binary lives in target/<profile>/deps");
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "example binary {} not found: build it with `cargo build --example edr` \
+                 (`cargo test` builds examples, `cargo test --test edr_example` does not)",
+                binary.display()
+            )
+        });
+    // `cargo test --test edr_example` tests whatever binary is there: refuse
+    // one older than its sources rather than pass or fail on old code.
+    if let Some((modified, source)) = newest_source() {
+        assert!(
+            modified <= built,
+            "example binary {} is older than {}: rebuild it with `cargo build --example edr` \
+             (`cargo test` builds examples, `cargo test --test edr_example` does not)",
+            binary.display(),
+            source.display()
+        );
+    }
+    binary
+}
+
+/// The most recently modified source of the example: itself or the library.
+fn newest_source() -> Option<(SystemTime, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut pending = vec![root.join("examples").join("edr.rs"), root.join("src")];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).into_iter().flatten().flatten();
+            pending.extend(entries.map(|entry| entry.path()));
+        } else if let Ok(modified) = meta.modified()
+            && newest.as_ref().is_none_or(|(time, _)| modified > *time)
+        {
+            newest = Some((modified, path));
+        }
+    }
+    newest
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The example command on `port`, with a clean environment plus `env`.
+fn command(port: u16, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(example_binary());
+    for var in EXAMPLE_VARS {
+        command.env_remove(var);
+    }
+    command.env("LISTEN_ADDR", format!("127.0.0.1:{port}"));
+    command.envs(env.iter().copied());
+    // Die with the test thread that spawned it, even if the test process
+    // is killed before the guard's Drop runs. `#[tokio::test]` runs the body
+    // on the test's own thread, which outlives the guard.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command
+}
+
+/// A running example; killed when dropped, so a failing test leaves no
+/// server behind.
+struct Edr {
+    child: Child,
+    http: HttpClient,
+    base: String,
+}
+
+impl Edr {
+    /// Starts the example and waits until `/healthz` answers.
+    async fn start(env: &[(&str, &str)]) -> Edr {
+        let port = free_port();
+        let child = command(port, env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the edr example");
+        let base = format!("http://127.0.0.1:{port}");
+        let mut edr = Edr {
+            child,
+            http: HttpClient::new(&base),
+            base,
+        };
+        let probe = Client::builder(TokioExecutor::new()).build_http::<Body>();
+        let healthz = format!("{}/healthz", edr.base);
+        let child = &mut edr.child;
+        eventually(STARTUP, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the edr example exited at startup with {status}");
+            }
+            let probe = probe.clone();
+            let healthz = healthz.clone();
+            async move {
+                let request = Request::get(healthz).body(Body::empty()).unwrap();
+                matches!(probe.request(request).await, Ok(r) if r.status() == StatusCode::OK)
+            }
+        })
+        .await;
+        edr
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.http.get(path, headers).await
+    }
+
+    async fn post(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.http.post(path, headers).await
+    }
+
+    /// A POST with a body, which `common::HttpClient` cannot send.
+    async fn post_body(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let mut request = Request::post(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::from(body.to_owned())).unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+        let response = within(Duration::from_secs(10), client.request(request))
+            .await
+            .expect("request failed");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
+
+impl Drop for Edr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(reply: &Reply) -> serde_json::Value {
+    serde_json::from_str(&reply.body)
+        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", reply.body))
+}
+
+/// Database 0 of `server`, where the example queues telemetry.
+async fn queue_db(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    let url = server.url();
+    let db0 = format!(
+        "{}/0",
+        url.strip_suffix("/1")
+            .expect("private servers use database 1")
+    );
+    redis::Client::open(db0)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+const TELEMETRY: &str = "/api/v1/telemetry/";
+const LOGIN: &str = "/api/v1/auth/login/";
+const DASHBOARD: &str = "/api/v1/dashboard/";
+
+#[tokio::test]
+async fn telemetry_is_limited_per_agent_and_queued_in_db0_with_counters_in_db1() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[("REDIS_URL", server.url()), ("TELEMETRY_RATE", "3/m")]).await;
+
+    let reply = edr.post_body(TELEMETRY, &[], r#"{"event":0}"#).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+
+    let token = ("X-Agent-Token", "AGENT-ABC123");
+    let events: Vec<String> = (1..=3)
+        .map(|i| format!(r#"{{"event":{i},"host":"ws-{i}"}}"#))
+        .collect();
+    for event in &events {
+        let reply = edr.post_body(TELEMETRY, &[token], event).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    }
+    let reply = edr.post_body(TELEMETRY, &[token], r#"{"event":4}"#).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    let retry_after: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After on a 429")
+        .parse()
+        .expect("Retry-After in whole seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let ratelimit = reply.header("ratelimit").expect("RateLimit on a 429");
+    assert!(ratelimit.starts_with(r#""telemetry";r=0;"#), "{ratelimit}");
+    assert!(json(&reply)["retry_after"].is_u64(), "{reply:?}");
+
+    // Exactly the accepted events, in order: neither the 401 nor the 429 went
+    // to the workers.
+    let mut db0 = queue_db(&server).await;
+    let queued: Vec<String> = redis::cmd("LRANGE")
+        .arg("edr:telemetry")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    assert_eq!(queued, events);
+    let len: usize = redis::cmd("LLEN")
+        .arg("edr:telemetry")
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    assert_eq!(len, 3);
+    let in_db0: Vec<String> = redis::cmd("KEYS")
+        .arg("rl:*")
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    assert!(in_db0.is_empty(), "counters leaked into db 0: {in_db0:?}");
+
+    let mut db1 = server.connection().await;
+    let counters: Vec<String> = redis::cmd("KEYS")
+        .arg("rl:telemetry:*")
+        .query_async(&mut db1)
+        .await
+        .unwrap();
+    assert_eq!(counters.len(), 1, "one agent, one counter: {counters:?}");
+    assert!(
+        !counters[0].contains("AGENT-ABC123"),
+        "the token is a credential and must be hashed: {}",
+        counters[0]
+    );
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&counters[0])
+        .query_async(&mut db1)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 60_000, "counter TTL {pttl} ms");
+}
+
+#[tokio::test]
+async fn dashboard_is_limited_per_user_after_authentication() {
+    let edr = Edr::start(&[("DASHBOARD_RATE", "2/m")]).await;
+
+    for headers in [
+        &[][..],
+        &[("authorization", &b"Basic YWxpY2U6cHc="[..])][..],
+        &[("authorization", &b"Bearer "[..])][..],
+        &[("authorization", &b"Bearer \xff"[..])][..],
+    ] {
+        let reply = edr.get(DASHBOARD, headers).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert_eq!(json(&reply), serde_json::json!({"error": "unauthorized"}));
+        // Refused before the limiter, which would have added its headers.
+        assert_eq!(reply.header("ratelimit"), None, "{reply:?}");
+    }
+
+    let alice = [("authorization", &b"Bearer alice"[..])];
+    for _ in 0..2 {
+        let reply = edr.get(DASHBOARD, &alice).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"user": "alice"}));
+    }
+    let reply = edr.get(DASHBOARD, &alice).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+
+    let reply = edr
+        .get(DASHBOARD, &[("authorization", &b"Bearer bob"[..])])
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "another user, another counter"
+    );
+    assert_eq!(json(&reply), serde_json::json!({"user": "bob"}));
+
+    // User ids come from clients: the JSON must be escaped, not spliced.
+    let reply = edr
+        .get(DASHBOARD, &[("authorization", &br#"Bearer "q\uote"#[..])])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(json(&reply)["user"], r#""q\uote"#);
+
+    for _ in 0..50 {
+        let reply = edr.get("/healthz", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, "ok");
+    }
+}
+
+#[tokio::test]
+async fn login_fails_closed_and_telemetry_fails_open_when_redis_dies() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    // With the queue on, telemetry would rightly answer 503 once Redis is
+    // gone; this test is about the limiter's fail modes alone.
+    let edr = Edr::start(&[
+        ("REDIS_URL", server.url()),
+        ("LOGIN_RATE", "2/h"),
+        ("QUEUE_URL", "off"),
+    ])
+    .await;
+    let token = [("x-agent-token", &b"AGENT-1"[..])];
+
+    let reply = edr.post(LOGIN, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(json(&reply), serde_json::json!({"status": "ok"}));
+    assert_eq!(
+        edr.post(TELEMETRY, &token).await.status,
+        StatusCode::ACCEPTED
+    );
+
+    server.kill();
+
+    let reply = edr.post(LOGIN, &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    let reply = edr.post(TELEMETRY, &token).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+}
+
+#[tokio::test]
+async fn memory_mode_starts_without_redis_and_limits() {
+    let edr = Edr::start(&[("TELEMETRY_RATE", "2/m")]).await;
+    let token = [("x-agent-token", &b"AGENT-1"[..])];
+    for _ in 0..2 {
+        let reply = edr.post(TELEMETRY, &token).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    }
+    let reply = edr.post(TELEMETRY, &token).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    assert!(reply.header("retry-after").is_some());
+    // Login and dashboard limits work without Redis too.
+    assert_eq!(edr.post(LOGIN, &[]).await.status, StatusCode::OK);
+    let reply = edr
+        .get(DASHBOARD, &[("authorization", &b"Bearer u1"[..])])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+/// Runs the example with `env` and returns its exit status and all it
+/// printed; fails if it is still running after `STARTUP`.
+fn run_to_exit(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut child = command(free_port(), env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the edr example");
+    let deadline = Instant::now() + STARTUP;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the example") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the example started with {env:?} instead of refusing to");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The process has exited, so both pipes are at their end. (What it
+    // prints at startup is far below a pipe's buffer, so it cannot block.)
+    let mut output = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut output).expect("read stdout");
+    }
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut output).expect("read stderr");
+    }
+    (status, output)
+}
+
+#[test]
+fn bad_configuration_stops_startup_naming_the_variable() {
+    let (status, output) = run_to_exit(&[("TELEMETRY_RATE", "10/w")]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(
+        output.contains(r#"TELEMETRY_RATE: invalid rate "10/w""#),
+        "{output}"
+    );
+    assert!(!output.contains("panicked"), "{output}");
+
+    for (var, value) in [
+        ("LOGIN_RATE", "0/h"),
+        ("DASHBOARD_RATE", "sixty"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, not-a-cidr"),
+        ("LISTEN_ADDR", "localhost"),
+        ("QUEUE_URL", "rabbit://queue"),
+        ("REDIS_URL", "http://127.0.0.1/1"),
+    ] {
+        let (status, output) = run_to_exit(&[(var, value)]);
+        assert!(!status.success(), "{var}={value}: {status}: {output}");
+        assert!(output.contains(&format!("{var}: ")), "{var}: {output}");
+        let quoted = value.rsplit(", ").next().unwrap();
+        assert!(output.contains(&format!("{quoted:?}")), "{var}: {output}");
+        assert!(!output.contains("panicked"), "{var}: {output}");
+    }
+
+    // An unreachable Redis is fatal too, and its password is never printed.
+    let closed = format!("redis://:hunter2@127.0.0.1:{}/1", free_port());
+    let (status, output) = run_to_exit(&[("REDIS_URL", &closed)]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("REDIS_URL: "), "{output}");
+    assert!(!output.contains("hunter2"), "password printed: {output}");
+}
