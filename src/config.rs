@@ -8,8 +8,11 @@
 //!
 //! let json = r#"{
 //!     "name": "telemetry",
-//!     "rate": "1000/m",
+//!     "rate": ["10/s", "1000/m"],
+//!     "algorithm": "gcra",
+//!     "burst": 20,
 //!     "key": { "type": "header", "name": "X-Agent-Token", "secret": true },
+//!     "cost": { "header": "X-Event-Count" },
 //!     "on_missing_key": { "reject": 401 },
 //!     "on_store_error": "open",
 //!     "methods": ["POST"],
@@ -18,6 +21,8 @@
 //! let config: PolicyConfig = serde_json::from_str(json).unwrap();
 //! let policy = config.into_policy().unwrap();
 //! ```
+//!
+//! [`PolicyFile`] holds several, as `[[policies]]` tables in TOML.
 
 use std::time::Duration;
 
@@ -25,9 +30,25 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Algorithm, ClientIp, Error, FailMode, ForwardedHeader, Key, Mode, OnMissingKey, Policy, Rate,
+    Algorithm, ClientIp, Clock, Cost, Error, FailMode, ForwardedHeader, Key, Limit, Mode,
+    OnMissingKey, Policy, Rate,
     policy::{DEFAULT_PREFIX, DEFAULT_TIMEOUT},
 };
+
+/// Several policies, e.g. a TOML file of `[[policies]]` tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// The policies, each with a distinct name.
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl PolicyFile {
+    /// The policy called `name`.
+    pub fn get(&self, name: &str) -> Option<&PolicyConfig> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
 
 /// A [`Policy`] as a configuration file writes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,13 +56,27 @@ use crate::{
 pub struct PolicyConfig {
     /// See [`Policy::new`].
     pub name: String,
-    /// See [`Policy::rate`].
-    pub rate: Rate,
+    /// See [`Policy::rate`]: one rate (`"1000/m"`) or several
+    /// (`["10/s", "1000/m"]`).
+    #[serde(default, with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub rate: Vec<Rate>,
+    /// See [`Policy::limit`]: limits with a burst of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitConfig>,
+    /// See [`Policy::burst`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
     /// See [`Policy::algorithm`].
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// See [`Policy::clock`].
+    #[serde(default)]
+    pub clock: Clock,
     /// See [`Policy::key`].
     pub key: KeyConfig,
+    /// See [`Policy::cost`]; 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostConfig>,
     /// See [`Policy::on_missing_key`].
     #[serde(default)]
     pub on_missing_key: OnMissingKey,
@@ -71,6 +106,31 @@ fn default_timeout_ms() -> u64 {
 
 fn default_prefix() -> String {
     DEFAULT_PREFIX.to_owned()
+}
+
+/// A [`Limit`] as a configuration file writes it: `{ rate = "10/s", burst = 20 }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// The rate.
+    pub rate: Rate,
+    /// Its GCRA burst size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+/// A [`Cost`] as a configuration file writes it: a number, or
+/// `{ header = "X-Event-Count" }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CostConfig {
+    /// See [`Cost::fixed`].
+    Fixed(u64),
+    /// See [`Cost::header`].
+    Header {
+        /// The header's name.
+        header: String,
+    },
 }
 
 /// A [`Key`] as a configuration file writes it.
@@ -157,8 +217,8 @@ impl PolicyConfig {
     pub fn into_policy(self) -> Result<Policy, Error> {
         let field = |name: &str| format!("policies.{}.{name}", self.name);
         let mut policy = Policy::new(self.name.clone())
-            .rate(self.rate)
             .algorithm(self.algorithm)
+            .clock(self.clock)
             .key(self.key.into_key()?)
             .on_missing_key(self.on_missing_key)
             .mode(self.mode)
@@ -166,6 +226,21 @@ impl PolicyConfig {
             .timeout(Duration::from_millis(self.timeout_ms))
             .prefix(self.prefix)
             .legacy_headers(self.legacy_headers);
+        for rate in self.rate {
+            policy = policy.rate(rate);
+        }
+        for limit in self.limits {
+            let with_burst = Limit::new(limit.rate);
+            policy = policy.limit(limit.burst.map_or(with_burst, |b| with_burst.burst(b)));
+        }
+        if let Some(burst) = self.burst {
+            policy = policy.burst(burst);
+        }
+        match self.cost {
+            Some(CostConfig::Fixed(cost)) => policy = policy.cost(Cost::fixed(cost)),
+            Some(CostConfig::Header { header }) => policy = policy.cost(Cost::header(&header)),
+            None => {}
+        }
         if !self.methods.is_empty() {
             let methods = self
                 .methods
@@ -179,6 +254,51 @@ impl PolicyConfig {
             policy = policy.methods(methods);
         }
         Ok(policy)
+    }
+}
+
+/// A rate or a list of rates; a bad rate's error quotes it.
+mod one_or_many {
+    use std::fmt;
+
+    use serde::{
+        Deserializer, Serialize, Serializer,
+        de::{self, SeqAccess, Visitor},
+    };
+
+    use crate::Rate;
+
+    pub fn serialize<S: Serializer>(rates: &[Rate], s: S) -> Result<S::Ok, S::Error> {
+        match rates {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Rate>, D::Error> {
+        struct Rates;
+
+        impl<'de> Visitor<'de> for Rates {
+            type Value = Vec<Rate>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rate such as \"1000/m\" or a list of rates")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                text.parse().map(|rate| vec![rate]).map_err(E::custom)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut rates = Vec::new();
+                while let Some(rate) = seq.next_element()? {
+                    rates.push(rate);
+                }
+                Ok(rates)
+            }
+        }
+
+        d.deserialize_any(Rates)
     }
 }
 
@@ -202,7 +322,7 @@ mod tests {
             "legacy_headers": true
         }"#;
         let config: PolicyConfig = serde_json::from_str(json).unwrap();
-        assert_eq!(config.rate, Rate::per_hour(10));
+        assert_eq!(config.rate, [Rate::per_hour(10)]);
         let again: PolicyConfig =
             serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(again, config);
@@ -230,6 +350,9 @@ mod tests {
                 .to_string()
         };
         assert!(bad(r#"{"name":"p","rate":"5/w","key":{"type":"user"}}"#).contains("\"5/w\""));
+        assert!(
+            bad(r#"{"name":"p","rate":["1/s","0/m"],"key":{"type":"user"}}"#).contains("\"0/m\"")
+        );
         assert!(
             bad(r#"{"name":"p","rate":"5/s","key":{"type":"user"},"typo":1}"#).contains("typo")
         );

@@ -23,8 +23,8 @@
 //! ```
 //!
 //! The modules, each one concept: [`rate`] (what a rate is), [`key`] (whom
-//! to count), [`algorithm`] (how to count, as a Lua script and its in-memory
-//! twin), [`store`] (where counters live), [`policy`] (one named limit and
+//! to count), [`cost`] (how much a request counts), [`algorithm`] (how to
+//! count, as a Lua script and its in-memory twin), [`store`] (where counters live), [`policy`] (one named limit and
 //! its edge cases), [`layer`] (the middleware), [`headers`] and
 //! [`response`] (what clients and handlers see), [`config`] (policies from
 //! a file) and [`error`].
@@ -33,6 +33,7 @@
 
 pub mod algorithm;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod headers;
 pub mod key;
@@ -43,11 +44,12 @@ pub mod response;
 pub mod store;
 
 pub use self::{
-    algorithm::{Algorithm, Decision},
+    algorithm::{Algorithm, Decision, Limit},
+    cost::Cost,
     error::Error,
     key::{ClientIp, ForwardedHeader, Key, UserId},
     layer::{RateLimit, RateLimitLayer},
-    policy::{FailMode, Mode, OnMissingKey, Policy},
+    policy::{Clock, FailMode, Mode, OnMissingKey, Policy},
     rate::Rate,
     response::{RateLimitInfo, RateLimitStatus},
     store::{MemoryStore, RedisStore},

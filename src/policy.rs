@@ -3,10 +3,13 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use axum::response::Response;
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::{Algorithm, Error, Key, Rate, headers, key::encode, response::RateLimitInfo};
+use crate::{
+    Algorithm, Cost, Error, Key, Rate, algorithm::Limit, headers, key::encode,
+    response::RateLimitInfo, store::MAX_LIMITS,
+};
 
 /// What the layer does with a request over the limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +55,20 @@ impl Default for OnMissingKey {
     }
 }
 
+/// Whose clock decides when windows open and close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    /// The store's: Redis `TIME`, read inside the script, so every app
+    /// server counts on one clock whatever their own drift.
+    #[default]
+    Store,
+    /// The application's system clock, sent with each call: for managed
+    /// Redis offerings that refuse `TIME` in scripts. App servers' clocks
+    /// must then agree (NTP); skew between them shifts windows by as much.
+    App,
+}
+
 /// Builds the response to a request over the limit.
 pub type RejectionHook = Arc<dyn Fn(&RateLimitInfo) -> Response + Send + Sync>;
 
@@ -64,6 +81,7 @@ pub type RejectionHook = Arc<dyn Fn(&RateLimitInfo) -> Response + Send + Sync>;
 /// use std::time::Duration;
 ///
 /// let telemetry = Policy::new("telemetry")
+///     .rate(Rate::per_second(10))
 ///     .rate(Rate::per_minute(1000))
 ///     .key(Key::header("X-Agent-Token").secret())
 ///     .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
@@ -74,9 +92,12 @@ pub type RejectionHook = Arc<dyn Fn(&RateLimitInfo) -> Response + Send + Sync>;
 #[derive(Clone)]
 pub struct Policy {
     pub(crate) name: String,
-    pub(crate) rate: Option<Rate>,
+    pub(crate) limits: Vec<Limit>,
+    pub(crate) burst: Option<u64>,
     pub(crate) algorithm: Algorithm,
+    pub(crate) clock: Clock,
     pub(crate) key: Option<Key>,
+    pub(crate) cost: Cost,
     pub(crate) on_missing_key: OnMissingKey,
     pub(crate) mode: Mode,
     pub(crate) on_store_error: FailMode,
@@ -101,9 +122,12 @@ impl Policy {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            rate: None,
+            limits: Vec::new(),
+            burst: None,
             algorithm: Algorithm::default(),
+            clock: Clock::default(),
             key: None,
+            cost: Cost::default(),
             on_missing_key: OnMissingKey::default(),
             mode: Mode::default(),
             on_store_error: FailMode::default(),
@@ -115,15 +139,41 @@ impl Policy {
         }
     }
 
-    /// The rate to enforce (required).
-    pub fn rate(mut self, rate: Rate) -> Self {
-        self.rate = Some(rate);
+    /// Adds a rate to enforce (at least one is required). Several rates,
+    /// such as `10/s` and `1000/m`, are all checked in one store call; a
+    /// request must fit all of them and is counted by all or none.
+    pub fn rate(self, rate: Rate) -> Self {
+        self.limit(Limit::new(rate))
+    }
+
+    /// Adds a limit with a burst size of its own (GCRA).
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// For [`Algorithm::Gcra`]: the burst size of every limit that has none
+    /// of its own (default: each limit's rate limit).
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
         self
     }
 
     /// How to count (default [`Algorithm::FixedWindow`]).
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
+        self
+    }
+
+    /// Whose clock to use (default [`Clock::Store`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How many requests each request counts as (default 1).
+    pub fn cost(mut self, cost: Cost) -> Self {
+        self.cost = cost;
         self
     }
 
@@ -217,13 +267,12 @@ impl Policy {
                 ),
             ));
         }
-        let rate = self
-            .rate
-            .ok_or_else(|| Error::config(field("rate"), "is required, e.g. \"1000/m\""))?;
+        let limits = self.checked_limits()?;
         let key = self.key.ok_or_else(|| {
             Error::config(field("key"), "is required, e.g. a header or the client IP")
         })?;
         key.validate()?;
+        self.cost.validate(&field("cost"))?;
         if self.timeout.is_zero() {
             return Err(Error::config(field("timeout"), "must be above zero"));
         }
@@ -241,14 +290,17 @@ impl Policy {
                 "is empty, so nothing would be limited",
             ));
         }
+        let capacity = limits.iter().map(|l| l.capacity(self.algorithm)).min();
         Ok(Compiled {
             key_head: format!("{}{}:{{", self.prefix, self.name),
-            key_tail: format!("}}:{}", rate.window().as_secs()),
-            policy_header: headers::policy_value(&self.name, rate),
+            items: headers::PolicyItems::new(&self.name, &limits),
+            capacity: capacity.unwrap_or(1),
             name: self.name.into(),
-            rate,
+            limits,
             algorithm: self.algorithm,
+            clock: self.clock,
             key,
+            cost: self.cost,
             on_missing_key: self.on_missing_key,
             mode: self.mode,
             on_store_error: self.on_store_error,
@@ -258,15 +310,69 @@ impl Policy {
             on_rejected: self.on_rejected,
         })
     }
+
+    /// The limits with the policy's burst applied, checked for the bounds
+    /// within which both stores compute exactly (integers below 2^53).
+    fn checked_limits(&self) -> Result<Vec<Limit>, Error> {
+        let field = |name: &str| format!("policies.{}.{name}", self.name);
+        if self.limits.is_empty() {
+            return Err(Error::config(field("rate"), "is required, e.g. \"1000/m\""));
+        }
+        if self.limits.len() > MAX_LIMITS {
+            return Err(Error::config(
+                field("limits"),
+                format!("at most {MAX_LIMITS} per policy"),
+            ));
+        }
+        let bursts = self.burst.is_some() || self.limits.iter().any(|l| l.burst.is_some());
+        if bursts && self.algorithm != Algorithm::Gcra {
+            return Err(Error::config(
+                field("burst"),
+                "applies only to the gcra algorithm",
+            ));
+        }
+        let mut limits = self.limits.clone();
+        for (i, limit) in limits.iter_mut().enumerate() {
+            limit.burst = limit.burst.or(self.burst);
+            let rate = limit.rate;
+            if limit.burst == Some(0) {
+                return Err(Error::config(field("burst"), "must be at least 1"));
+            }
+            let exact = 1u64 << 51;
+            let too_big = u128::from(rate.limit()) * u128::from(rate.window_ms())
+                > u128::from(exact)
+                || u128::from(limit.interval_us()) * u128::from(limit.burst_size())
+                    > u128::from(exact);
+            if too_big {
+                return Err(Error::config(
+                    field("rate"),
+                    format!("{rate} (with its burst) is too large to count exactly"),
+                ));
+            }
+            if self.limits[..i]
+                .iter()
+                .any(|l| l.rate.window() == rate.window())
+            {
+                return Err(Error::config(
+                    field("rate"),
+                    format!("two limits share the window of {rate}"),
+                ));
+            }
+        }
+        Ok(limits)
+    }
 }
 
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
             .field("name", &self.name)
-            .field("rate", &self.rate)
+            .field("limits", &self.limits)
+            .field("burst", &self.burst)
             .field("algorithm", &self.algorithm)
+            .field("clock", &self.clock)
             .field("key", &self.key)
+            .field("cost", &self.cost)
             .field("on_missing_key", &self.on_missing_key)
             .field("mode", &self.mode)
             .field("on_store_error", &self.on_store_error)
@@ -282,9 +388,13 @@ impl fmt::Debug for Policy {
 /// A checked policy with everything the hot path needs precomputed.
 pub(crate) struct Compiled {
     pub name: Arc<str>,
-    pub rate: Rate,
+    pub limits: Vec<Limit>,
     pub algorithm: Algorithm,
+    pub clock: Clock,
     pub key: Key,
+    pub cost: Cost,
+    /// The largest cost any request can be allowed.
+    pub capacity: u64,
     pub on_missing_key: OnMissingKey,
     pub mode: Mode,
     pub on_store_error: FailMode,
@@ -294,9 +404,7 @@ pub(crate) struct Compiled {
     pub on_rejected: Option<RejectionHook>,
     /// `rl:telemetry:{`: the key up to the client's part.
     pub key_head: String,
-    /// `}:60`: the key after it.
-    pub key_tail: String,
-    pub policy_header: HeaderValue,
+    pub items: headers::PolicyItems,
 }
 
 impl Compiled {
@@ -346,6 +454,16 @@ mod tests {
         assert!(error(ok().prefix("r{l}")).contains("policies.p.prefix"));
         assert!(error(ok().timeout(Duration::ZERO)).contains("policies.p.timeout"));
         assert!(error(ok().methods([])).contains("policies.p.methods"));
+        assert!(error(ok().burst(5)).contains("policies.p.burst"));
+        let gcra = || ok().algorithm(Algorithm::Gcra);
+        assert!(gcra().burst(5).compile().is_ok());
+        assert!(error(gcra().burst(0)).contains("policies.p.burst"));
+        assert!(error(ok().rate(Rate::per_minute(5))).contains("share the window"));
+        assert!(error(ok().cost(Cost::fixed(0))).contains("policies.p.cost"));
+        let huge = Policy::new("p")
+            .rate(Rate::per_day(1 << 40))
+            .key(Key::global());
+        assert!(error(huge).contains("too large"));
         assert!(error(ok().key(Key::header("x y"))).contains("key.header"));
         let ok_status = OnMissingKey::Reject(StatusCode::OK);
         assert!(error(ok().on_missing_key(ok_status)).contains("policies.p.on_missing_key"));
@@ -359,6 +477,5 @@ mod tests {
             .compile()
             .unwrap();
         assert_eq!(compiled.key_head, "rl:telemetry:{");
-        assert_eq!(compiled.key_tail, "}:60");
     }
 }

@@ -24,7 +24,7 @@ impl RateLimitInfo {
     /// `Retry-After` in whole seconds (rounded up, at least 1) for a denied
     /// request.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.decision.retry_after().map(whole_seconds)
+        self.decision.retry_after.map(whole_seconds)
     }
 }
 
@@ -104,6 +104,26 @@ pub(crate) fn store_unavailable() -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     response
+}
+
+/// `400` for a request whose cost cannot be read.
+pub(crate) fn bad_cost(reason: &str) -> Response {
+    let reason = reason.replace(['"', '\\'], "'");
+    json(
+        StatusCode::BAD_REQUEST,
+        format!(r#"{{"error":"Bad Request","detail":"{reason}"}}"#),
+    )
+}
+
+/// `413` for a request that costs more than a limit can ever admit: waiting
+/// would not help, so there is no `Retry-After`.
+pub(crate) fn cost_exceeds_capacity(cost: u64, capacity: u64) -> Response {
+    json(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            r#"{{"error":"Request cost exceeds the rate limit","cost":{cost},"capacity":{capacity}}}"#
+        ),
+    )
 }
 
 /// The configured status for a request without a key. `label` is a key

@@ -1,19 +1,26 @@
--- Fixed window. KEYS[1]: the counter. ARGV: limit, window (ms), cost.
--- Returns {allowed (1 or 0), count after this request, ms until reset}.
--- A denied request adds nothing, so the counter never exceeds the limit.
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-local ttl = redis.call('PTTL', KEYS[1])
-local allowed = count + cost <= limit
-if allowed then
-  count = redis.call('INCRBY', KEYS[1], cost)
+-- Fixed window. The counter's value is the count; its expiry is the end of
+-- the window, which opens at the key's first request.
+local function decide(key, now_us, limit, window, burst, cost)
+  local now = math.floor(now_us / 1000)
+  local count = tonumber(redis.call('GET', key) or 0)
+  local window_end = redis.call('PEXPIRETIME', key)
+  if window_end == -1 then
+    -- A counter that lost its expiry (PERSIST, a restore) gets one now,
+    -- even if this request is denied: no key may live forever.
+    window_end = now + window
+    redis.call('PEXPIREAT', key, window_end)
+  end
+  if window_end <= now then
+    count = 0
+    window_end = now + window
+  end
+  local reset = (window_end - now) * 1000
+  if count + cost > limit then
+    return false, math.max(limit - count, 0), reset, reset, nil
+  end
+  return true, limit - count - cost, reset, 0, {count + cost, window_end}
 end
--- A new counter, or one that lost its expiry, gets the window's: no key is
--- ever left to live forever.
-if ttl < 0 and count > 0 then
-  redis.call('PEXPIRE', KEYS[1], window)
-  ttl = window
+
+local function commit(key, state)
+  redis.call('SET', key, state[1], 'PXAT', state[2])
 end
-return {allowed and 1 or 0, count, math.max(ttl, 0)}

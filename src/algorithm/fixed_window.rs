@@ -1,74 +1,37 @@
-//! Fixed window: the Lua script and its in-memory twin.
+//! Fixed window: the twin of `fixed_window.lua`.
+//!
+//! A counter per key opens a window at the key's first request and expires
+//! with it; at most `limit` requests are admitted per window. One integer per
+//! key. Worst case: `2 × limit` within moments, `limit` at the very end of one
+//! window and `limit` at the start of the next.
 
-use super::{Counter, Reply};
+use super::{Entry, Limit, Verdict};
 
-/// Runs in Redis via EVALSHA; see the file for its contract.
-pub(crate) const SCRIPT: &str = include_str!("fixed_window.lua");
-
-/// The script's logic over one in-memory counter (`None`: no such key).
-pub(crate) fn apply(
-    counter: &mut Option<Counter>,
-    now_ms: u64,
-    limit: u64,
-    window_ms: u64,
+/// The script's `decide` over an in-memory counter (`None`: no such key or
+/// expired). State: `[count]`, expiring at the window's end.
+pub(crate) fn decide(
+    entry: Option<Entry>,
+    now_us: u64,
+    limit: &Limit,
     cost: u64,
-) -> Reply {
-    if counter.is_some_and(|c| c.expires_at_ms <= now_ms) {
-        *counter = None;
+) -> (Verdict, Option<Entry>) {
+    let now = now_us / 1000;
+    let (limit, window) = (limit.rate.limit(), limit.rate.window_ms());
+    let (count, window_end) = match entry {
+        Some(e) if e.expires_at_ms > now => (e.value[0], e.expires_at_ms),
+        _ => (0, now + window),
+    };
+    let reset_us = (window_end - now) * 1000;
+    if count + cost > limit {
+        let verdict = Verdict::denied(limit.saturating_sub(count), reset_us, reset_us);
+        return (verdict, None);
     }
-    let count = counter.map_or(0, |c| c.value);
-    let allowed = count + cost <= limit;
-    if allowed {
-        let entry = counter.get_or_insert(Counter {
-            value: 0,
-            expires_at_ms: now_ms + window_ms,
-        });
-        entry.value += cost;
-    }
-    Reply {
-        allowed,
-        count: counter.map_or(0, |c| c.value),
-        ttl_ms: counter.map_or(0, |c| c.expires_at_ms - now_ms),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn admits_the_limit_then_denies_until_the_window_ends() {
-        let mut counter = None;
-        for i in 1..=3 {
-            let reply = apply(&mut counter, 100 + i, 3, 1000, 1);
-            assert_eq!((reply.allowed, reply.count), (true, i));
-        }
-        let denied = apply(&mut counter, 600, 3, 1000, 1);
-        assert_eq!(
-            denied,
-            Reply {
-                allowed: false,
-                count: 3,
-                ttl_ms: 501
-            }
-        );
-        let last_ms = apply(&mut counter, 1100, 3, 1000, 1);
-        assert_eq!(
-            last_ms,
-            Reply {
-                allowed: false,
-                count: 3,
-                ttl_ms: 1
-            }
-        );
-        let renewed = apply(&mut counter, 1101, 3, 1000, 1);
-        assert_eq!(
-            renewed,
-            Reply {
-                allowed: true,
-                count: 1,
-                ttl_ms: 1000
-            }
-        );
-    }
+    let state = Entry {
+        value: [count + cost, 0, 0],
+        expires_at_ms: window_end,
+    };
+    (
+        Verdict::allowed(limit - count - cost, reset_us),
+        Some(state),
+    )
 }

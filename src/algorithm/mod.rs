@@ -1,81 +1,263 @@
 //! The decision logic, kept apart from where counters live.
 //!
-//! Each algorithm is a Lua script that Redis runs atomically and, beside it,
-//! an in-memory twin written against the same operations (read a counter and
-//! its time to live, add, set an expiry), so the two stores decide alike. The
-//! conformance tests hold them to it.
+//! Each algorithm is a Lua `decide`/`commit` pair that Redis runs inside one
+//! shared driver script (`driver.lua`: every limit of a policy decided in one
+//! call, all or nothing) and, beside it, an in-memory twin of `decide`
+//! written line for line against the same state. The conformance tests feed
+//! both the same sequences and require identical answers.
+//!
+//! | algorithm | state per limit | worst case over-admission |
+//! |---|---|---|
+//! | [`FixedWindow`](Algorithm::FixedWindow) | one integer | `2 × limit` within moments, at a window boundary |
+//! | [`SlidingWindow`](Algorithm::SlidingWindow) | a 3-field hash | `2 × limit` in one window's length, only when bunched at the ends of two windows; about `limit` across a boundary |
+//! | [`Gcra`](Algorithm::Gcra) | one integer | none: at most `burst + t / T` in any span `t`, `T = window / limit` |
+//!
+//! An exact sliding log is not offered: it costs memory in proportion to the
+//! limit per key (a sorted set of 1,000 timestamps for `1000/m`), and GCRA
+//! already gives an exact bound at constant cost.
 
-pub(crate) mod fixed_window;
+mod fixed_window;
+mod gcra;
+mod sliding_window;
 
-use std::time::Duration;
+use std::{fmt::Write as _, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::Rate;
+
 /// The counting algorithm of a policy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Algorithm {
-    /// A counter per key that starts with the key's first request and
-    /// expires one window later; at most `limit` requests are admitted per
-    /// window. Memory: one integer per key. Across the boundary of two
-    /// windows a client can send up to twice the limit in a short span.
+    /// A counter per key opens a window at the key's first request and
+    /// expires with it; at most `limit` requests per window. The seed's
+    /// semantics, and the default.
     #[default]
+    #[serde(alias = "fixed")]
     FixedWindow,
+    /// Windows aligned to the epoch; the previous window's count, weighted
+    /// by its overlap with a window sliding back from now, counts too.
+    #[serde(alias = "sliding")]
+    SlidingWindow,
+    /// A token bucket of `burst` requests refilled at the rate, stored as one
+    /// timestamp: smooth, exact, and it allows bursts by design.
+    Gcra,
 }
 
-/// What a store answered for one request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision {
-    /// Whether the request is within the limit (and was counted).
-    pub allowed: bool,
-    /// Requests allowed per window.
-    pub limit: u64,
-    /// Requests still allowed in the current window.
-    pub remaining: u64,
-    /// Time until the window resets and the full limit is available again.
-    pub reset_after: Duration,
-}
+impl Algorithm {
+    /// The full script Redis runs: the algorithm's `decide`/`commit` and the
+    /// shared driver.
+    pub(crate) fn script(self) -> &'static str {
+        match self {
+            Self::FixedWindow => {
+                concat!(include_str!("fixed_window.lua"), include_str!("driver.lua"))
+            }
+            Self::SlidingWindow => {
+                concat!(
+                    include_str!("sliding_window.lua"),
+                    include_str!("driver.lua")
+                )
+            }
+            Self::Gcra => concat!(include_str!("gcra.lua"), include_str!("driver.lua")),
+        }
+    }
 
-impl Decision {
-    /// For a denied request, how long until the same request would be
-    /// allowed; `None` when it was allowed.
-    pub fn retry_after(&self) -> Option<Duration> {
-        (!self.allowed).then_some(self.reset_after)
+    /// Each algorithm keeps its own kind of value, so switching a policy's
+    /// algorithm never reads another's state.
+    fn key_suffix(self) -> &'static str {
+        match self {
+            Self::FixedWindow => "",
+            Self::SlidingWindow => ":sliding",
+            Self::Gcra => ":gcra",
+        }
+    }
+
+    /// The in-memory twin of the script's `decide`.
+    pub(crate) fn decide(
+        self,
+        entry: Option<Entry>,
+        now_us: u64,
+        limit: &Limit,
+        cost: u64,
+    ) -> (Verdict, Option<Entry>) {
+        match self {
+            Self::FixedWindow => fixed_window::decide(entry, now_us, limit, cost),
+            Self::SlidingWindow => sliding_window::decide(entry, now_us, limit, cost),
+            Self::Gcra => gcra::decide(entry, now_us, limit, cost),
+        }
     }
 }
 
-/// A counter as both stores keep it: an integer and when it expires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Counter {
-    pub value: u64,
+/// One limit of a policy: a rate and, for GCRA, a burst size.
+///
+/// ```
+/// use axum_redis_ratelimit::{algorithm::Limit, Rate};
+///
+/// let limit = Limit::new(Rate::per_second(10)).burst(20);
+/// assert_eq!(limit.burst_size(), 20);
+/// assert_eq!(Limit::new(Rate::per_minute(1000)).burst_size(), 1000);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limit {
+    pub(crate) rate: Rate,
+    pub(crate) burst: Option<u64>,
+}
+
+impl From<Rate> for Limit {
+    fn from(rate: Rate) -> Self {
+        Self::new(rate)
+    }
+}
+
+impl Limit {
+    /// A limit at `rate`, with the default burst (the rate's limit).
+    pub const fn new(rate: Rate) -> Self {
+        Self { rate, burst: None }
+    }
+
+    /// For [`Algorithm::Gcra`]: how many requests may arrive at once.
+    pub const fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// The rate.
+    pub const fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// The GCRA bucket size: the burst if set, else the rate's limit.
+    pub fn burst_size(&self) -> u64 {
+        self.burst.unwrap_or(self.rate.limit())
+    }
+
+    /// The largest cost a single request can ever be allowed.
+    pub fn capacity(&self, algorithm: Algorithm) -> u64 {
+        match algorithm {
+            Algorithm::Gcra => self.burst_size(),
+            _ => self.rate.limit(),
+        }
+    }
+
+    /// GCRA's emission interval, rounded up so it is never faster than the rate.
+    pub(crate) fn interval_us(&self) -> u64 {
+        (self.rate.window_ms() * 1000).div_ceil(self.rate.limit())
+    }
+
+    /// Appends this limit's part of the key: `:60`, `:60:gcra`…
+    pub(crate) fn push_key_suffix(&self, algorithm: Algorithm, out: &mut String) {
+        let _ = write!(
+            out,
+            ":{}{}",
+            self.rate.window().as_secs(),
+            algorithm.key_suffix()
+        );
+    }
+}
+
+/// A counter as both stores keep it: up to three integers and when the key
+/// expires (milliseconds since the Unix epoch, as Redis's `PXAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub value: [u64; 3],
     pub expires_at_ms: u64,
 }
 
-/// What a script returns and its twin computes: `{allowed, count, ttl_ms}`.
+/// One limit's answer, as `decide` returns it in both languages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Reply {
+pub(crate) struct Verdict {
     pub allowed: bool,
-    pub count: u64,
-    pub ttl_ms: u64,
+    pub remaining: u64,
+    pub reset_us: u64,
+    pub retry_us: u64,
 }
 
-impl Reply {
-    pub(crate) fn into_decision(self, limit: u64) -> Decision {
-        Decision {
-            allowed: self.allowed,
-            limit,
-            remaining: limit.saturating_sub(self.count),
-            reset_after: Duration::from_millis(self.ttl_ms),
+impl Verdict {
+    pub(crate) fn allowed(remaining: u64, reset_us: u64) -> Self {
+        Self {
+            allowed: true,
+            remaining,
+            reset_us,
+            retry_us: 0,
         }
+    }
+
+    pub(crate) fn denied(remaining: u64, reset_us: u64, retry_us: u64) -> Self {
+        Self {
+            allowed: false,
+            remaining,
+            reset_us,
+            retry_us,
+        }
+    }
+}
+
+/// What a store decided for one request, reported for the most restrictive
+/// of the policy's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether every limit had room (and the request was counted on all).
+    pub allowed: bool,
+    /// The reported limit's requests per window.
+    pub limit: u64,
+    /// The reported limit's window.
+    pub window: Duration,
+    /// Requests of cost 1 the reported limit still admits now.
+    pub remaining: u64,
+    /// Time until the reported limit is fully available again.
+    pub reset_after: Duration,
+    /// For a denied request, the earliest time after which the same request
+    /// would be allowed (absent other traffic).
+    pub retry_after: Option<Duration>,
+}
+
+impl Decision {
+    fn new(limit: &Limit, verdict: Verdict) -> Self {
+        Self {
+            allowed: verdict.allowed,
+            limit: limit.rate.limit(),
+            window: limit.rate.window(),
+            remaining: verdict.remaining,
+            reset_after: Duration::from_micros(verdict.reset_us),
+            retry_after: (!verdict.allowed).then(|| Duration::from_micros(verdict.retry_us)),
+        }
+    }
+
+    /// Folds per-limit verdicts into the decision: allowed only if all are,
+    /// reported for the limit that restricts most (the denial with the
+    /// longest wait, else the fewest remaining).
+    pub(crate) fn combine<'a>(
+        verdicts: impl IntoIterator<Item = (&'a Limit, Verdict)>,
+    ) -> Option<Self> {
+        verdicts
+            .into_iter()
+            .map(|(limit, verdict)| Self::new(limit, verdict))
+            .reduce(|a, b| {
+                let allowed = a.allowed && b.allowed;
+                let worst = match (a.allowed, b.allowed) {
+                    (false, true) => a,
+                    (true, false) => b,
+                    (false, false) if a.retry_after >= b.retry_after => a,
+                    (false, false) => b,
+                    (true, true)
+                        if (a.remaining, b.reset_after) <= (b.remaining, a.reset_after) =>
+                    {
+                        a
+                    }
+                    (true, true) => b,
+                };
+                Self { allowed, ..worst }
+            })
     }
 }
 
 /// Seconds as the HTTP headers carry them: rounded up, so that a client that
 /// waits that long is never early, and at least 1.
 pub(crate) fn whole_seconds(duration: Duration) -> u64 {
-    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    ms.div_ceil(1000).max(1)
+    let ms = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    ms.div_ceil(1_000_000).max(1)
 }
 
 #[cfg(test)]
@@ -84,8 +266,105 @@ mod tests {
 
     #[test]
     fn seconds_round_up_and_are_never_zero() {
-        for (ms, secs) in [(0, 1), (1, 1), (999, 1), (1000, 1), (1001, 2), (59_999, 60)] {
-            assert_eq!(whole_seconds(Duration::from_millis(ms)), secs, "{ms}");
+        for (us, secs) in [
+            (0, 1),
+            (1, 1),
+            (999_999, 1),
+            (1_000_000, 1),
+            (1_000_001, 2),
+            (59_999_000, 60),
+        ] {
+            assert_eq!(whole_seconds(Duration::from_micros(us)), secs, "{us}");
         }
+    }
+
+    fn run(
+        algorithm: Algorithm,
+        entry: &mut Option<Entry>,
+        now_ms: u64,
+        limit: Limit,
+        cost: u64,
+    ) -> Verdict {
+        if entry.is_some_and(|e| e.expires_at_ms <= now_ms) {
+            *entry = None;
+        }
+        let (verdict, state) = algorithm.decide(*entry, now_ms * 1000, &limit, cost);
+        if let Some(state) = state {
+            *entry = Some(state);
+        }
+        verdict
+    }
+
+    #[test]
+    fn fixed_window_admits_the_limit_then_denies_until_the_window_ends() {
+        let (limit, mut entry) = (Limit::new(Rate::per_second(3)), None);
+        for i in 1..=3 {
+            let v = run(Algorithm::FixedWindow, &mut entry, 100 + i, limit, 1);
+            assert_eq!((v.allowed, v.remaining), (true, 3 - i));
+        }
+        let denied = run(Algorithm::FixedWindow, &mut entry, 600, limit, 1);
+        assert_eq!(denied, Verdict::denied(0, 501_000, 501_000));
+        assert!(!run(Algorithm::FixedWindow, &mut entry, 1100, limit, 1).allowed);
+        let renewed = run(Algorithm::FixedWindow, &mut entry, 1101, limit, 1);
+        assert_eq!(renewed, Verdict::allowed(2, 1_000_000));
+    }
+
+    #[test]
+    fn gcra_allows_the_burst_then_one_per_interval() {
+        let (limit, mut entry) = (Limit::new(Rate::per_second(10)).burst(3), None);
+        for remaining in [2, 1, 0] {
+            assert_eq!(
+                run(Algorithm::Gcra, &mut entry, 0, limit, 1).remaining,
+                remaining
+            );
+        }
+        let denied = run(Algorithm::Gcra, &mut entry, 0, limit, 1);
+        assert_eq!(denied, Verdict::denied(0, 300_000, 100_000));
+        assert!(!run(Algorithm::Gcra, &mut entry, 99, limit, 1).allowed);
+        assert!(run(Algorithm::Gcra, &mut entry, 100, limit, 1).allowed);
+    }
+
+    #[test]
+    fn sliding_window_weights_the_previous_window() {
+        let (limit, mut entry) = (Limit::new(Rate::per_second(10)), None);
+        assert!(run(Algorithm::SlidingWindow, &mut entry, 900, limit, 10).allowed);
+        // At 1.5 s half of the previous window's 10 still count.
+        let v = run(Algorithm::SlidingWindow, &mut entry, 1500, limit, 5);
+        assert_eq!((v.allowed, v.remaining), (true, 0));
+        let denied = run(Algorithm::SlidingWindow, &mut entry, 1500, limit, 1);
+        assert!(!denied.allowed);
+        // 10 × (1000 − e)/1000 + 5 + 1 ≤ 10 from e = 600 ms: 100 ms from now.
+        assert_eq!(denied.retry_us, 100_000);
+        assert!(run(Algorithm::SlidingWindow, &mut entry, 1600, limit, 1).allowed);
+    }
+
+    #[test]
+    fn the_most_restrictive_limit_is_reported() {
+        let second = Limit::new(Rate::per_second(10));
+        let minute = Limit::new(Rate::per_minute(100));
+        let d = Decision::combine([
+            (&second, Verdict::allowed(9, 1)),
+            (&minute, Verdict::allowed(3, 2)),
+        ])
+        .unwrap();
+        assert_eq!((d.allowed, d.limit, d.remaining), (true, 100, 3));
+        let d = Decision::combine([
+            (&second, Verdict::denied(0, 1, 5)),
+            (&minute, Verdict::allowed(3, 2)),
+        ])
+        .unwrap();
+        assert_eq!(
+            (d.allowed, d.limit, d.retry_after),
+            (false, 10, Some(Duration::from_micros(5)))
+        );
+        let d = Decision::combine([
+            (&second, Verdict::denied(0, 1, 5)),
+            (&minute, Verdict::denied(0, 9, 9)),
+        ])
+        .unwrap();
+        assert_eq!(
+            (d.limit, d.retry_after),
+            (100, Some(Duration::from_micros(9)))
+        );
     }
 }

@@ -9,7 +9,7 @@ use tower::{Layer, Service};
 
 use super::{future::ResponseFuture, health::Stats};
 use crate::{
-    Error, OnMissingKey, Policy,
+    Clock, Error, OnMissingKey, Policy,
     policy::Compiled,
     response,
     store::{Check, Store},
@@ -122,12 +122,26 @@ where
                 ),
             };
         }
-        key.push_str(&policy.key_tail);
+        key.push('}');
+        let cost = match policy.cost.of(&parts) {
+            Ok(cost) if cost <= policy.capacity => cost,
+            Ok(cost) => {
+                let response = response::cost_exceeds_capacity(cost, policy.capacity);
+                return ResponseFuture::respond(response, &self.shared);
+            }
+            Err(reason) => {
+                return ResponseFuture::respond(response::bad_cost(&reason), &self.shared);
+            }
+        };
         let check = self.store.check(Check {
             key: &key,
-            rate: policy.rate,
+            limits: &policy.limits,
             algorithm: policy.algorithm,
-            cost: 1,
+            cost,
+            now_us: match policy.clock {
+                Clock::Store => None,
+                Clock::App => Some(unix_now_us()),
+            },
         });
         // The clone is the one that is not yet ready; the ready one goes with
         // the request (tower's usual dance).
@@ -140,4 +154,10 @@ where
             &self.shared,
         )
     }
+}
+
+fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

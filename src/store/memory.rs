@@ -5,15 +5,13 @@ use std::{
     future::{Ready, ready},
     hash::{BuildHasher, RandomState},
     sync::{Arc, Mutex, PoisonError},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::time::Instant;
 
-use super::{Check, Store};
-use crate::{
-    Algorithm, Decision, Error,
-    algorithm::{Counter, fixed_window},
-};
+use super::{Check, MAX_LIMITS, Store};
+use crate::{Decision, Error, algorithm::Entry};
 
 /// Shards, so that concurrent requests for different keys rarely wait on
 /// one lock.
@@ -28,15 +26,17 @@ const MIN_SWEEP_LEN: usize = 64;
 /// tests of an application. They are not shared between processes and are
 /// lost on restart; use [`RedisStore`](super::RedisStore) for that.
 ///
-/// Time is read from `tokio::time::Instant`, so tests that pause Tokio's
-/// clock control the windows.
+/// Its clock is the system time when the store was created plus a
+/// `tokio::time::Instant` since, so tests that pause Tokio's clock control
+/// the windows; a [`Check`] may also bring its own time.
 ///
 /// ```
 /// use axum_redis_ratelimit::{Algorithm, MemoryStore, Rate, store::{Check, Store}};
 ///
 /// # tokio_test_block_on(async {
 /// let store = MemoryStore::new();
-/// let check = Check { key: "k", rate: Rate::per_minute(1), algorithm: Algorithm::FixedWindow, cost: 1 };
+/// let limits = [Rate::per_minute(1).into()];
+/// let check = Check { key: "k", limits: &limits, algorithm: Algorithm::FixedWindow, cost: 1, now_us: None };
 /// assert!(store.check(check).await.unwrap().allowed);
 /// assert!(!store.check(check).await.unwrap().allowed);
 /// # });
@@ -54,11 +54,12 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     epoch: Instant,
+    epoch_unix_us: u64,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    counters: HashMap<Box<str>, Counter>,
+    counters: HashMap<Box<str>, Entry>,
     sweep_at_len: usize,
 }
 
@@ -84,6 +85,9 @@ impl MemoryStore {
                 shards,
                 hasher: RandomState::new(),
                 epoch: Instant::now(),
+                epoch_unix_us: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64),
             }),
         }
     }
@@ -102,53 +106,52 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn now_us(&self) -> u64 {
+        self.inner.epoch_unix_us + self.inner.epoch.elapsed().as_micros() as u64
     }
 
-    fn decide(&self, check: Check<'_>) -> Decision {
-        let now = self.now_ms();
+    /// Runs the algorithm's twin over the check's counters under one lock:
+    /// the shard is chosen by the client's key, which all its counters share.
+    fn decide(&self, check: Check<'_>) -> Option<Decision> {
+        let now_us = check.now_us.unwrap_or_else(|| self.now_us());
+        let now_ms = now_us / 1000;
+        let limits = &check.limits[..check.limits.len().min(MAX_LIMITS)];
         let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
         let mut shard = lock(&self.inner.shards[index]);
-        let apply = |counter: &mut Option<Counter>| match check.algorithm {
-            Algorithm::FixedWindow => fixed_window::apply(
-                counter,
-                now,
-                check.rate.limit(),
-                check.rate.window_ms(),
-                check.cost,
-            ),
-        };
-        let reply = match shard.counters.get_mut(check.key) {
-            Some(stored) => {
-                let mut counter = Some(*stored);
-                let reply = apply(&mut counter);
-                match counter {
-                    Some(counter) => *stored = counter,
+        let mut key = String::with_capacity(check.key.len() + 16);
+        let mut states = [None; MAX_LIMITS];
+        let mut verdicts = [None; MAX_LIMITS];
+        for (i, limit) in limits.iter().enumerate() {
+            check.counter_key(limit, &mut key);
+            let entry = shard
+                .counters
+                .get(key.as_str())
+                .copied()
+                .filter(|e| e.expires_at_ms > now_ms);
+            let (verdict, state) = check.algorithm.decide(entry, now_us, limit, check.cost);
+            (verdicts[i], states[i]) = (Some(verdict), state);
+        }
+        if verdicts.iter().flatten().all(|v| v.allowed) {
+            for (limit, state) in limits.iter().zip(states) {
+                check.counter_key(limit, &mut key);
+                let state = state.expect("an allowed verdict carries its state");
+                match shard.counters.get_mut(key.as_str()) {
+                    Some(entry) => *entry = state,
                     None => {
-                        shard.counters.remove(check.key);
+                        shard.counters.insert(key.as_str().into(), state);
+                        shard.sweep_if_grown(now_ms);
                     }
                 }
-                reply
             }
-            None => {
-                let mut counter = None;
-                let reply = apply(&mut counter);
-                if let Some(counter) = counter {
-                    shard.counters.insert(check.key.into(), counter);
-                    shard.sweep_if_grown(now);
-                }
-                reply
-            }
-        };
-        reply.into_decision(check.rate.limit())
+        }
+        Decision::combine(limits.iter().zip(verdicts.into_iter().flatten()))
     }
 }
 
 impl Shard {
     fn sweep_if_grown(&mut self, now_ms: u64) {
         if self.counters.len() >= self.sweep_at_len {
-            self.counters.retain(|_, c| c.expires_at_ms > now_ms);
+            self.counters.retain(|_, e| e.expires_at_ms > now_ms);
             self.sweep_at_len = (self.counters.len() * 2).max(MIN_SWEEP_LEN);
         }
     }
@@ -164,7 +167,10 @@ impl Store for MemoryStore {
     type Future = Ready<Result<Decision, Error>>;
 
     fn check(&self, check: Check<'_>) -> Self::Future {
-        ready(Ok(self.decide(check)))
+        ready(
+            self.decide(check)
+                .ok_or_else(|| Error::config("limits", "a check needs at least one limit")),
+        )
     }
 }
 
@@ -173,14 +179,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::Rate;
+    use crate::{Algorithm, Rate, algorithm::Limit};
+
+    const LIMITS: [Limit; 1] = [Limit::new(Rate::per_second(1))];
 
     fn check(key: &str) -> Check<'_> {
         Check {
             key,
-            rate: Rate::per_second(1),
+            limits: &LIMITS,
             algorithm: Algorithm::FixedWindow,
             cost: 1,
+            now_us: None,
         }
     }
 

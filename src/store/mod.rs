@@ -11,20 +11,41 @@ mod redis;
 use std::future::Future;
 
 pub use self::{memory::MemoryStore, redis::RedisStore};
-use crate::{Algorithm, Decision, Error, Rate};
+use crate::{Algorithm, Decision, Error, algorithm::Limit};
 
-/// One question to a store: may `cost` more requests be counted on `key`?
+/// One question to a store: may `cost` more requests be counted on `key`
+/// under every one of `limits`?
 #[derive(Clone, Copy, Debug)]
 pub struct Check<'a> {
-    /// The full counter key, e.g. `rl:telemetry:{x-agent-token:AGENT-1}:60`.
+    /// The client's key up to its hash tag, e.g.
+    /// `rl:telemetry:{x-agent-token:AGENT-1}`; each limit appends its part
+    /// (`:60`) to name its counter.
     pub key: &'a str,
-    /// The rate to enforce.
-    pub rate: Rate,
+    /// The limits, all checked at once: a request denied by one is counted
+    /// by none.
+    pub limits: &'a [Limit],
     /// How to count.
     pub algorithm: Algorithm,
-    /// How many requests this one counts as; never above `rate.limit()`.
+    /// How many requests this one counts as, at least 1. A cost above a
+    /// limit's [`capacity`](Limit::capacity) is simply denied; the layer
+    /// answers such requests itself.
     pub cost: u64,
+    /// The time in microseconds since the Unix epoch, when the application's
+    /// clock is used; `None` for the store's own (Redis `TIME`).
+    pub now_us: Option<u64>,
 }
+
+impl Check<'_> {
+    /// The counter key of `limit` in `out` (cleared first).
+    pub(crate) fn counter_key(&self, limit: &Limit, out: &mut String) {
+        out.clear();
+        out.push_str(self.key);
+        limit.push_key_suffix(self.algorithm, out);
+    }
+}
+
+/// Most limits one policy may have; stores keep per-limit state on the stack.
+pub const MAX_LIMITS: usize = 8;
 
 /// Counter storage that decides [`Check`]s atomically.
 pub trait Store: Clone + Send + Sync + 'static {

@@ -8,16 +8,30 @@ use redis::{
 };
 
 use super::{Check, Store};
-use crate::{
-    Algorithm, Decision, Error,
-    algorithm::{Reply, fixed_window},
-};
+use crate::{Algorithm, Decision, Error, algorithm::Verdict};
 
-static FIXED_WINDOW: LazyLock<Script> = LazyLock::new(|| Script::new(fixed_window::SCRIPT));
+/// One script per algorithm, hashed once.
+static SCRIPTS: LazyLock<[Script; 3]> = LazyLock::new(|| {
+    [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ]
+    .map(|algorithm| Script::new(algorithm.script()))
+});
 
-/// Counters in Redis: one `EVALSHA` per decision over one multiplexed
-/// connection that all requests share (so concurrent decisions are
-/// pipelined) and that reconnects on its own after Redis restarts.
+fn script(algorithm: Algorithm) -> &'static Script {
+    &SCRIPTS[match algorithm {
+        Algorithm::FixedWindow => 0,
+        Algorithm::SlidingWindow => 1,
+        Algorithm::Gcra => 2,
+    }]
+}
+
+/// Counters in Redis: one `EVALSHA` per decision, whatever the number of
+/// limits, over one multiplexed connection that all requests share (so
+/// concurrent decisions are pipelined) and that reconnects on its own after
+/// Redis restarts. Needs Redis 7 or later (`PEXPIRETIME`).
 ///
 /// The URL selects the database, as in `redis://127.0.0.1:6379/1`; `rediss://`
 /// needs the `redis` crate's TLS features.
@@ -92,19 +106,25 @@ impl Store for RedisStore {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
 
     fn check(&self, check: Check<'_>) -> Self::Future {
-        let script: &'static Script = match check.algorithm {
-            Algorithm::FixedWindow => &FIXED_WINDOW,
-        };
+        let script = script(check.algorithm);
         let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(script.get_hash()).arg(check.limits.len());
+        let mut key = String::with_capacity(check.key.len() + 16);
+        for limit in check.limits {
+            check.counter_key(limit, &mut key);
+            evalsha.arg(key.as_str());
+        }
         evalsha
-            .arg(script.get_hash())
-            .arg(1)
-            .arg(check.key)
-            .arg(check.rate.limit())
-            .arg(check.rate.window_ms())
+            .arg(check.now_us.map_or(-1, |now| now as i64))
             .arg(check.cost);
+        for limit in check.limits {
+            evalsha
+                .arg(limit.rate.limit())
+                .arg(limit.rate.window_ms())
+                .arg(limit.burst_size());
+        }
         let mut connection = self.connection.clone();
-        let limit = check.rate.limit();
+        let limits: Vec<_> = check.limits.to_vec();
         Box::pin(async move {
             let reply = match evalsha.query_async(&mut connection).await {
                 // Redis restarted or its script cache was flushed.
@@ -114,17 +134,22 @@ impl Store for RedisStore {
                 }
                 reply => reply,
             };
-            let (allowed, count, ttl_ms): (i64, i64, i64) = reply?;
-            let reply = Reply {
-                allowed: allowed == 1,
-                count: u64::try_from(count).map_err(|_| unexpected(count))?,
-                ttl_ms: u64::try_from(ttl_ms).map_err(|_| unexpected(ttl_ms))?,
-            };
-            Ok(reply.into_decision(limit))
+            let reply: Vec<i64> = reply?;
+            let verdicts = reply.get(1..).unwrap_or_default().chunks(4);
+            if verdicts.len() != limits.len() || verdicts.clone().any(|v| v.len() != 4) {
+                return Err(Error::UnexpectedReply(format!("{reply:?}")));
+            }
+            let verdicts = verdicts.map(|v| {
+                let n = |i: usize| u64::try_from(v[i]).unwrap_or(0);
+                Verdict {
+                    allowed: v[0] == 1,
+                    remaining: n(1),
+                    reset_us: n(2),
+                    retry_us: n(3),
+                }
+            });
+            Decision::combine(limits.iter().zip(verdicts))
+                .ok_or_else(|| Error::UnexpectedReply("no limits".to_owned()))
         })
     }
-}
-
-fn unexpected(value: i64) -> Error {
-    Error::UnexpectedReply(format!("negative count or TTL {value}"))
 }

@@ -1,0 +1,31 @@
+
+-- The driver, shared by every algorithm: one call decides all the limits of
+-- a policy, all or nothing.
+-- KEYS: one counter per limit. ARGV[1]: now in microseconds since the Unix
+-- epoch, or -1 to read Redis's clock (one clock for all app servers).
+-- ARGV[2]: cost. Then per limit: limit, window (ms), burst.
+-- Returns {all allowed, then per limit: allowed, remaining, reset (us), retry (us)}.
+local now = tonumber(ARGV[1])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local cost = tonumber(ARGV[2])
+local out = {1}
+local states = {}
+for i, key in ipairs(KEYS) do
+  local a = 3 + (i - 1) * 3
+  local allowed, remaining, reset, retry, state =
+    decide(key, now, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), cost)
+  if not allowed then out[1] = 0 end
+  states[i] = state
+  table.insert(out, allowed and 1 or 0)
+  table.insert(out, remaining)
+  table.insert(out, reset)
+  table.insert(out, retry)
+end
+-- A request denied by one limit consumes nothing from the others.
+if out[1] == 1 then
+  for i, key in ipairs(KEYS) do commit(key, states[i]) end
+end
+return out

@@ -1,0 +1,23 @@
+-- GCRA (generic cell rate algorithm): a token bucket of `burst` tokens
+-- refilled at the rate, kept as one number, the theoretical arrival time
+-- (TAT) in microseconds. Each request pushes the TAT one emission interval
+-- further; a request is admitted while the TAT stays within `burst`
+-- intervals of now. Values stay below 2^53, so Lua's doubles are exact.
+local function decide(key, now, limit, window, burst, cost)
+  local interval = math.floor((window * 1000 + limit - 1) / limit)
+  local tolerance = interval * burst
+  local tat = math.max(tonumber(redis.call('GET', key) or 0), now)
+  local new_tat = tat + cost * interval
+  local allow_at = new_tat - tolerance
+  if allow_at > now then
+    local remaining = math.floor(math.max(now + tolerance - tat, 0) / interval)
+    return false, remaining, tat - now, allow_at - now, nil
+  end
+  local remaining = math.floor((now + tolerance - new_tat) / interval)
+  return true, remaining, new_tat - now, 0, new_tat
+end
+
+local function commit(key, new_tat)
+  -- Once the TAT has passed, the key means the same as no key.
+  redis.call('SET', key, new_tat, 'PXAT', math.floor((new_tat + 999) / 1000))
+end

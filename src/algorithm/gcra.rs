@@ -1,0 +1,33 @@
+//! GCRA, a token bucket kept as one timestamp: the twin of `gcra.lua`.
+//!
+//! The rate sets the emission interval `T = window / limit` (rounded up to a
+//! microsecond, so never faster than the rate); `burst` (default: the limit)
+//! is how many requests may arrive at once. In any span of length `t` at
+//! most `burst + t / T` requests are admitted. One integer per key.
+
+use super::{Entry, Limit, Verdict};
+
+/// The script's `decide` over an in-memory TAT (`None`: no such key, or it
+/// expired, which means the same).
+pub(crate) fn decide(
+    entry: Option<Entry>,
+    now: u64,
+    limit: &Limit,
+    cost: u64,
+) -> (Verdict, Option<Entry>) {
+    let interval = limit.interval_us();
+    let tolerance = interval * limit.burst_size();
+    let tat = entry.map_or(0, |e| e.value[0]).max(now);
+    let new_tat = tat + cost * interval;
+    let allow_at = new_tat - tolerance.min(new_tat);
+    if allow_at > now {
+        let remaining = (now + tolerance).saturating_sub(tat) / interval;
+        return (Verdict::denied(remaining, tat - now, allow_at - now), None);
+    }
+    let remaining = (now + tolerance - new_tat) / interval;
+    let state = Entry {
+        value: [new_tat, 0, 0],
+        expires_at_ms: new_tat.div_ceil(1000),
+    };
+    (Verdict::allowed(remaining, new_tat - now), Some(state))
+}

@@ -1,0 +1,68 @@
+//! Sliding window counter: the twin of `sliding_window.lua`.
+//!
+//! Windows are aligned to the Unix epoch. A request is admitted while
+//! `previous × (overlap of the previous window) + current + cost ≤ limit`,
+//! the weighted approximation of a sliding window. One small hash per key
+//! (window index, current and previous count). Worst case: requests bunched
+//! at the end of two consecutive windows can reach `2 × limit` within one
+//! window's length, but never at a single boundary: a burst of `limit` just
+//! before a boundary leaves almost no room just after it.
+
+use super::{Entry, Limit, Verdict};
+
+/// The script's `decide`. State: `[window index, count, previous count]`,
+/// expiring two windows after the current one opened.
+pub(crate) fn decide(
+    entry: Option<Entry>,
+    now_us: u64,
+    limit: &Limit,
+    cost: u64,
+) -> (Verdict, Option<Entry>) {
+    let now = now_us / 1000;
+    let (limit, window) = (limit.rate.limit(), limit.rate.window_ms());
+    let index = now / window;
+    let elapsed = now - index * window;
+    let (mut c, mut p) = (0, 0);
+    if let Some(Entry {
+        value: [w, count, previous],
+        ..
+    }) = entry
+    {
+        if w == index {
+            (c, p) = (count, previous);
+        } else if w + 1 == index {
+            (c, p) = (0, count);
+        }
+    }
+    let weight = window - elapsed;
+    let used = p * weight + c * window;
+    let capacity = limit * window;
+    let full_reset = (index + 2) * window - now;
+    if used + cost * window <= capacity {
+        let remaining = (capacity - used - cost * window) / window;
+        let state = Entry {
+            value: [index, c + cost, p],
+            expires_at_ms: (index + 2) * window,
+        };
+        return (Verdict::allowed(remaining, full_reset * 1000), Some(state));
+    }
+    let reset = if c > 0 {
+        full_reset
+    } else if p > 0 {
+        window - elapsed
+    } else {
+        0
+    };
+    let in_this_window = (c + cost <= limit && p > 0)
+        .then(|| window - (limit - c - cost) * window / p)
+        .filter(|&at| at < window)
+        .map(|at| at - elapsed);
+    let retry = in_this_window.unwrap_or_else(|| {
+        let at = ((limit - cost) * window)
+            .checked_div(c)
+            .map_or(0, |room| window.saturating_sub(room));
+        window - elapsed + at
+    });
+    let remaining = capacity.saturating_sub(used) / window;
+    (Verdict::denied(remaining, reset * 1000, retry * 1000), None)
+}
