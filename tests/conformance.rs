@@ -306,9 +306,19 @@ fn both_stores_make_identical_decisions_on_random_sequences() {
             Limit::new(Rate::per_minute(30)).burst(2),
         ],
     ];
-    let op = (0u64..1500, 0usize..3, 1u64..4);
+    // Steps in microseconds, biased towards the edges where off-by-ones
+    // live: the same instant, a few microseconds, around a window or an
+    // emission interval, and anywhere.
+    let step = prop_oneof![
+        0u64..5,
+        0u64..2_000,
+        999_000u64..1_001_000,
+        332_000u64..335_000,
+        0u64..1_500_000,
+    ];
+    let op = (step, 0usize..3, 1u64..4);
     let sequence = proptest::collection::vec(op, 1..60);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(160));
     runner
         .run(&(0usize..3, 0usize..3, sequence), |(a, l, ops)| {
             let (algorithm, limits) = (ALGORITHMS[a], &limit_sets[l]);
@@ -320,7 +330,7 @@ fn both_stores_make_identical_decisions_on_random_sequences() {
             runtime.block_on(async {
                 let mut pair = Pair::new().await;
                 for (step, key, cost) in ops {
-                    pair.advance(ms(step));
+                    pair.advance(Duration::from_micros(step));
                     pair.check(&format!("k{key}"), algorithm, &limits, cost)
                         .await;
                 }
