@@ -39,12 +39,13 @@ pub enum FailMode {
 
 /// What the layer does with a request whose key cannot be found (no agent
 /// token, no user). To try another key first, use [`Key::or`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// In a file: `"allow"`, or `{ reject = 401 }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnMissingKey {
     /// Answer with this status (default `400 Bad Request`), so that
     /// omitting the key never escapes the limit.
-    Reject(#[serde(with = "status_code")] StatusCode),
+    Reject(StatusCode),
     /// Forward the request without limiting it.
     Allow,
 }
@@ -413,18 +414,56 @@ impl Compiled {
     }
 }
 
-mod status_code {
-    use http::StatusCode;
-    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
-
-    pub fn serialize<S: Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u16(status.as_u16())
+/// By hand rather than derived: serde's enum forms differ between formats
+/// (YAML wants tags), while a string or a one-entry map reads the same in all.
+impl Serialize for OnMissingKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Self::Allow => s.serialize_str("allow"),
+            Self::Reject(status) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("reject", &status.as_u16())?;
+                map.end()
+            }
+        }
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StatusCode, D::Error> {
-        let code = u16::deserialize(d)?;
-        StatusCode::from_u16(code)
-            .map_err(|_| D::Error::custom(format!("{code} is not an HTTP status")))
+impl<'de> Deserialize<'de> for OnMissingKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+
+        struct OnMissing;
+
+        impl<'de> Visitor<'de> for OnMissing {
+            type Value = OnMissingKey;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""allow" or { reject = <HTTP status> }"#)
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                match text {
+                    "allow" => Ok(OnMissingKey::Allow),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(text), &self)),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (key, code): (String, u16) = map
+                    .next_entry()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                if key != "reject" || map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom(r#"expected only { reject = <HTTP status> }"#));
+                }
+                StatusCode::from_u16(code)
+                    .map(OnMissingKey::Reject)
+                    .map_err(|_| de::Error::custom(format!("{code} is not an HTTP status")))
+            }
+        }
+
+        d.deserialize_any(OnMissing)
     }
 }
 

@@ -13,8 +13,8 @@ use axum::{
     routing::{get, post},
 };
 use axum_redis_ratelimit::{
-    ClientIp, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate, RateLimitLayer, RateLimitStatus,
-    RedisStore, store::Store,
+    Algorithm, ClientIp, Cost, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate, RateLimitLayer,
+    RateLimitStatus, RedisStore, store::Store,
 };
 use common::{HttpClient, RedisServer, Reply, serve, unique_prefix};
 use futures::future::join_all;
@@ -483,6 +483,96 @@ async fn a_flushed_script_cache_is_reloaded() {
         reply.header("ratelimit").unwrap().contains("r=1"),
         "{reply:?}"
     );
+}
+
+#[tokio::test]
+async fn a_batch_costs_its_event_count() {
+    let policy = telemetry("10/m").cost(Cost::header("X-Event-Count"));
+    let http = client(policy, redis().await).await;
+    let send = |count: &'static [u8]| {
+        let http = http.clone();
+        async move {
+            http.post("/t", &[(TOKEN, b"a"), ("x-event-count", count)])
+                .await
+        }
+    };
+    let four = send(b"4").await;
+    assert_eq!(four.status, StatusCode::OK);
+    assert!(
+        four.header("ratelimit").unwrap().contains(";r=6;"),
+        "{four:?}"
+    );
+    let one = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert!(
+        one.header("ratelimit").unwrap().contains(";r=5;"),
+        "no header costs 1: {one:?}"
+    );
+    for bad in [&b"abc"[..], b"0", b"-3", b"1e3", b"99999999999"] {
+        let reply = send(bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+        assert!(
+            reply.body.contains("x-event-count must be"),
+            "{}",
+            reply.body
+        );
+    }
+    let too_big = send(b"11").await;
+    assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        too_big.header("retry-after").is_none(),
+        "waiting would not help"
+    );
+    assert_eq!(
+        too_big.body,
+        r#"{"error":"Request cost exceeds the rate limit","cost":11,"capacity":10}"#
+    );
+    // Five are left: a batch of five fits, then nothing does.
+    assert_eq!(send(b"5").await.status, StatusCode::OK);
+    assert_eq!(send(b"1").await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn several_limits_are_listed_and_the_most_restrictive_reported() {
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
+        let policy = telemetry("2/s")
+            .rate(Rate::per_minute(100))
+            .algorithm(algorithm);
+        let http = client(policy, redis().await).await;
+        let first = http.post("/t", &[(TOKEN, b"a")]).await;
+        assert_eq!(
+            first.header("ratelimit-policy"),
+            Some(r#""telemetry-1s";q=2;w=1, "telemetry-60s";q=100;w=60"#)
+        );
+        assert!(
+            first
+                .header("ratelimit")
+                .unwrap()
+                .starts_with(r#""telemetry-1s";r=1;t="#),
+            "{first:?}"
+        );
+        http.post("/t", &[(TOKEN, b"a")]).await;
+        let denied = http.post("/t", &[(TOKEN, b"a")]).await;
+        assert_eq!(
+            denied.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{algorithm:?}"
+        );
+        assert!(
+            denied
+                .header("ratelimit")
+                .unwrap()
+                .starts_with(r#""telemetry-1s";r=0;t="#)
+        );
+        let retry: u64 = denied.header("retry-after").unwrap().parse().unwrap();
+        assert!(
+            (1..=2).contains(&retry),
+            "{algorithm:?}: Retry-After {retry}"
+        );
+    }
 }
 
 #[tokio::test]

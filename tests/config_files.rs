@@ -1,0 +1,107 @@
+//! Policies written in TOML and YAML, through serde, build the same layers
+//! as the builder.
+
+use axum_redis_ratelimit::{
+    MemoryStore, RateLimitLayer,
+    config::{PolicyConfig, PolicyFile},
+};
+
+const TOML: &str = r#"
+[[policies]]
+name = "telemetry"
+algorithm = "gcra"
+rate = ["10/s", "1000/m"]
+burst = 20
+key = { type = "header", name = "X-Agent-Token", secret = true }
+cost = { header = "X-Event-Count" }
+on_missing_key = { reject = 401 }
+on_store_error = "open"
+timeout_ms = 50
+
+[[policies]]
+name = "login"
+rate = "10/h"
+key = { type = "client_ip", trusted_proxies = ["10.0.0.0/8"], header = "forwarded", ipv6_prefix = 64 }
+on_store_error = "closed"
+methods = ["POST"]
+
+[[policies]]
+name = "dashboard"
+algorithm = "sliding"
+limits = [{ rate = "60/m" }]
+clock = "app"
+key = { type = "user", or = { type = "client_ip" } }
+mode = "annotate"
+legacy_headers = true
+"#;
+
+const YAML: &str = r#"
+policies:
+  - name: telemetry
+    algorithm: gcra
+    rate: ["10/s", "1000/m"]
+    burst: 20
+    key: { type: header, name: X-Agent-Token, secret: true }
+    cost: { header: X-Event-Count }
+    on_missing_key: { reject: 401 }
+    on_store_error: open
+    timeout_ms: 50
+  - name: login
+    rate: 10/h
+    key: { type: client_ip, trusted_proxies: ["10.0.0.0/8"], header: forwarded, ipv6_prefix: 64 }
+    on_store_error: closed
+    methods: [POST]
+  - name: dashboard
+    algorithm: sliding
+    limits: [{ rate: 60/m }]
+    clock: app
+    key: { type: user, or: { type: client_ip } }
+    mode: annotate
+    legacy_headers: true
+"#;
+
+#[test]
+fn toml_and_yaml_describe_the_same_policies() {
+    let from_toml: PolicyFile = toml::from_str(TOML).unwrap();
+    let from_yaml: PolicyFile = serde_yaml::from_str(YAML).unwrap();
+    assert_eq!(from_toml, from_yaml);
+    assert_eq!(from_toml.policies.len(), 3);
+    // Each builds a layer: the file is checked as thoroughly as the builder.
+    for config in from_toml.policies {
+        let name = config.name.clone();
+        let policy = config.into_policy().unwrap();
+        RateLimitLayer::new(policy, MemoryStore::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn a_file_round_trips_through_serde() {
+    let file: PolicyFile = toml::from_str(TOML).unwrap();
+    let again: PolicyFile = toml::from_str(&toml::to_string(&file).unwrap()).unwrap();
+    assert_eq!(again, file);
+}
+
+#[test]
+fn mistakes_in_a_file_are_reported_by_name() {
+    let policy = |body: &str| format!("name = \"p\"\nkey = {{ type = \"user\" }}\n{body}");
+    let parse_error = |body: &str| {
+        toml::from_str::<PolicyConfig>(&policy(body))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(parse_error("rate = \"10/fortnight\"").contains("\"10/fortnight\""));
+    assert!(parse_error("rate = \"1/s\"\nalgorithm = \"leaky\"").contains("leaky"));
+    assert!(parse_error("rate = \"1/s\"\nrat = \"1/s\"").contains("rat"));
+    let build_error = |body: &str| {
+        let config: PolicyConfig = toml::from_str(&policy(body)).unwrap();
+        let policy = config.into_policy().unwrap();
+        RateLimitLayer::new(policy, MemoryStore::new())
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(build_error("").contains("policies.p.rate"));
+    assert!(build_error("rate = \"1/s\"\nburst = 5").contains("policies.p.burst"));
+    assert!(build_error("rate = [\"1/s\", \"2/s\"]").contains("policies.p.rate"));
+    assert!(build_error("rate = \"1/s\"\ncost = 0").contains("policies.p.cost"));
+}

@@ -1,0 +1,124 @@
+//! What a decision costs Redis: one command, whatever the number of limits.
+//! Counted with `INFO commandstats` on a server of this test's own.
+
+mod common;
+
+use std::collections::HashMap;
+
+use axum_redis_ratelimit::{
+    Algorithm, Limit, Rate, RedisStore,
+    store::{Check, Store},
+};
+use common::RedisServer;
+
+/// Calls per command since the last `CONFIG RESETSTAT`.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_decision_with_three_limits_is_one_command() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let limits = [
+        Limit::new(Rate::per_second(10)),
+        Limit::new(Rate::per_minute(100)),
+        Limit::new(Rate::per_hour(1000)),
+    ];
+    let mut conn = server.connection().await;
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
+        let check = Check {
+            key: "rl:p:{k}",
+            limits: &limits,
+            algorithm,
+            cost: 1,
+            now_us: None,
+        };
+        // The first call also loads the script (NOSCRIPT, SCRIPT LOAD, retry).
+        store.check(check).await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+
+        let decision = store.check(check).await.unwrap();
+        assert!(decision.allowed);
+
+        let calls = command_calls(&mut conn).await;
+        assert_eq!(calls.get("evalsha"), Some(&1), "{algorithm:?}: {calls:?}");
+        // Everything else was run by the script inside that one EVALSHA (or
+        // is this test's own bookkeeping): no second round trip.
+        let inside_scripts = [
+            "time",
+            "get",
+            "set",
+            "pexpiretime",
+            "pexpireat",
+            "hmget",
+            "hset",
+        ];
+        let own = ["config|resetstat", "info", "evalsha"];
+        for name in calls.keys() {
+            assert!(
+                inside_scripts.contains(&name.as_str()) || own.contains(&name.as_str()),
+                "{algorithm:?}: unexpected command {name}: {calls:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_denial_by_one_limit_leaves_the_others_unchanged_in_redis() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let limits = [
+        Limit::new(Rate::per_second(1)),
+        Limit::new(Rate::per_minute(100)),
+    ];
+    let check = Check {
+        key: "rl:p:{k}",
+        limits: &limits,
+        algorithm: Algorithm::FixedWindow,
+        cost: 1,
+        now_us: None,
+    };
+    assert!(store.check(check).await.unwrap().allowed);
+    for _ in 0..5 {
+        assert!(!store.check(check).await.unwrap().allowed);
+    }
+    let mut conn = server.connection().await;
+    let per_minute: u64 = redis::cmd("GET")
+        .arg("rl:p:{k}:60")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        per_minute, 1,
+        "denied requests must not count on the per-minute limit"
+    );
+}
