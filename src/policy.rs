@@ -455,7 +455,9 @@ impl<'de> Deserialize<'de> for OnMissingKey {
                     .next_entry()?
                     .ok_or_else(|| de::Error::invalid_length(0, &self))?;
                 if key != "reject" || map.next_key::<String>()?.is_some() {
-                    return Err(de::Error::custom(r#"expected only { reject = <HTTP status> }"#));
+                    return Err(de::Error::custom(
+                        r#"expected only { reject = <HTTP status> }"#,
+                    ));
                 }
                 StatusCode::from_u16(code)
                     .map(OnMissingKey::Reject)

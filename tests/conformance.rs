@@ -211,6 +211,29 @@ async fn the_most_restrictive_limit_is_reported() {
     );
 }
 
+#[tokio::test]
+async fn a_check_with_no_or_too_many_limits_is_an_error_not_a_panic() {
+    let pair = Pair::new().await;
+    let nine: Vec<_> = (1..=9)
+        .map(|s| Limit::new(Rate::new(5, Duration::from_secs(s)).unwrap()))
+        .collect();
+    for limits in [&[][..], &nine[..]] {
+        let check = Check {
+            key: "rl:p:{k}",
+            limits,
+            algorithm: Algorithm::FixedWindow,
+            cost: 1,
+            now_us: None,
+        };
+        for error in [
+            pair.memory.check(check).await.unwrap_err(),
+            pair.redis.check(check).await.unwrap_err(),
+        ] {
+            assert!(error.to_string().contains("limits"), "{error}");
+        }
+    }
+}
+
 /// The edge that motivates the other algorithms: `limit` just before a
 /// window boundary and `limit` just after it.
 #[tokio::test]

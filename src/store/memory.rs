@@ -112,10 +112,11 @@ impl MemoryStore {
 
     /// Runs the algorithm's twin over the check's counters under one lock:
     /// the shard is chosen by the client's key, which all its counters share.
-    fn decide(&self, check: Check<'_>) -> Option<Decision> {
+    fn decide(&self, check: Check<'_>) -> Result<Decision, Error> {
+        check.validate()?;
         let now_us = check.now_us.unwrap_or_else(|| self.now_us());
         let now_ms = now_us / 1000;
-        let limits = &check.limits[..check.limits.len().min(MAX_LIMITS)];
+        let limits = check.limits;
         let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
         let mut shard = lock(&self.inner.shards[index]);
         let mut key = String::with_capacity(check.key.len() + 16);
@@ -145,6 +146,7 @@ impl MemoryStore {
             }
         }
         Decision::combine(limits.iter().zip(verdicts.into_iter().flatten()))
+            .ok_or_else(|| Error::config("limits", "a check needs at least one limit"))
     }
 }
 
@@ -167,10 +169,7 @@ impl Store for MemoryStore {
     type Future = Ready<Result<Decision, Error>>;
 
     fn check(&self, check: Check<'_>) -> Self::Future {
-        ready(
-            self.decide(check)
-                .ok_or_else(|| Error::config("limits", "a check needs at least one limit")),
-        )
+        ready(self.decide(check))
     }
 }
 

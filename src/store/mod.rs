@@ -36,6 +36,20 @@ pub struct Check<'a> {
 }
 
 impl Check<'_> {
+    /// Policies are checked when built; this guards direct callers of a store.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.limits.is_empty() || self.limits.len() > MAX_LIMITS {
+            return Err(Error::config(
+                "limits",
+                format!(
+                    "a check needs 1 to {MAX_LIMITS} limits, not {}",
+                    self.limits.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The counter key of `limit` in `out` (cleared first).
     pub(crate) fn counter_key(&self, limit: &Limit, out: &mut String) {
         out.clear();

@@ -7,7 +7,7 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
-use super::{Check, Store};
+use super::{Check, MAX_LIMITS, Store};
 use crate::{Algorithm, Decision, Error, algorithm::Verdict};
 
 /// One script per algorithm, hashed once.
@@ -106,6 +106,9 @@ impl Store for RedisStore {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
 
     fn check(&self, check: Check<'_>) -> Self::Future {
+        if let Err(e) = check.validate() {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         let script = script(check.algorithm);
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha.arg(script.get_hash()).arg(check.limits.len());
@@ -124,7 +127,11 @@ impl Store for RedisStore {
                 .arg(limit.burst_size());
         }
         let mut connection = self.connection.clone();
-        let limits: Vec<_> = check.limits.to_vec();
+        // Copied onto the future's stack rather than into a Vec.
+        let mut limits = [None; MAX_LIMITS];
+        for (slot, limit) in limits.iter_mut().zip(check.limits) {
+            *slot = Some(*limit);
+        }
         Box::pin(async move {
             let reply = match evalsha.query_async(&mut connection).await {
                 // Redis restarted or its script cache was flushed.
@@ -135,8 +142,9 @@ impl Store for RedisStore {
                 reply => reply,
             };
             let reply: Vec<i64> = reply?;
+            let limits = limits.iter().flatten();
             let verdicts = reply.get(1..).unwrap_or_default().chunks(4);
-            if verdicts.len() != limits.len() || verdicts.clone().any(|v| v.len() != 4) {
+            if verdicts.len() != limits.clone().count() || verdicts.clone().any(|v| v.len() != 4) {
                 return Err(Error::UnexpectedReply(format!("{reply:?}")));
             }
             let verdicts = verdicts.map(|v| {
@@ -148,8 +156,8 @@ impl Store for RedisStore {
                     retry_us: n(3),
                 }
             });
-            Decision::combine(limits.iter().zip(verdicts))
-                .ok_or_else(|| Error::UnexpectedReply("no limits".to_owned()))
+            Decision::combine(limits.zip(verdicts))
+                .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
         })
     }
 }
