@@ -253,6 +253,14 @@ impl Decision {
     }
 }
 
+/// The system clock in microseconds since the Unix epoch, the unit of every
+/// script's `now`.
+pub(crate) fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Seconds as the HTTP headers carry them: rounded up, so that a client that
 /// waits that long is never early, and at least 1.
 pub(crate) fn whole_seconds(duration: Duration) -> u64 {

@@ -9,7 +9,7 @@ use tower::{Layer, Service};
 
 use super::{future::ResponseFuture, health::Stats};
 use crate::{
-    Clock, Error, OnMissingKey, Policy,
+    Clock, Error, OnMissingKey, Policy, algorithm,
     policy::Compiled,
     response,
     store::{Check, Store},
@@ -140,7 +140,7 @@ where
             cost,
             now_us: match policy.clock {
                 Clock::Store => None,
-                Clock::App => Some(unix_now_us()),
+                Clock::App => Some(algorithm::unix_now_us()),
             },
         });
         // The clone is the one that is not yet ready; the ready one goes with
@@ -154,10 +154,4 @@ where
             &self.shared,
         )
     }
-}
-
-fn unix_now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }

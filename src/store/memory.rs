@@ -5,13 +5,15 @@ use std::{
     future::{Ready, ready},
     hash::{BuildHasher, RandomState},
     sync::{Arc, Mutex, PoisonError},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::time::Instant;
 
 use super::{Check, MAX_LIMITS, Store};
-use crate::{Decision, Error, algorithm::Entry};
+use crate::{
+    Decision, Error,
+    algorithm::{self, Entry},
+};
 
 /// Shards, so that concurrent requests for different keys rarely wait on
 /// one lock.
@@ -85,9 +87,7 @@ impl MemoryStore {
                 shards,
                 hasher: RandomState::new(),
                 epoch: Instant::now(),
-                epoch_unix_us: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as u64),
+                epoch_unix_us: algorithm::unix_now_us(),
             }),
         }
     }
