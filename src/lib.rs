@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod algorithm;
+pub mod block_cache;
 pub mod config;
 pub mod cost;
 pub mod error;

@@ -7,8 +7,14 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Algorithm, Cost, Error, Key, Rate, algorithm::Limit, headers, key::encode,
-    response::RateLimitInfo, store::MAX_LIMITS,
+    Algorithm, Cost, Decision, Error, Key, MemoryStore, Rate,
+    algorithm::Limit,
+    block_cache::BlockCache,
+    headers,
+    key::encode,
+    layer::Breaker,
+    response::RateLimitInfo,
+    store::{Check, MAX_LIMITS},
 };
 
 /// What the layer does with a request over the limit.
@@ -35,6 +41,10 @@ pub enum FailMode {
     /// Answer `503 Service Unavailable` with `Retry-After: 1`: for endpoints
     /// such as login, where an unlimited window is worse than downtime.
     Closed,
+    /// Keep limiting in this process with an in-memory store and the same
+    /// limits, each divided by [`Policy::fallback_divisor`] (say, the
+    /// number of app servers), until the store answers again.
+    Fallback,
 }
 
 /// What the layer does with a request whose key cannot be found (no agent
@@ -107,6 +117,9 @@ pub struct Policy {
     pub(crate) prefix: String,
     pub(crate) legacy_headers: bool,
     pub(crate) on_rejected: Option<RejectionHook>,
+    pub(crate) block_cache: Option<usize>,
+    pub(crate) fallback_divisor: u64,
+    pub(crate) breaker: Breaker,
 }
 
 /// Default bound on a store call: well above a healthy Redis round trip
@@ -137,6 +150,9 @@ impl Policy {
             prefix: DEFAULT_PREFIX.to_owned(),
             legacy_headers: false,
             on_rejected: None,
+            block_cache: None,
+            fallback_divisor: 1,
+            breaker: Breaker::default(),
         }
     }
 
@@ -212,6 +228,30 @@ impl Policy {
         self.on_store_error(FailMode::Closed)
     }
 
+    /// For [`FailMode::Fallback`]: divide each limit by this while limiting
+    /// in-process (default 1), so that `n` app servers together stay near
+    /// the shared limit. Limits never drop below 1.
+    pub fn fallback_divisor(mut self, divisor: u64) -> Self {
+        self.fallback_divisor = divisor;
+        self
+    }
+
+    /// Remember denials in-process and answer `429` for a denied key until
+    /// its `Retry-After` has passed, without asking the store (see
+    /// [`block_cache`](crate::block_cache)); at most `capacity` keys
+    /// (default off).
+    pub fn block_cache(mut self, capacity: usize) -> Self {
+        self.block_cache = Some(capacity);
+        self
+    }
+
+    /// When to stop calling a failing store (default: after 3 failures in a
+    /// row, probing every 500 ms).
+    pub fn breaker(mut self, breaker: Breaker) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
     /// The longest a request waits for the store (default 100 ms).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -285,6 +325,24 @@ impl Policy {
                 format!("{status} is not an error status; use `allow` to let requests pass"),
             ));
         }
+        if self.fallback_divisor == 0 {
+            return Err(Error::config(
+                field("fallback_divisor"),
+                "must be at least 1",
+            ));
+        }
+        if self.block_cache == Some(0) {
+            return Err(Error::config(
+                field("block_cache"),
+                "must hold at least 1 key",
+            ));
+        }
+        if self.breaker.failures == 0 || self.breaker.cooldown_ms == 0 {
+            return Err(Error::config(
+                field("breaker"),
+                "failures and cooldown_ms must be at least 1",
+            ));
+        }
         if self.methods.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::config(
                 field("methods"),
@@ -292,7 +350,17 @@ impl Policy {
             ));
         }
         let capacity = limits.iter().map(|l| l.capacity(self.algorithm)).min();
+        let fallback = (self.on_store_error == FailMode::Fallback).then(|| Fallback {
+            store: MemoryStore::new(),
+            limits: limits
+                .iter()
+                .map(|l| l.divided_by(self.fallback_divisor))
+                .collect(),
+        });
         Ok(Compiled {
+            block_cache: self.block_cache.map(BlockCache::new),
+            fallback,
+            breaker: self.breaker,
             key_head: format!("{}{}:{{", self.prefix, self.name),
             items: headers::PolicyItems::new(&self.name, &limits),
             capacity: capacity.unwrap_or(1),
@@ -381,6 +449,9 @@ impl fmt::Debug for Policy {
             .field("methods", &self.methods)
             .field("prefix", &self.prefix)
             .field("legacy_headers", &self.legacy_headers)
+            .field("block_cache", &self.block_cache)
+            .field("fallback_divisor", &self.fallback_divisor)
+            .field("breaker", &self.breaker)
             .field("on_rejected", &self.on_rejected.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -406,6 +477,35 @@ pub(crate) struct Compiled {
     /// `rl:telemetry:{`: the key up to the client's part.
     pub key_head: String,
     pub items: headers::PolicyItems,
+    pub block_cache: Option<BlockCache>,
+    pub fallback: Option<Fallback>,
+    pub breaker: Breaker,
+}
+
+/// The in-process limiter of [`FailMode::Fallback`].
+pub(crate) struct Fallback {
+    pub store: MemoryStore,
+    pub limits: Vec<Limit>,
+}
+
+impl Fallback {
+    pub(crate) fn decide(&self, key: &str, cost: u64, algorithm: Algorithm) -> Option<Decision> {
+        let check = Check {
+            key,
+            limits: &self.limits,
+            algorithm,
+            // A cost that fits the shared limits may exceed the divided ones.
+            cost: cost.min(
+                self.limits
+                    .iter()
+                    .map(|l| l.capacity(algorithm))
+                    .min()
+                    .unwrap_or(1),
+            ),
+            now_us: None,
+        };
+        self.store.decide(check).ok()
+    }
 }
 
 impl Compiled {
@@ -495,6 +595,13 @@ mod tests {
         assert!(error(ok().prefix("r{l}")).contains("policies.p.prefix"));
         assert!(error(ok().timeout(Duration::ZERO)).contains("policies.p.timeout"));
         assert!(error(ok().methods([])).contains("policies.p.methods"));
+        assert!(error(ok().fallback_divisor(0)).contains("policies.p.fallback_divisor"));
+        assert!(error(ok().block_cache(0)).contains("policies.p.block_cache"));
+        let no_failures = Breaker {
+            failures: 0,
+            cooldown_ms: 1,
+        };
+        assert!(error(ok().breaker(no_failures)).contains("policies.p.breaker"));
         assert!(error(ok().burst(5)).contains("policies.p.burst"));
         let gcra = || ok().algorithm(Algorithm::Gcra);
         assert!(gcra().burst(5).compile().is_ok());

@@ -141,6 +141,16 @@ impl Limit {
         }
     }
 
+    /// This limit with its rate and burst divided by `divisor`, at least 1.
+    pub(crate) fn divided_by(&self, divisor: u64) -> Self {
+        let rate = Rate::new((self.rate.limit() / divisor).max(1), self.rate.window())
+            .expect("a smaller limit over the same window is valid");
+        Self {
+            rate,
+            burst: self.burst.map(|b| (b / divisor).max(1)),
+        }
+    }
+
     /// GCRA's emission interval, rounded up so it is never faster than the rate.
     pub(crate) fn interval_us(&self) -> u64 {
         (self.rate.window_ms() * 1000).div_ceil(self.rate.limit())

@@ -8,7 +8,7 @@ use std::{
 use axum::response::{IntoResponse, Response};
 use http::Request;
 use pin_project_lite::pin_project;
-use tokio::time::{Timeout, error::Elapsed};
+use tokio::time::{Instant, Timeout};
 use tower::Service;
 
 use super::service::Shared;
@@ -29,14 +29,22 @@ pin_project! {
     }
 }
 
+/// What a store call waits with: the ready service, the request, and what
+/// the fail mode and the block cache need afterwards.
+pub(super) struct Pending<S, B> {
+    pub inner: S,
+    pub request: Request<B>,
+    pub key: String,
+    pub cost: u64,
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<S, F, SF, B> {
-        // Waiting for the store; `next` holds the ready service and the request.
         Checking {
             #[pin]
             check: Timeout<SF>,
-            next: Option<(S, Request<B>)>,
+            pending: Option<Pending<S, B>>,
         },
         // Waiting for the inner service; the decision goes into the headers.
         Calling {
@@ -51,18 +59,78 @@ pin_project! {
     }
 }
 
+/// Where a request goes once its decision (if any) is known.
+pub(super) enum Next {
+    Respond(Response),
+    Forward(Option<Decision>),
+}
+
+impl Shared {
+    /// Block mode answers a denial here; annotate mode records the decision
+    /// for the handler; everything else is forwarded.
+    pub(super) fn next<B>(&self, decision: Option<Decision>, request: &mut Request<B>) -> Next {
+        let policy = &self.policy;
+        let Some(decision) = decision else {
+            return Next::Forward(None);
+        };
+        let info = || RateLimitInfo {
+            policy: policy.name.clone(),
+            decision,
+        };
+        match policy.mode {
+            Mode::Block if !decision.allowed => {
+                let info = info();
+                let mut response = match &policy.on_rejected {
+                    Some(hook) => hook(&info),
+                    None => response::too_many_requests(&info),
+                };
+                headers::insert(response.headers_mut(), policy, &decision);
+                return Next::Respond(response);
+            }
+            Mode::Block => {}
+            Mode::Annotate => RateLimitStatus::record(request.extensions_mut(), info()),
+        }
+        Next::Forward(Some(decision))
+    }
+
+    /// The store failed, timed out or is skipped by the breaker: the fail
+    /// mode decides (`Err`: answer with this response).
+    pub(super) fn unavailable(&self, key: &str, cost: u64) -> Result<Option<Decision>, Response> {
+        let mode = self.policy.on_store_error;
+        self.stats.record_fail_mode(mode);
+        match (mode, &self.policy.fallback) {
+            (FailMode::Closed, _) => Err(response::store_unavailable()),
+            (FailMode::Fallback, Some(fallback)) => {
+                Ok(fallback.decide(key, cost, self.policy.algorithm))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Records a store decision (breaker, block cache).
+    pub(super) fn decided(&self, key: &str, cost: u64, decision: &Decision) {
+        self.stats.record_success(&self.policy.name);
+        if let Some(cache) = self
+            .policy
+            .block_cache
+            .as_ref()
+            .filter(|_| !decision.allowed)
+        {
+            cache.insert(key, cost, decision, Instant::now());
+        }
+    }
+}
+
 impl<S, SF, B> ResponseFuture<S, SF, B>
 where
     S: Service<Request<B>>,
 {
-    pub(super) fn forward(future: S::Future, shared: &Arc<Shared>) -> Self {
-        Self::with(
-            State::Calling {
-                future,
-                decision: None,
-            },
-            shared,
-        )
+    pub(super) fn forward(
+        future: S::Future,
+        decision: Option<Decision>,
+        shared: &Arc<Shared>,
+    ) -> Self {
+        Self::with(State::Calling { future, decision }, shared)
     }
 
     pub(super) fn respond(response: Response, shared: &Arc<Shared>) -> Self {
@@ -74,16 +142,11 @@ where
         )
     }
 
-    pub(super) fn check(
-        check: Timeout<SF>,
-        inner: S,
-        request: Request<B>,
-        shared: &Arc<Shared>,
-    ) -> Self {
+    pub(super) fn check(check: Timeout<SF>, pending: Pending<S, B>, shared: &Arc<Shared>) -> Self {
         Self::with(
             State::Checking {
                 check,
-                next: Some((inner, request)),
+                pending: Some(pending),
             },
             shared,
         )
@@ -111,51 +174,37 @@ where
         let policy = &shared.policy;
         loop {
             match this.state.as_mut().project() {
-                StateProj::Checking { check, next } => {
-                    let outcome = flatten(ready!(check.poll(cx)), policy.timeout);
-                    let (mut inner, mut request) = next.take().expect("polled after completion");
+                StateProj::Checking { check, pending } => {
+                    let outcome =
+                        ready!(check.poll(cx)).unwrap_or(Err(Error::Timeout(policy.timeout)));
+                    let Pending {
+                        mut inner,
+                        mut request,
+                        key,
+                        cost,
+                    } = pending.take().expect("polled after completion");
                     let decision = match outcome {
                         Ok(decision) => {
-                            shared.stats.record_success(&policy.name);
-                            decision
+                            shared.decided(&key, cost, &decision);
+                            Some(decision)
                         }
                         Err(error) => {
                             shared
                                 .stats
                                 .record_error(&policy.name, &error, policy.on_store_error);
-                            if policy.on_store_error == FailMode::Closed {
-                                return Poll::Ready(Ok(response::store_unavailable()));
+                            match shared.unavailable(&key, cost) {
+                                Ok(decision) => decision,
+                                Err(response) => return Poll::Ready(Ok(response)),
                             }
+                        }
+                    };
+                    match shared.next(decision, &mut request) {
+                        Next::Respond(response) => return Poll::Ready(Ok(response)),
+                        Next::Forward(decision) => {
                             let future = inner.call(request);
-                            this.state.set(State::Calling {
-                                future,
-                                decision: None,
-                            });
-                            continue;
+                            this.state.set(State::Calling { future, decision });
                         }
-                    };
-                    let info = || RateLimitInfo {
-                        policy: policy.name.clone(),
-                        decision,
-                    };
-                    match policy.mode {
-                        Mode::Annotate => RateLimitStatus::record(request.extensions_mut(), info()),
-                        Mode::Block if !decision.allowed => {
-                            let info = info();
-                            let mut response = match &policy.on_rejected {
-                                Some(hook) => hook(&info),
-                                None => response::too_many_requests(&info),
-                            };
-                            headers::insert(response.headers_mut(), policy, &decision);
-                            return Poll::Ready(Ok(response));
-                        }
-                        Mode::Block => {}
                     }
-                    let future = inner.call(request);
-                    this.state.set(State::Calling {
-                        future,
-                        decision: Some(decision),
-                    });
                 }
                 StateProj::Calling { future, decision } => {
                     let mut response = ready!(future.poll(cx))?.into_response();
@@ -170,11 +219,4 @@ where
             }
         }
     }
-}
-
-fn flatten(
-    outcome: Result<Result<Decision, Error>, Elapsed>,
-    timeout: std::time::Duration,
-) -> Result<Decision, Error> {
-    outcome.unwrap_or(Err(Error::Timeout(timeout)))
 }

@@ -1,9 +1,42 @@
-//! How a policy's store has been doing: counters, and an outage logged once
-//! when it starts and once when it ends, not once per request.
+//! How a policy's store has been doing: counters, a circuit breaker, and an
+//! outage logged once when it starts and once when it ends, not once per
+//! request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::{
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::{Error, FailMode};
+
+/// When to stop calling a failing store, and how often to try it again.
+///
+/// After `failures` store calls in a row fail or time out, the breaker
+/// opens: requests get the policy's fail mode at once, without waiting for
+/// the store. Every `cooldown` one request is let through as a probe; when it
+/// succeeds, the breaker closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// Consecutive failures that open the breaker (at least 1).
+    pub failures: u32,
+    /// Time between probes while open, in milliseconds.
+    pub cooldown_ms: u64,
+}
+
+impl Default for Breaker {
+    /// Three failures; a probe every 500 ms, so limiting resumes within
+    /// about half a second of the store returning.
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            cooldown_ms: 500,
+        }
+    }
+}
 
 /// Counters of one layer, shared by all its clones.
 ///
@@ -15,48 +48,130 @@ use crate::{Error, FailMode};
 /// ).unwrap();
 /// assert_eq!(layer.stats().store_errors(), 0);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     store_errors: AtomicU64,
+    short_circuited: AtomicU64,
     failed_open: AtomicU64,
     failed_closed: AtomicU64,
+    fell_back: AtomicU64,
+    served_from_block_cache: AtomicU64,
     degraded: AtomicBool,
+    breaker: Breaker,
+    epoch: Instant,
+    consecutive_failures: AtomicU32,
+    /// Microseconds after `epoch` until which the breaker is open; 0: closed.
+    open_until_us: AtomicU64,
+    probing: AtomicBool,
+}
+
+/// What the breaker says about calling the store now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    Call,
+    Skip,
 }
 
 impl Stats {
+    pub(crate) fn new(breaker: Breaker) -> Self {
+        Self {
+            store_errors: AtomicU64::new(0),
+            short_circuited: AtomicU64::new(0),
+            failed_open: AtomicU64::new(0),
+            failed_closed: AtomicU64::new(0),
+            fell_back: AtomicU64::new(0),
+            served_from_block_cache: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+            breaker,
+            epoch: Instant::now(),
+            consecutive_failures: AtomicU32::new(0),
+            open_until_us: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
     /// Store calls that failed or timed out.
     pub fn store_errors(&self) -> u64 {
         self.store_errors.load(Relaxed)
     }
 
-    /// Requests forwarded unlimited because the store failed.
+    /// Requests that did not call the store because the breaker was open.
+    pub fn short_circuited(&self) -> u64 {
+        self.short_circuited.load(Relaxed)
+    }
+
+    /// Requests forwarded unlimited because the store was unavailable.
     pub fn failed_open(&self) -> u64 {
         self.failed_open.load(Relaxed)
     }
 
-    /// Requests answered 503 because the store failed.
+    /// Requests answered 503 because the store was unavailable.
     pub fn failed_closed(&self) -> u64 {
         self.failed_closed.load(Relaxed)
     }
 
-    /// Whether the last store call failed.
+    /// Requests decided by the in-process fallback limiter.
+    pub fn fell_back(&self) -> u64 {
+        self.fell_back.load(Relaxed)
+    }
+
+    /// Requests answered `429` from the block cache, without the store.
+    pub fn served_from_block_cache(&self) -> u64 {
+        self.served_from_block_cache.load(Relaxed)
+    }
+
+    /// Whether the store is failing (the last call failed, or the breaker
+    /// is open).
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Relaxed)
     }
 
+    fn now_us(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+
+    /// Called before each store call. While the breaker is open, one
+    /// request per cooldown goes through as a probe; the rest are skipped.
+    pub(crate) fn admit(&self) -> Admit {
+        let open_until = self.open_until_us.load(Relaxed);
+        if open_until == 0 {
+            return Admit::Call;
+        }
+        if self.now_us() >= open_until && !self.probing.swap(true, Relaxed) {
+            return Admit::Call;
+        }
+        self.short_circuited.fetch_add(1, Relaxed);
+        Admit::Skip
+    }
+
+    pub(crate) fn record_block_cache_hit(&self) {
+        self.served_from_block_cache.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request the fail mode decided, for whatever reason.
+    pub(crate) fn record_fail_mode(&self, mode: FailMode) {
+        let counter = match mode {
+            FailMode::Open => &self.failed_open,
+            FailMode::Closed => &self.failed_closed,
+            FailMode::Fallback => &self.fell_back,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn record_error(&self, policy: &str, error: &Error, mode: FailMode) {
         self.store_errors.fetch_add(1, Relaxed);
-        match mode {
-            FailMode::Open => self.failed_open.fetch_add(1, Relaxed),
-            FailMode::Closed => self.failed_closed.fetch_add(1, Relaxed),
-        };
+        let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if failures >= self.breaker.failures || self.probing.load(Relaxed) {
+            let cooldown = Duration::from_millis(self.breaker.cooldown_ms).as_micros() as u64;
+            self.open_until_us.store(self.now_us() + cooldown, Relaxed);
+            self.probing.store(false, Relaxed);
+        }
         if !self.degraded.swap(true, Relaxed) {
             tracing::warn!(
                 policy,
                 %error,
                 fail_mode = ?mode,
-                "rate-limit store failing; requests are let through (open) or refused \
-                 with 503 (closed) until it answers again"
+                "rate-limit store failing; the fail mode decides until it answers again"
             );
         }
     }
@@ -64,6 +179,9 @@ impl Stats {
     /// Cheap on the hot path: a read of a flag that is almost always false.
     pub(crate) fn record_success(&self, policy: &str) {
         if self.degraded.load(Relaxed) && self.degraded.swap(false, Relaxed) {
+            self.consecutive_failures.store(0, Relaxed);
+            self.open_until_us.store(0, Relaxed);
+            self.probing.store(false, Relaxed);
             tracing::info!(policy, "rate-limit store answers again; limiting resumed");
         }
     }

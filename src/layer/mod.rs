@@ -34,6 +34,6 @@ mod service;
 
 pub use self::{
     future::ResponseFuture,
-    health::Stats,
+    health::{Breaker, Stats},
     service::{RateLimit, RateLimitLayer},
 };

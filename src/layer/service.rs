@@ -7,9 +7,14 @@ use axum::response::{IntoResponse, Response};
 use http::Request;
 use tower::{Layer, Service};
 
-use super::{future::ResponseFuture, health::Stats};
+use super::{
+    future::{Next, Pending, ResponseFuture},
+    health::{Admit, Stats},
+};
+use tokio::time::Instant;
+
 use crate::{
-    Clock, Error, OnMissingKey, Policy, algorithm,
+    Clock, Decision, Error, OnMissingKey, Policy, algorithm,
     policy::Compiled,
     response,
     store::{Check, Store},
@@ -34,10 +39,11 @@ impl<St: Store> RateLimitLayer<St> {
     /// # Errors
     /// [`Error::Config`] naming the first setting that cannot work.
     pub fn new(policy: Policy, store: St) -> Result<Self, Error> {
+        let policy = policy.compile()?;
         Ok(Self {
             shared: Arc::new(Shared {
-                policy: policy.compile()?,
-                stats: Arc::default(),
+                stats: Arc::new(Stats::new(policy.breaker)),
+                policy,
             }),
             store,
         })
@@ -105,7 +111,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let policy = &self.shared.policy;
         if !policy.applies_to(request.method()) {
-            return ResponseFuture::forward(self.inner.call(request), &self.shared);
+            return ResponseFuture::forward(self.inner.call(request), None, &self.shared);
         }
         let (parts, body) = request.into_parts();
         let mut key = String::with_capacity(policy.key_head.len() + 80);
@@ -114,7 +120,7 @@ where
             let request = Request::from_parts(parts, body);
             return match policy.on_missing_key {
                 OnMissingKey::Allow => {
-                    ResponseFuture::forward(self.inner.call(request), &self.shared)
+                    ResponseFuture::forward(self.inner.call(request), None, &self.shared)
                 }
                 OnMissingKey::Reject(status) => ResponseFuture::respond(
                     response::missing_key(status, &missing.label),
@@ -133,6 +139,21 @@ where
                 return ResponseFuture::respond(response::bad_cost(&reason), &self.shared);
             }
         };
+        let request = Request::from_parts(parts, body);
+        let cached = policy
+            .block_cache
+            .as_ref()
+            .and_then(|c| c.get(&key, cost, Instant::now()));
+        if let Some(decision) = cached {
+            self.shared.stats.record_block_cache_hit();
+            return self.finish(Some(decision), request);
+        }
+        if self.shared.stats.admit() == Admit::Skip {
+            return match self.shared.unavailable(&key, cost) {
+                Ok(decision) => self.finish(decision, request),
+                Err(response) => ResponseFuture::respond(response, &self.shared),
+            };
+        }
         let check = self.store.check(Check {
             key: &key,
             limits: &policy.limits,
@@ -147,11 +168,36 @@ where
         // the request (tower's usual dance).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        let pending = Pending {
+            inner,
+            request,
+            key,
+            cost,
+        };
         ResponseFuture::check(
             tokio::time::timeout(policy.timeout, check),
-            inner,
-            Request::from_parts(parts, body),
+            pending,
             &self.shared,
         )
+    }
+}
+
+impl<S, St> RateLimit<S, St> {
+    /// Answers or forwards a request decided without waiting for the store.
+    fn finish<B>(
+        &mut self,
+        decision: Option<Decision>,
+        mut request: Request<B>,
+    ) -> ResponseFuture<S, St::Future, B>
+    where
+        S: Service<Request<B>>,
+        St: Store,
+    {
+        match self.shared.next(decision, &mut request) {
+            Next::Respond(response) => ResponseFuture::respond(response, &self.shared),
+            Next::Forward(decision) => {
+                ResponseFuture::forward(self.inner.call(request), decision, &self.shared)
+            }
+        }
     }
 }

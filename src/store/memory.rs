@@ -112,7 +112,7 @@ impl MemoryStore {
 
     /// Runs the algorithm's twin over the check's counters under one lock:
     /// the shard is chosen by the client's key, which all its counters share.
-    fn decide(&self, check: Check<'_>) -> Result<Decision, Error> {
+    pub(crate) fn decide(&self, check: Check<'_>) -> Result<Decision, Error> {
         check.validate()?;
         let now_us = check.now_us.unwrap_or_else(|| self.now_us());
         let now_ms = now_us / 1000;
