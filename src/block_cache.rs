@@ -29,10 +29,12 @@ const MAX_BLOCK: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub(crate) struct BlockCache {
-    shards: Box<[Mutex<HashMap<Box<str>, Block>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: RandomState,
 }
+
+type Shard = HashMap<Box<str>, Block>;
 
 #[derive(Clone, Copy, Debug)]
 struct Block {
@@ -52,7 +54,7 @@ impl BlockCache {
         }
     }
 
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Block>> {
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
         let index = self.hasher.hash_one(key) as usize % SHARDS;
         self.shards[index]
             .lock()

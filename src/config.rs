@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Algorithm, ClientIp, Clock, Cost, Error, FailMode, ForwardedHeader, Key, Limit, Mode,
     OnMissingKey, Policy, Rate,
+    layer::Breaker,
     policy::{DEFAULT_PREFIX, DEFAULT_TIMEOUT},
 };
 
@@ -98,6 +99,15 @@ pub struct PolicyConfig {
     /// See [`Policy::legacy_headers`].
     #[serde(default)]
     pub legacy_headers: bool,
+    /// See [`Policy::block_cache`]: how many denied keys to remember.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_cache: Option<usize>,
+    /// See [`Policy::fallback_divisor`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_divisor: Option<u64>,
+    /// See [`Policy::breaker`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -235,6 +245,15 @@ impl PolicyConfig {
         }
         if let Some(burst) = self.burst {
             policy = policy.burst(burst);
+        }
+        if let Some(capacity) = self.block_cache {
+            policy = policy.block_cache(capacity);
+        }
+        if let Some(divisor) = self.fallback_divisor {
+            policy = policy.fallback_divisor(divisor);
+        }
+        if let Some(breaker) = self.breaker {
+            policy = policy.breaker(breaker);
         }
         match self.cost {
             Some(CostConfig::Fixed(cost)) => policy = policy.cost(Cost::fixed(cost)),

@@ -15,7 +15,10 @@ burst = 20
 key = { type = "header", name = "X-Agent-Token", secret = true }
 cost = { header = "X-Event-Count" }
 on_missing_key = { reject = 401 }
-on_store_error = "open"
+on_store_error = "fallback"
+fallback_divisor = 4
+block_cache = 50000
+breaker = { failures = 5, cooldown_ms = 250 }
 timeout_ms = 50
 
 [[policies]]
@@ -44,7 +47,10 @@ policies:
     key: { type: header, name: X-Agent-Token, secret: true }
     cost: { header: X-Event-Count }
     on_missing_key: { reject: 401 }
-    on_store_error: open
+    on_store_error: fallback
+    fallback_divisor: 4
+    block_cache: 50000
+    breaker: { failures: 5, cooldown_ms: 250 }
     timeout_ms: 50
   - name: login
     rate: 10/h

@@ -24,6 +24,10 @@ async fn app(store: RedisStore, on_error: FailMode) -> App {
         .key(Key::header(TOKEN))
         .timeout(TIMEOUT)
         .on_store_error(on_error);
+    app_with(store, policy).await
+}
+
+async fn app_with(store: RedisStore, policy: Policy) -> App {
     let layer = RateLimitLayer::new(policy, store).unwrap();
     let stats = layer.stats();
     let router = Router::new()
@@ -46,13 +50,14 @@ impl App {
     }
 
     /// Waits until decisions come from Redis again: a request is answered
-    /// with the `RateLimit` fields, which only a decision produces.
+    /// with the `RateLimit` fields, which only a decision produces, and the
+    /// store is no longer marked as failing (a fallback decision has the
+    /// fields too).
     async fn await_recovery(&self, token: &str) {
         eventually(Duration::from_secs(10), || async {
-            self.post(token).await.header("ratelimit").is_some()
+            self.post(token).await.header("ratelimit").is_some() && !self.stats.is_degraded()
         })
         .await;
-        assert!(!self.stats.is_degraded());
     }
 }
 
@@ -167,6 +172,82 @@ async fn paused_redis_fails_closed_within_the_timeout() {
     }
     server.resume();
     app.await_recovery("a").await;
+}
+
+#[tokio::test]
+async fn the_breaker_stops_waiting_on_a_paused_redis_and_probes_it_back() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let app = app(
+        RedisStore::connect(server.url()).await.unwrap(),
+        FailMode::Open,
+    )
+    .await;
+    assert_eq!(app.post("a").await.status, StatusCode::OK);
+
+    server.pause();
+    for _ in 0..10 {
+        assert_failed_open(&app.post("a").await);
+    }
+    // Three calls waited for the timeout; then the breaker opened and the
+    // rest did not call Redis at all.
+    assert_eq!(app.stats.store_errors(), 3);
+    assert_eq!(app.stats.short_circuited(), 7);
+    assert_eq!(app.stats.failed_open(), 10);
+
+    server.resume();
+    app.await_recovery("a").await;
+    let before = app.stats.short_circuited();
+    app.post("b").await;
+    assert_eq!(
+        app.stats.short_circuited(),
+        before,
+        "the breaker is closed again"
+    );
+}
+
+#[tokio::test]
+async fn the_fallback_keeps_limiting_in_process_while_redis_is_away() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let policy = Policy::new("telemetry")
+        .rate(Rate::per_minute(4))
+        .key(Key::header(TOKEN))
+        .timeout(TIMEOUT)
+        .on_store_error(FailMode::Fallback)
+        .fallback_divisor(2);
+    let app = app_with(RedisStore::connect(server.url()).await.unwrap(), policy).await;
+    assert_eq!(app.post("a").await.status, StatusCode::OK);
+
+    server.kill();
+    // Four per minute shared by two servers: two per minute here.
+    let statuses: Vec<_> = [
+        app.post("b").await,
+        app.post("b").await,
+        app.post("b").await,
+    ]
+    .iter()
+    .map(|r| r.status)
+    .collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let limited = app.post("b").await;
+    assert!(limited.header("retry-after").is_some() && limited.header("ratelimit").is_some());
+    assert_eq!(app.stats.fell_back(), 4);
+
+    server.restart();
+    app.await_recovery("c").await;
+    // Redis decides again, with its own (fresh) counters and the full limit.
+    let remaining = app.post("b").await.header("ratelimit").unwrap().to_owned();
+    assert!(remaining.contains(";r=3;"), "{remaining}");
 }
 
 #[tokio::test]

@@ -94,17 +94,18 @@ impl Shared {
     }
 
     /// The store failed, timed out or is skipped by the breaker: the fail
-    /// mode decides (`Err`: answer with this response).
-    pub(super) fn unavailable(&self, key: &str, cost: u64) -> Result<Option<Decision>, Response> {
+    /// mode decides.
+    pub(super) fn unavailable<B>(&self, key: &str, cost: u64, request: &mut Request<B>) -> Next {
         let mode = self.policy.on_store_error;
         self.stats.record_fail_mode(mode);
-        match (mode, &self.policy.fallback) {
-            (FailMode::Closed, _) => Err(response::store_unavailable()),
+        let decision = match (mode, &self.policy.fallback) {
+            (FailMode::Closed, _) => return Next::Respond(response::store_unavailable()),
             (FailMode::Fallback, Some(fallback)) => {
-                Ok(fallback.decide(key, cost, self.policy.algorithm))
+                fallback.decide(key, cost, self.policy.algorithm)
             }
-            _ => Ok(None),
-        }
+            _ => None,
+        };
+        self.next(decision, request)
     }
 
     /// Records a store decision (breaker, block cache).
@@ -183,22 +184,18 @@ where
                         key,
                         cost,
                     } = pending.take().expect("polled after completion");
-                    let decision = match outcome {
+                    let next = match outcome {
                         Ok(decision) => {
                             shared.decided(&key, cost, &decision);
-                            Some(decision)
+                            shared.next(Some(decision), &mut request)
                         }
                         Err(error) => {
-                            shared
-                                .stats
-                                .record_error(&policy.name, &error, policy.on_store_error);
-                            match shared.unavailable(&key, cost) {
-                                Ok(decision) => decision,
-                                Err(response) => return Poll::Ready(Ok(response)),
-                            }
+                            let mode = policy.on_store_error;
+                            shared.stats.record_error(&policy.name, &error, mode);
+                            shared.unavailable(&key, cost, &mut request)
                         }
                     };
-                    match shared.next(decision, &mut request) {
+                    match next {
                         Next::Respond(response) => return Poll::Ready(Ok(response)),
                         Next::Forward(decision) => {
                             let future = inner.call(request);

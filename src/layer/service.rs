@@ -14,7 +14,7 @@ use super::{
 use tokio::time::Instant;
 
 use crate::{
-    Clock, Decision, Error, OnMissingKey, Policy, algorithm,
+    Clock, Error, OnMissingKey, Policy, algorithm,
     policy::Compiled,
     response,
     store::{Check, Store},
@@ -139,20 +139,19 @@ where
                 return ResponseFuture::respond(response::bad_cost(&reason), &self.shared);
             }
         };
-        let request = Request::from_parts(parts, body);
+        let mut request = Request::from_parts(parts, body);
         let cached = policy
             .block_cache
             .as_ref()
             .and_then(|c| c.get(&key, cost, Instant::now()));
         if let Some(decision) = cached {
             self.shared.stats.record_block_cache_hit();
-            return self.finish(Some(decision), request);
+            let next = self.shared.next(Some(decision), &mut request);
+            return self.finish(next, request);
         }
         if self.shared.stats.admit() == Admit::Skip {
-            return match self.shared.unavailable(&key, cost) {
-                Ok(decision) => self.finish(decision, request),
-                Err(response) => ResponseFuture::respond(response, &self.shared),
-            };
+            let next = self.shared.unavailable(&key, cost, &mut request);
+            return self.finish(next, request);
         }
         let check = self.store.check(Check {
             key: &key,
@@ -184,16 +183,12 @@ where
 
 impl<S, St> RateLimit<S, St> {
     /// Answers or forwards a request decided without waiting for the store.
-    fn finish<B>(
-        &mut self,
-        decision: Option<Decision>,
-        mut request: Request<B>,
-    ) -> ResponseFuture<S, St::Future, B>
+    fn finish<B>(&mut self, next: Next, request: Request<B>) -> ResponseFuture<S, St::Future, B>
     where
         S: Service<Request<B>>,
         St: Store,
     {
-        match self.shared.next(decision, &mut request) {
+        match next {
             Next::Respond(response) => ResponseFuture::respond(response, &self.shared),
             Next::Forward(decision) => {
                 ResponseFuture::forward(self.inner.call(request), decision, &self.shared)
