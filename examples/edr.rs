@@ -8,13 +8,20 @@
 //! | `GET  /api/v1/dashboard/`   | `dashboard` | user (`Bearer <user-id>`) | fail open   |
 //! | `GET  /healthz`             | none        |                           |             |
 //!
+//! (As configured by the environment; a policy file may change any of it
+//! but the routes.) A telemetry request without `X-Agent-Token` is answered
+//! `401`. A batch counts as many requests as its `X-Event-Count` header says
+//! (1 without it); a count that is not a whole number is a `400`, one that
+//! the limit could never admit a `413`.
+//!
 //! With Redis, counters live in database 1 and accepted telemetry is pushed
 //! onto the list `edr:telemetry` in database 0 of the same server, where the
 //! seed's Celery workers would pick it up:
 //!
 //! ```sh
 //! REDIS_URL=redis://127.0.0.1:6379/1 cargo run --example edr
-//! curl -i -X POST -H 'X-Agent-Token: AGENT-1' -d '{"event":1}' localhost:3000/api/v1/telemetry/
+//! curl -i -X POST -H 'X-Agent-Token: AGENT-1' -H 'X-Event-Count: 3' \
+//!     -d '[{"event":1},{"event":2},{"event":3}]' localhost:3000/api/v1/telemetry/
 //! curl -i -H 'Authorization: Bearer alice' localhost:3000/api/v1/dashboard/
 //! ```
 //!
@@ -26,15 +33,34 @@
 //! - `REDIS_URL`: rate-limit counters, e.g. `redis://:password@host:6379/1`.
 //! - `QUEUE_URL`: where telemetry goes; default database 0 of `REDIS_URL`;
 //!   `off` accepts telemetry without queueing it (to measure the limiter alone).
-//! - `TELEMETRY_RATE` (`1000/m`), `LOGIN_RATE` (`10/h`), `DASHBOARD_RATE`
-//!   (`60/m`): `N/unit` with unit `s`, `m`, `h` or `d`, optionally multiplied
+//! - `TELEMETRY_RATE` (`1000/m`): one rate or a comma-separated list, such as
+//!   `10/s,1000/m`; a request must fit every one of them, each with its own
+//!   window. `LOGIN_RATE` (`10/h`), `DASHBOARD_RATE` (`60/m`): one rate each.
+//!   A rate is `N/unit` with unit `s`, `m`, `h` or `d`, optionally multiplied
 //!   as in `100/10s`.
+//! - `TELEMETRY_ALGORITHM`: how telemetry is counted: `fixed` (the default;
+//!   also `fixed_window`), `sliding` (`sliding_window`) or `gcra`.
+//! - `TELEMETRY_BURST`: with `gcra` only, how many requests an agent may send
+//!   at once, for every telemetry rate (default: each rate's own limit); a
+//!   whole number of at least 1.
 //! - `TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is
 //!   believed for the login limit; default none (the socket peer is the client).
+//! - `POLICY_FILE`: a TOML file of `[[policies]]` tables named `telemetry`,
+//!   `login` or `dashboard`, as in `examples/edr-policies.toml`:
+//!   `POLICY_FILE=examples/edr-policies.toml cargo run --example edr`. A policy
+//!   in the file replaces everything the variables above say about it
+//!   (`TELEMETRY_*`, `LOGIN_RATE` and `TRUSTED_PROXIES`, `DASHBOARD_RATE`;
+//!   a warning names those that are set and so ignored); a policy the file
+//!   leaves out keeps its environment settings and defaults. Every field is
+//!   the file's to choose, so a file that omits `on_missing_key` for
+//!   telemetry answers a missing token with the library's default `400`
+//!   rather than `401`. Other names, and a name given twice, are errors.
 //! - `RUST_LOG`: default `info`.
 //!
 //! A bad setting stops the program at startup with a message naming the
-//! variable.
+//! variable (or `POLICY_FILE` and the file), even a setting that the policy
+//! file overrides. The log says which store holds the counters and, for each
+//! policy, its algorithm, its limits and where they came from.
 
 use std::{env, fmt, io::IsTerminal, net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -48,13 +74,16 @@ use axum::{
     routing::{get, post},
 };
 use axum_redis_ratelimit::{
-    ClientIp, Key, MemoryStore, OnMissingKey, Policy, Rate, RateLimitLayer, RedisStore, UserId,
+    Algorithm, ClientIp, Cost, Key, Limit, MemoryStore, OnMissingKey, Policy, Rate, RateLimitLayer,
+    RedisStore, UserId,
+    config::{PolicyConfig, PolicyFile},
     store::Store,
 };
 use redis::{
     ConnectionInfo, IntoConnectionInfo,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
+use serde::{Deserialize, de::IntoDeserializer};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
@@ -62,6 +91,8 @@ use tracing_subscriber::EnvFilter;
 const QUEUE_KEY: &str = "edr:telemetry";
 /// Telemetry batches are small; anything larger is a broken or hostile agent.
 const MAX_TELEMETRY_BYTES: usize = 1024 * 1024;
+/// How many events a telemetry batch holds, and so how many requests it costs.
+const EVENT_COUNT_HEADER: &str = "X-Event-Count";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -100,6 +131,15 @@ async fn run() -> Result<(), StartupError> {
             None
         }
     };
+    for spec in config.policies.all() {
+        tracing::info!(
+            policy = spec.name,
+            algorithm = %algorithm_name(spec.algorithm),
+            limits = %spec.limits_text(),
+            from = %spec.origin,
+            "rate-limit policy"
+        );
+    }
     let queue = match &config.queue {
         QueueTarget::Off => {
             tracing::info!(
@@ -110,34 +150,29 @@ async fn run() -> Result<(), StartupError> {
         }
         QueueTarget::Redis { var, info } => Some(EventQueue::connect(var, info).await?),
     };
+    // The policies were checked when read, so this cannot fail on them.
     let app = match counters {
         Some(store) => app(
-            &config,
+            &config.policies,
             Stores {
                 counters: store,
                 queue,
             },
         ),
         None => app(
-            &config,
+            &config.policies,
             Stores {
                 counters: MemoryStore::new(),
                 queue,
             },
         ),
     }
-    .map_err(|e| StartupError::new("policies", e.to_string()))?;
+    .map_err(|e| StartupError::new("policies", e))?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartupError::new("LISTEN_ADDR", format!("{}: {e}", config.listen)))?;
-    tracing::info!(
-        addr = %config.listen,
-        telemetry = %config.telemetry_rate,
-        login = %config.login_rate,
-        dashboard = %config.dashboard_rate,
-        "EDR API listening"
-    );
+    tracing::info!(addr = %config.listen, "EDR API listening");
     // The login limit counts client IPs, which the layer reads from ConnectInfo.
     axum::serve(
         listener,
@@ -158,10 +193,7 @@ struct Config {
     listen: SocketAddr,
     redis: Option<RedisTarget>,
     queue: QueueTarget,
-    telemetry_rate: Rate,
-    login_rate: Rate,
-    dashboard_rate: Rate,
-    client_ip: ClientIp,
+    policies: Policies,
 }
 
 struct RedisTarget {
@@ -190,24 +222,11 @@ impl Config {
                 )
             })?,
         };
-        let rate = |name: &'static str, default: &str| -> Result<Rate, StartupError> {
-            let text = var(name)?.unwrap_or_else(|| default.to_owned());
-            // The error quotes the value: `invalid rate "10/w": unknown unit…`.
-            text.parse().map_err(|e| StartupError::new(name, e))
-        };
-        let telemetry_rate = rate("TELEMETRY_RATE", "1000/m")?;
-        let login_rate = rate("LOGIN_RATE", "10/h")?;
-        let dashboard_rate = rate("DASHBOARD_RATE", "60/m")?;
-
-        let proxies = var("TRUSTED_PROXIES")?.unwrap_or_default();
-        let client_ip = ClientIp::new()
-            .trust_proxies(proxies.split(',').map(str::trim).filter(|s| !s.is_empty()))
-            .map_err(|e| match e {
-                axum_redis_ratelimit::Error::Config { reason, .. } => {
-                    StartupError::new("TRUSTED_PROXIES", reason)
-                }
-                other => StartupError::new("TRUSTED_PROXIES", other),
-            })?;
+        // Every variable is checked, even those a policy file then overrides.
+        let mut policies = Policies::from_env()?;
+        if let Some(path) = var("POLICY_FILE")? {
+            policies.apply_file(&path)?;
+        }
 
         let redis = match var("REDIS_URL")? {
             None => None,
@@ -243,12 +262,309 @@ impl Config {
             listen,
             redis,
             queue,
-            telemetry_rate,
-            login_rate,
-            dashboard_rate,
-            client_ip,
+            policies,
         })
     }
+}
+
+/// The policies of the three limited routes, each checked.
+struct Policies {
+    telemetry: PolicySpec,
+    login: PolicySpec,
+    dashboard: PolicySpec,
+}
+
+/// A checked policy and what the log says about it.
+struct PolicySpec {
+    name: &'static str,
+    policy: Policy,
+    algorithm: Algorithm,
+    /// With the policy's burst applied, as the store counts them.
+    limits: Vec<Limit>,
+    /// `environment`, or the policy file's path.
+    origin: String,
+    /// The variables that configure this policy when no file does.
+    vars: &'static [&'static str],
+}
+
+impl PolicySpec {
+    /// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one
+    /// algorithm that has them.
+    fn limits_text(&self) -> String {
+        let limits = self.limits.iter().map(|limit| {
+            if self.algorithm == Algorithm::Gcra {
+                format!("{} burst {}", limit.rate(), limit.burst_size())
+            } else {
+                limit.rate().to_string()
+            }
+        });
+        limits.collect::<Vec<_>>().join(", ")
+    }
+}
+
+const TELEMETRY_VARS: &[&str] = &["TELEMETRY_RATE", "TELEMETRY_ALGORITHM", "TELEMETRY_BURST"];
+const LOGIN_VARS: &[&str] = &["LOGIN_RATE", "TRUSTED_PROXIES"];
+const DASHBOARD_VARS: &[&str] = &["DASHBOARD_RATE"];
+
+impl Policies {
+    fn all(&self) -> [&PolicySpec; 3] {
+        [&self.telemetry, &self.login, &self.dashboard]
+    }
+
+    /// The policies as the environment and the defaults describe them.
+    fn from_env() -> Result<Self, StartupError> {
+        let algorithm = match var("TELEMETRY_ALGORITHM")? {
+            None => Algorithm::default(),
+            Some(text) => parse_algorithm(&text)?,
+        };
+        let rates = rate_list("TELEMETRY_RATE", "1000/m")?;
+        let burst = match var("TELEMETRY_BURST")? {
+            None => None,
+            Some(text) => Some(parse_burst(&text)?),
+        };
+        if burst.is_some() && algorithm != Algorithm::Gcra {
+            return Err(StartupError::new(
+                "TELEMETRY_BURST",
+                format!(
+                    "a burst applies only to TELEMETRY_ALGORITHM=gcra, not {}",
+                    algorithm_name(algorithm)
+                ),
+            ));
+        }
+        let mut telemetry = Policy::new("telemetry")
+            .algorithm(algorithm)
+            // Agent tokens are credentials: only their hash reaches Redis.
+            .key(Key::header("X-Agent-Token").secret())
+            .cost(Cost::header(EVENT_COUNT_HEADER))
+            .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
+            // Losing the limit for a while beats losing the agents' events.
+            .fail_open();
+        for rate in &rates {
+            telemetry = telemetry.rate(*rate);
+        }
+        if let Some(burst) = burst {
+            telemetry = telemetry.burst(burst);
+        }
+        // With a burst, a rate too large to count may be the burst's fault.
+        let telemetry_rate_vars = match burst {
+            Some(_) => "TELEMETRY_RATE, TELEMETRY_BURST",
+            None => "TELEMETRY_RATE",
+        };
+        check(&telemetry).map_err(|e| env_error(e, telemetry_rate_vars))?;
+        let telemetry = PolicySpec {
+            name: "telemetry",
+            policy: telemetry,
+            algorithm,
+            limits: rates.iter().map(|&rate| limit(rate, burst)).collect(),
+            origin: "environment".to_owned(),
+            vars: TELEMETRY_VARS,
+        };
+
+        let login_rate = one_rate("LOGIN_RATE", "10/h")?;
+        let proxies = var("TRUSTED_PROXIES")?.unwrap_or_default();
+        let client_ip = ClientIp::new()
+            .trust_proxies(proxies.split(',').map(str::trim).filter(|s| !s.is_empty()))
+            .map_err(|e| match e {
+                axum_redis_ratelimit::Error::Config { reason, .. } => {
+                    StartupError::new("TRUSTED_PROXIES", reason)
+                }
+                other => StartupError::new("TRUSTED_PROXIES", other),
+            })?;
+        let login = Policy::new("login")
+            .rate(login_rate)
+            .key(Key::client_ip_with(client_ip))
+            // An unlimited login window invites password guessing.
+            .fail_closed();
+        check(&login).map_err(|e| env_error(e, "LOGIN_RATE"))?;
+        let login = PolicySpec {
+            name: "login",
+            policy: login,
+            algorithm: Algorithm::default(),
+            limits: vec![Limit::new(login_rate)],
+            origin: "environment".to_owned(),
+            vars: LOGIN_VARS,
+        };
+
+        let dashboard_rate = one_rate("DASHBOARD_RATE", "60/m")?;
+        // The auth middleware in front of the limiter sets the user.
+        let dashboard = Policy::new("dashboard")
+            .rate(dashboard_rate)
+            .key(Key::user())
+            .fail_open();
+        check(&dashboard).map_err(|e| env_error(e, "DASHBOARD_RATE"))?;
+        let dashboard = PolicySpec {
+            name: "dashboard",
+            policy: dashboard,
+            algorithm: Algorithm::default(),
+            limits: vec![Limit::new(dashboard_rate)],
+            origin: "environment".to_owned(),
+            vars: DASHBOARD_VARS,
+        };
+        Ok(Self {
+            telemetry,
+            login,
+            dashboard,
+        })
+    }
+
+    /// Replaces the policies that the file at `path` defines.
+    fn apply_file(&mut self, path: &str) -> Result<(), StartupError> {
+        let fail = |reason: String| StartupError::new("POLICY_FILE", reason);
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("cannot read {path:?}: {e}")))?;
+        // The message is serde's and toml's: it quotes the bad value and
+        // shows the line it is on.
+        let file: PolicyFile = toml::from_str(&text)
+            .map_err(|e| fail(format!("{path:?} is not a valid policy file: {e}")))?;
+        let mut seen: Vec<&str> = Vec::new();
+        for config in file.policies {
+            let name = match config.name.as_str() {
+                "telemetry" => "telemetry",
+                "login" => "login",
+                "dashboard" => "dashboard",
+                other => {
+                    return Err(fail(format!(
+                        "{path:?}: unknown policy {other:?}: the limited routes' policies \
+                         are telemetry, login and dashboard"
+                    )));
+                }
+            };
+            if seen.contains(&name) {
+                return Err(fail(format!("{path:?}: policy {name:?} is defined twice")));
+            }
+            seen.push(name);
+            let spec = PolicySpec::from_file(name, config, path)?;
+            let slot = match name {
+                "telemetry" => &mut self.telemetry,
+                "login" => &mut self.login,
+                _ => &mut self.dashboard,
+            };
+            let ignored: Vec<&str> = (slot.vars.iter().copied())
+                .filter(|v| matches!(var(v), Ok(Some(_))))
+                .collect();
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    policy = name,
+                    ignored = %ignored.join(", "),
+                    "POLICY_FILE defines this policy: its environment variables are ignored"
+                );
+            }
+            *slot = spec;
+        }
+        Ok(())
+    }
+}
+
+impl PolicySpec {
+    fn from_file(
+        name: &'static str,
+        config: PolicyConfig,
+        path: &str,
+    ) -> Result<Self, StartupError> {
+        let fail = |e: axum_redis_ratelimit::Error| {
+            StartupError::new("POLICY_FILE", format!("{path:?}: {e}"))
+        };
+        // The order `into_policy` adds them in: `rate`, then `limits`.
+        let plain = config.rate.iter().map(|&rate| limit(rate, config.burst));
+        let own = (config.limits.iter()).map(|l| limit(l.rate, l.burst.or(config.burst)));
+        let limits = plain.chain(own).collect();
+        let algorithm = config.algorithm;
+        let policy = config.into_policy().map_err(fail)?;
+        check(&policy).map_err(fail)?;
+        Ok(Self {
+            name,
+            policy,
+            algorithm,
+            limits,
+            origin: path.to_owned(),
+            vars: &[],
+        })
+    }
+}
+
+fn limit(rate: Rate, burst: Option<u64>) -> Limit {
+    match burst {
+        Some(burst) => Limit::new(rate).burst(burst),
+        None => Limit::new(rate),
+    }
+}
+
+/// Checks `policy` as the layer will, before any connection is made.
+fn check(policy: &Policy) -> Result<(), axum_redis_ratelimit::Error> {
+    RateLimitLayer::new(policy.clone(), MemoryStore::new()).map(drop)
+}
+
+/// A policy built from the environment that the library refuses, blamed on
+/// the variables behind it: `rate_vars`, or `TELEMETRY_BURST` for a burst.
+fn env_error(err: axum_redis_ratelimit::Error, rate_vars: &'static str) -> StartupError {
+    match err {
+        axum_redis_ratelimit::Error::Config { field, reason } => {
+            let what = match field.rsplit('.').next() {
+                Some("burst") => "TELEMETRY_BURST",
+                Some("rate" | "limits") => rate_vars,
+                _ => "policies",
+            };
+            StartupError::new(what, format!("{reason} (`{field}`)"))
+        }
+        other => StartupError::new(rate_vars, other),
+    }
+}
+
+/// `fixed`, `sliding`, `gcra` or a long name, as a policy file spells them.
+fn parse_algorithm(text: &str) -> Result<Algorithm, StartupError> {
+    let name: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+        text.into_deserializer();
+    Algorithm::deserialize(name).map_err(|_| {
+        StartupError::new(
+            "TELEMETRY_ALGORITHM",
+            format!(
+                "{text:?} is not an algorithm: use fixed, sliding or gcra \
+                 (or fixed_window, sliding_window)"
+            ),
+        )
+    })
+}
+
+/// The name a policy file uses, such as `gcra`.
+fn algorithm_name(algorithm: Algorithm) -> String {
+    match serde_json::to_value(algorithm) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{algorithm:?}"),
+    }
+}
+
+fn parse_burst(text: &str) -> Result<u64, StartupError> {
+    match text.parse::<u64>() {
+        Ok(burst) if burst >= 1 && !text.starts_with('+') => Ok(burst),
+        _ => Err(StartupError::new(
+            "TELEMETRY_BURST",
+            format!("{text:?} is not a whole number of requests of at least 1"),
+        )),
+    }
+}
+
+fn one_rate(name: &'static str, default: &str) -> Result<Rate, StartupError> {
+    let text = var(name)?.unwrap_or_else(|| default.to_owned());
+    // The error quotes the value: `invalid rate "10/w": unknown unit…`.
+    text.parse().map_err(|e| StartupError::new(name, e))
+}
+
+/// A comma-separated list of rates, each with a window of its own.
+fn rate_list(name: &'static str, default: &str) -> Result<Vec<Rate>, StartupError> {
+    let text = var(name)?.unwrap_or_else(|| default.to_owned());
+    let mut rates: Vec<Rate> = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        // The error quotes the element: `invalid rate "10/w": unknown unit…`.
+        let rate: Rate = part.parse().map_err(|e| StartupError::new(name, e))?;
+        if let Some(same) = rates.iter().find(|r| r.window() == rate.window()) {
+            return Err(StartupError::new(
+                name,
+                format!("{part:?} has the same window as {:?}", same.to_string()),
+            ));
+        }
+        rates.push(rate);
+    }
+    Ok(rates)
 }
 
 /// The variable's value; unset and empty are both `None`.
@@ -325,35 +641,16 @@ struct AppState {
 }
 
 fn app<St: Store>(
-    config: &Config,
+    policies: &Policies,
     stores: Stores<St>,
 ) -> Result<Router, axum_redis_ratelimit::Error> {
-    let telemetry = RateLimitLayer::new(
-        Policy::new("telemetry")
-            .rate(config.telemetry_rate)
-            // Agent tokens are credentials: only their hash reaches Redis.
-            .key(Key::header("X-Agent-Token").secret())
-            .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
-            // Losing the limit for a while beats losing the agents' events.
-            .fail_open(),
-        stores.counters.clone(),
-    )?;
-    let login = RateLimitLayer::new(
-        Policy::new("login")
-            .rate(config.login_rate)
-            .key(Key::client_ip_with(config.client_ip.clone()))
-            // An unlimited login window invites password guessing.
-            .fail_closed(),
-        stores.counters.clone(),
-    )?;
-    let dashboard = RateLimitLayer::new(
-        Policy::new("dashboard")
-            .rate(config.dashboard_rate)
-            .key(Key::user())
-            .fail_open(),
-        stores.counters,
-    )?;
+    let telemetry =
+        RateLimitLayer::new(policies.telemetry.policy.clone(), stores.counters.clone())?;
+    let login = RateLimitLayer::new(policies.login.policy.clone(), stores.counters.clone())?;
+    let dashboard = RateLimitLayer::new(policies.dashboard.policy.clone(), stores.counters)?;
 
+    // The same routes and layers whatever the policies' source: a policy
+    // file changes how requests are counted, not the order of checks.
     Ok(Router::new()
         .route(
             "/api/v1/telemetry/",

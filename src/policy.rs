@@ -287,6 +287,31 @@ impl Policy {
         self
     }
 
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its limits, as added (the policy-wide burst not yet applied).
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
+    /// Its algorithm.
+    pub fn algorithm_kind(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Checks every setting as [`RateLimitLayer::new`](crate::RateLimitLayer::new)
+    /// will, for applications that check their configuration before
+    /// connecting to anything.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first setting that is wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.clone().compile().map(drop)
+    }
+
     /// Checks every setting; the error names the first one that is wrong.
     pub(crate) fn compile(self) -> Result<Compiled, Error> {
         if !encode::is_valid_name(&self.name, false) {
@@ -390,7 +415,10 @@ impl Policy {
         if self.limits.len() > MAX_LIMITS {
             return Err(Error::config(
                 field("limits"),
-                format!("at most {MAX_LIMITS} per policy"),
+                format!(
+                    "at most {MAX_LIMITS} limits per policy, not {}",
+                    self.limits.len()
+                ),
             ));
         }
         let bursts = self.burst.is_some() || self.limits.iter().any(|l| l.burst.is_some());
@@ -407,15 +435,18 @@ impl Policy {
             if limit.burst == Some(0) {
                 return Err(Error::config(field("burst"), "must be at least 1"));
             }
-            let exact = 1u64 << 51;
-            let too_big = u128::from(rate.limit()) * u128::from(rate.window_ms())
-                > u128::from(exact)
-                || u128::from(limit.interval_us()) * u128::from(limit.burst_size())
-                    > u128::from(exact);
-            if too_big {
+            // Both stores compute exactly only on integers below 2^53.
+            let exact = 1u128 << 51;
+            if u128::from(rate.limit()) * u128::from(rate.window_ms()) > exact {
                 return Err(Error::config(
                     field("rate"),
-                    format!("{rate} (with its burst) is too large to count exactly"),
+                    format!("{rate} is too large to count exactly; use a shorter window"),
+                ));
+            }
+            if u128::from(limit.interval_us()) * u128::from(limit.burst_size()) > exact {
+                return Err(Error::config(
+                    field("burst"),
+                    format!("{} is too large for {rate}", limit.burst_size()),
                 ));
             }
             if self.limits[..i]

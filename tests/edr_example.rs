@@ -31,9 +31,12 @@ const EXAMPLE_VARS: &[&str] = &[
     "REDIS_URL",
     "QUEUE_URL",
     "TELEMETRY_RATE",
+    "TELEMETRY_ALGORITHM",
+    "TELEMETRY_BURST",
     "LOGIN_RATE",
     "DASHBOARD_RATE",
     "TRUSTED_PROXIES",
+    "POLICY_FILE",
     "RUST_LOG",
 ];
 
@@ -463,4 +466,311 @@ fn bad_configuration_stops_startup_naming_the_variable() {
     assert!(!status.success(), "{status}: {output}");
     assert!(output.contains("REDIS_URL: "), "{output}");
     assert!(!output.contains("hunter2"), "password printed: {output}");
+}
+
+#[tokio::test]
+async fn gcra_admits_a_burst_at_once_within_every_telemetry_limit() {
+    let edr = Edr::start(&[
+        ("TELEMETRY_ALGORITHM", "gcra"),
+        ("TELEMETRY_RATE", "2/s,5/m"),
+        ("TELEMETRY_BURST", "3"),
+    ])
+    .await;
+    let token = [("x-agent-token", &b"AGENT-1"[..])];
+    let policy = r#""telemetry-1s";q=2;w=1, "telemetry-60s";q=5;w=60"#;
+    for _ in 0..3 {
+        let reply = edr.post(TELEMETRY, &token).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(reply.header("ratelimit-policy"), Some(policy), "{reply:?}");
+    }
+    // The 5/m limit with a burst of 3 frees one request every 12 s: far
+    // longer than these requests take, however slow the machine.
+    let reply = edr.post(TELEMETRY, &token).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    assert_eq!(reply.header("ratelimit-policy"), Some(policy), "{reply:?}");
+    let ratelimit = reply.header("ratelimit").expect("RateLimit on a 429");
+    assert!(
+        ratelimit.starts_with(r#""telemetry-60s";r=0;"#),
+        "the limit that refused is reported: {ratelimit}"
+    );
+    let retry_after: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After on a 429")
+        .parse()
+        .expect("Retry-After in whole seconds");
+    assert!((1..=12).contains(&retry_after), "{retry_after}");
+
+    // Another agent has a burst of its own.
+    let other = [("x-agent-token", &b"AGENT-2"[..])];
+    assert_eq!(
+        edr.post(TELEMETRY, &other).await.status,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn every_algorithm_name_starts_and_limits() {
+    for algorithm in ["fixed", "fixed_window", "sliding", "sliding_window", "gcra"] {
+        let edr = Edr::start(&[
+            ("TELEMETRY_ALGORITHM", algorithm),
+            ("TELEMETRY_RATE", "1/m"),
+        ])
+        .await;
+        let token = [("x-agent-token", &b"AGENT-1"[..])];
+        let reply = edr.post(TELEMETRY, &token).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{algorithm}: {reply:?}");
+        let reply = edr.post(TELEMETRY, &token).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{algorithm}: {reply:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_batch_costs_its_event_count() {
+    let edr = Edr::start(&[("TELEMETRY_RATE", "10/m")]).await;
+    let batch = |count: &'static str| {
+        [
+            ("x-agent-token", &b"AGENT-1"[..]),
+            ("x-event-count", count.as_bytes()),
+        ]
+    };
+
+    let reply = edr.post(TELEMETRY, &batch("4")).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    let ratelimit = reply.header("ratelimit").expect("RateLimit on a 202");
+    assert!(ratelimit.starts_with(r#""telemetry";r=6;"#), "{ratelimit}");
+
+    let reply = edr.post(TELEMETRY, &batch("abc")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    assert!(reply.body.contains("x-event-count"), "{reply:?}");
+
+    let reply = edr.post(TELEMETRY, &batch("11")).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{reply:?}");
+    assert_eq!(json(&reply)["cost"], 11, "{reply:?}");
+    assert_eq!(json(&reply)["capacity"], 10, "{reply:?}");
+    // Waiting would not help, so no time to wait is given.
+    assert_eq!(reply.header("retry-after"), None, "{reply:?}");
+
+    // Neither refused batch was counted; no header counts as one event.
+    let reply = edr
+        .post(TELEMETRY, &[("x-agent-token", &b"AGENT-1"[..])])
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    let ratelimit = reply.header("ratelimit").expect("RateLimit on a 202");
+    assert!(ratelimit.starts_with(r#""telemetry";r=5;"#), "{ratelimit}");
+
+    let reply = edr.post(TELEMETRY, &batch("6")).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    let reply = edr.post(TELEMETRY, &batch("5")).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+}
+
+/// Variables to run the example with.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+#[test]
+fn bad_algorithm_rates_or_burst_stop_startup_naming_the_variable() {
+    // The variables, what the error must name, and what it must quote.
+    let cases: &[(Env, &str, &str)] = &[
+        (
+            &[("TELEMETRY_ALGORITHM", "bogus")],
+            "TELEMETRY_ALGORITHM: ",
+            r#""bogus""#,
+        ),
+        // A burst with the default (fixed window) or the sliding window.
+        (&[("TELEMETRY_BURST", "5")], "TELEMETRY_BURST: ", "gcra"),
+        (
+            &[("TELEMETRY_ALGORITHM", "sliding"), ("TELEMETRY_BURST", "5")],
+            "TELEMETRY_BURST: ",
+            "gcra",
+        ),
+        (
+            &[("TELEMETRY_ALGORITHM", "gcra"), ("TELEMETRY_BURST", "0")],
+            "TELEMETRY_BURST: ",
+            r#""0""#,
+        ),
+        (
+            &[("TELEMETRY_RATE", "10/s, 5/w")],
+            "TELEMETRY_RATE: ",
+            r#""5/w""#,
+        ),
+        (
+            &[("TELEMETRY_RATE", "10/s,20/s")],
+            "TELEMETRY_RATE: ",
+            r#""20/s""#,
+        ),
+    ];
+    for (env, named, quoted) in cases {
+        let (status, output) = run_to_exit(env);
+        assert!(!status.success(), "{env:?}: {status}: {output}");
+        assert!(output.contains(named), "{env:?}: {output}");
+        assert!(output.contains(quoted), "{env:?}: {output}");
+        assert!(!output.contains("panicked"), "{env:?}: {output}");
+    }
+}
+
+/// The sample policy file, wherever the tests run from.
+const SAMPLE_POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/edr-policies.toml");
+
+#[tokio::test]
+async fn a_policy_file_replaces_the_environment_and_keeps_the_routes() {
+    // The file's telemetry policy wins over the variable.
+    let edr = Edr::start(&[("POLICY_FILE", SAMPLE_POLICIES), ("TELEMETRY_RATE", "2/m")]).await;
+
+    let reply = edr.post(TELEMETRY, &[]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+    let token = ("x-agent-token", &b"AGENT-1"[..]);
+    let reply = edr.post(TELEMETRY, &[token]).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some(r#""telemetry-1s";q=10;w=1, "telemetry-60s";q=1000;w=60"#),
+        "{reply:?}"
+    );
+    // The file's burst of 20 is the largest batch it can ever admit.
+    let reply = edr
+        .post(TELEMETRY, &[token, ("x-event-count", &b"21"[..])])
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{reply:?}");
+    assert_eq!(json(&reply)["capacity"], 20, "{reply:?}");
+
+    let reply = edr.post(LOGIN, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some(r#""login";q=10;w=3600"#)
+    );
+
+    let reply = edr.get(DASHBOARD, &[]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+    assert_eq!(
+        reply.header("ratelimit"),
+        None,
+        "auth runs first: {reply:?}"
+    );
+    let reply = edr
+        .get(DASHBOARD, &[("authorization", &b"Bearer alice"[..])])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(json(&reply), serde_json::json!({"user": "alice"}));
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some(r#""dashboard";q=60;w=60"#)
+    );
+}
+
+/// A file in the temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("edr-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).expect("write a temporary file");
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn policies_left_out_of_the_file_keep_their_environment_settings() {
+    let file = TempFile::new(
+        "dashboard-only.toml",
+        "[[policies]]\nname = \"dashboard\"\nrate = \"1/m\"\nkey = { type = \"user\" }\n",
+    );
+    let edr = Edr::start(&[("POLICY_FILE", file.path()), ("TELEMETRY_RATE", "3/m")]).await;
+
+    let reply = edr
+        .post(TELEMETRY, &[("x-agent-token", &b"AGENT-1"[..])])
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some(r#""telemetry";q=3;w=60"#)
+    );
+    let alice = [("authorization", &b"Bearer alice"[..])];
+    let reply = edr.get(DASHBOARD, &alice).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some(r#""dashboard";q=1;w=60"#)
+    );
+    let reply = edr.get(DASHBOARD, &alice).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+}
+
+#[test]
+fn a_bad_policy_file_stops_startup_naming_it() {
+    let missing = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/no-such-policies.toml"
+    );
+    let (status, output) = run_to_exit(&[("POLICY_FILE", missing)]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("POLICY_FILE: "), "{output}");
+    assert!(output.contains(missing), "{output}");
+    assert!(!output.contains("panicked"), "{output}");
+
+    let bad_rate = "[[policies]]\nname = \"telemetry\"\nrate = [\"10/s\", \"5/w\"]\n\
+                    key = { type = \"header\", name = \"X-Agent-Token\" }\n";
+    let bad_burst = "[[policies]]\nname = \"login\"\nrate = \"10/h\"\nburst = 5\n\
+                     key = { type = \"client_ip\" }\n";
+    let unknown = "[[policies]]\nname = \"telemtry\"\nrate = \"10/s\"\n\
+                   key = { type = \"user\" }\n";
+    for (name, contents, quoted) in [
+        // serde's message, quoting the value, from the TOML parser.
+        ("bad-rate.toml", bad_rate, r#"invalid rate "5/w""#),
+        // The library's own check, naming the field.
+        ("bad-burst.toml", bad_burst, "policies.login.burst"),
+        // A typo would otherwise leave the route on its defaults.
+        ("unknown.toml", unknown, r#""telemtry""#),
+        ("not-toml.toml", "policies = [", "TOML parse error"),
+    ] {
+        let file = TempFile::new(name, contents);
+        let (status, output) = run_to_exit(&[("POLICY_FILE", file.path())]);
+        assert!(!status.success(), "{name}: {status}: {output}");
+        assert!(output.contains("POLICY_FILE: "), "{name}: {output}");
+        assert!(output.contains(file.path()), "{name}: {output}");
+        assert!(output.contains(quoted), "{name}: {output}");
+        assert!(!output.contains("panicked"), "{name}: {output}");
+    }
+}
+
+#[test]
+fn the_log_names_the_store_and_each_policy() {
+    // An address in use: the example logs its setup, then fails to listen.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, output) = run_to_exit(&[
+        ("LISTEN_ADDR", &addr),
+        ("TELEMETRY_ALGORITHM", "gcra"),
+        ("TELEMETRY_RATE", "2/s,5/m"),
+        ("TELEMETRY_BURST", "3"),
+    ]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("LISTEN_ADDR: "), "{output}");
+    assert!(output.contains("in-memory store"), "{output}");
+    for line in [
+        "algorithm=gcra limits=2/s burst 3, 5/m burst 3 from=environment",
+        "algorithm=fixed_window limits=10/h from=environment",
+        "algorithm=fixed_window limits=60/m from=environment",
+    ] {
+        assert!(output.contains(line), "{line}: {output}");
+    }
+
+    let (_, output) = run_to_exit(&[("LISTEN_ADDR", &addr), ("POLICY_FILE", SAMPLE_POLICIES)]);
+    let from_file =
+        format!("algorithm=gcra limits=10/s burst 20, 1000/m burst 20 from={SAMPLE_POLICIES}");
+    assert!(output.contains(&from_file), "{output}");
 }

@@ -47,6 +47,15 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The name used in configuration files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::FixedWindow => "fixed_window",
+            Self::SlidingWindow => "sliding_window",
+            Self::Gcra => "gcra",
+        }
+    }
+
     /// The full script Redis runs: the algorithm's `decide`/`commit` and the
     /// shared driver.
     pub(crate) fn script(self) -> &'static str {
@@ -86,6 +95,37 @@ impl Algorithm {
             Self::FixedWindow => fixed_window::decide(entry, now_us, limit, cost),
             Self::SlidingWindow => sliding_window::decide(entry, now_us, limit, cost),
             Self::Gcra => gcra::decide(entry, now_us, limit, cost),
+        }
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = crate::Error;
+
+    /// The configuration names, and the short `fixed` and `sliding`.
+    ///
+    /// ```
+    /// use axum_redis_ratelimit::Algorithm;
+    ///
+    /// assert_eq!("sliding".parse::<Algorithm>().unwrap(), Algorithm::SlidingWindow);
+    /// assert_eq!(Algorithm::Gcra.to_string(), "gcra");
+    /// assert!("leaky".parse::<Algorithm>().is_err());
+    /// ```
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "fixed_window" | "fixed" => Ok(Self::FixedWindow),
+            "sliding_window" | "sliding" => Ok(Self::SlidingWindow),
+            "gcra" => Ok(Self::Gcra),
+            _ => Err(crate::Error::config(
+                "algorithm",
+                format!("{name:?} is not one of fixed_window, sliding_window, gcra"),
+            )),
         }
     }
 }

@@ -59,11 +59,15 @@ struct Inner {
     epoch_unix_us: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shard {
     counters: HashMap<Box<str>, Entry>,
     sweep_at_len: usize,
+    capacity: usize,
 }
+
+/// Default bound on the counters held: about 150 MB at most.
+pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
 impl Default for MemoryStore {
     fn default() -> Self {
@@ -72,13 +76,23 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store holding at most [`DEFAULT_CAPACITY`] counters.
     pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// An empty store holding at most about `capacity` counters (one per
+    /// key and limit). When full, expired counters go first, then those
+    /// closest to expiring: their clients get a fresh window early, which
+    /// admits more than the limit for them, the price of bounded memory.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
                     counters: HashMap::new(),
-                    sweep_at_len: MIN_SWEEP_LEN,
+                    sweep_at_len: MIN_SWEEP_LEN.min(per_shard),
+                    capacity: per_shard,
                 })
             })
             .collect();
@@ -151,11 +165,28 @@ impl MemoryStore {
 }
 
 impl Shard {
+    /// Called after an insert.
     fn sweep_if_grown(&mut self, now_ms: u64) {
-        if self.counters.len() >= self.sweep_at_len {
-            self.counters.retain(|_, e| e.expires_at_ms > now_ms);
-            self.sweep_at_len = (self.counters.len() * 2).max(MIN_SWEEP_LEN);
+        if self.counters.len() < self.sweep_at_len {
+            return;
         }
+        self.counters.retain(|_, e| e.expires_at_ms > now_ms);
+        if self.counters.len() >= self.capacity {
+            // Keep the 7/8 that expire last, so the next eviction is a
+            // while away and the cost stays amortised.
+            let keep = self.capacity - self.capacity / 8;
+            let mut expiries: Vec<u64> = self.counters.values().map(|e| e.expires_at_ms).collect();
+            let cut = expiries.len() - keep;
+            let (_, &mut threshold, _) = expiries.select_nth_unstable(cut);
+            let mut to_evict = cut;
+            self.counters.retain(|_, e| {
+                let evict = to_evict > 0 && e.expires_at_ms <= threshold;
+                to_evict -= usize::from(evict);
+                !evict
+            });
+        }
+        self.sweep_at_len =
+            (self.counters.len() * 2).clamp(MIN_SWEEP_LEN.min(self.capacity), self.capacity);
     }
 }
 
@@ -190,6 +221,21 @@ mod tests {
             cost: 1,
             now_us: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_million_keys_stay_within_the_capacity() {
+        let store = MemoryStore::with_capacity(10_000);
+        for i in 0..1_000_000 {
+            store.check(check(&format!("k{i}"))).await.unwrap();
+            if i % 100_000 == 0 {
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+        }
+        assert!(store.len() <= 10_000 + SHARDS, "{}", store.len());
+        // The newest keys, expiring last, are the ones kept.
+        let newest = check("k999999");
+        assert!(!store.check(newest).await.unwrap().allowed);
     }
 
     #[tokio::test(start_paused = true)]

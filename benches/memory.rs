@@ -1,0 +1,106 @@
+//! Memory with a million distinct keys passing through: the memory store and
+//! the block cache stay within their capacity. Prints the process's resident
+//! memory (Linux `/proc/self/statm`) before and after, per configuration, each
+//! in a fresh child process so the figures do not mix:
+//!
+//! ```text
+//! cargo bench --bench memory
+//! ```
+
+use std::process::Command;
+
+use axum::{Router, body::Body, routing::post};
+use axum_redis_ratelimit::{
+    Algorithm, Key, Limit, MemoryStore, Policy, Rate, RateLimitLayer,
+    store::{Check, Store},
+};
+use http::Request;
+use tower::ServiceExt;
+
+const KEYS: usize = 1_000_000;
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+async fn memory_store(capacity: usize) -> String {
+    let store = MemoryStore::with_capacity(capacity);
+    let limits = [Limit::new(Rate::per_minute(10))];
+    for i in 0..KEYS {
+        let key = format!("rl:telemetry:{{x-agent-token:agent-{i}}}");
+        let check = Check {
+            key: &key,
+            limits: &limits,
+            algorithm: Algorithm::FixedWindow,
+            cost: 1,
+            now_us: None,
+        };
+        store.check(check).await.unwrap();
+    }
+    format!("{} counters held", store.len())
+}
+
+async fn block_cache(capacity: usize) -> String {
+    // Limit 1 and three requests per key: the second is denied by the store
+    // and remembered, the third answered from the block cache.
+    let policy = Policy::new("telemetry")
+        .rate(Rate::per_minute(1))
+        .key(Key::header("x-agent-token"))
+        .block_cache(capacity);
+    let store = MemoryStore::with_capacity(1024);
+    let layer = RateLimitLayer::new(policy, store).unwrap();
+    let stats = layer.stats();
+    let app = Router::new().route("/", post(|| async { "" })).layer(layer);
+    for i in 0..KEYS {
+        for _ in 0..3 {
+            let request = Request::post("/")
+                .header("x-agent-token", format!("agent-{i}"))
+                .body(Body::empty())
+                .unwrap();
+            app.clone().oneshot(request).await.unwrap();
+        }
+    }
+    format!(
+        "{} served from the block cache",
+        stats.served_from_block_cache()
+    )
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match args.next().as_deref() {
+        Some(case @ ("store-100k" | "store-1m" | "cache-100k")) => {
+            let before = rss_mib();
+            let held = runtime.block_on(async {
+                match case {
+                    "store-100k" => memory_store(100_000).await,
+                    "store-1m" => memory_store(1_000_000).await,
+                    _ => block_cache(100_000).await,
+                }
+            });
+            println!(
+                "| {case} | {KEYS} | {held} | {before:.0} MiB | {:.0} MiB |",
+                rss_mib()
+            );
+        }
+        _ => {
+            println!("| case | distinct keys | held | RSS before | RSS after |");
+            println!("|---|---:|---|---:|---:|");
+            let exe = std::env::current_exe().unwrap();
+            for case in ["store-100k", "store-1m", "cache-100k"] {
+                let out = Command::new(&exe).arg(case).output().unwrap();
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
+    }
+}
