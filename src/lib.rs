@@ -36,6 +36,8 @@ pub mod block_cache;
 pub mod config;
 pub mod cost;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod key;
 pub mod layer;
