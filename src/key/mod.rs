@@ -5,6 +5,7 @@
 //! tag of the Redis key. Values come from clients, so they pass through
 //! [`encode`] before they reach a key.
 
+mod buffer;
 mod client_ip;
 pub(crate) mod encode;
 
@@ -12,6 +13,7 @@ use std::{fmt, sync::Arc};
 
 use http::{HeaderName, request::Parts};
 
+pub(crate) use buffer::KeyBuffer;
 pub use client_ip::{ClientIp, ForwardedHeader};
 
 use crate::Error;

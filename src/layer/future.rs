@@ -14,6 +14,7 @@ use tower::Service;
 use super::service::Shared;
 use crate::{
     Decision, Error, FailMode, Mode, headers,
+    key::KeyBuffer,
     response::{self, RateLimitInfo, RateLimitStatus},
 };
 
@@ -34,7 +35,7 @@ pin_project! {
 pub(super) struct Pending<S, B> {
     pub inner: S,
     pub request: Request<B>,
-    pub key: String,
+    pub key: KeyBuffer,
     pub cost: u64,
 }
 

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::{
     Clock, Error, OnMissingKey, Policy, algorithm,
+    key::KeyBuffer,
     policy::Compiled,
     response,
     store::{Check, Store},
@@ -114,7 +115,7 @@ where
             return ResponseFuture::forward(self.inner.call(request), None, &self.shared);
         }
         let (parts, body) = request.into_parts();
-        let mut key = String::with_capacity(policy.key_head.len() + 80);
+        let mut key = KeyBuffer::take();
         key.push_str(&policy.key_head);
         if let Err(missing) = policy.key.write(&parts, &mut key) {
             let request = Request::from_parts(parts, body);

@@ -13,6 +13,7 @@ use super::{Check, MAX_LIMITS, Store};
 use crate::{
     Decision, Error,
     algorithm::{self, Entry},
+    key::KeyBuffer,
 };
 
 /// Shards, so that concurrent requests for different keys rarely wait on
@@ -133,7 +134,7 @@ impl MemoryStore {
         let limits = check.limits;
         let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
         let mut shard = lock(&self.inner.shards[index]);
-        let mut key = String::with_capacity(check.key.len() + 16);
+        let mut key = KeyBuffer::take();
         let mut states = [None; MAX_LIMITS];
         let mut verdicts = [None; MAX_LIMITS];
         for (i, limit) in limits.iter().enumerate() {

@@ -8,7 +8,7 @@ use redis::{
 };
 
 use super::{Check, MAX_LIMITS, Store};
-use crate::{Algorithm, Decision, Error, algorithm::Verdict};
+use crate::{Algorithm, Decision, Error, algorithm::Verdict, key::KeyBuffer};
 
 /// One script per algorithm, hashed once.
 static SCRIPTS: LazyLock<[Script; 3]> = LazyLock::new(|| {
@@ -112,7 +112,7 @@ impl Store for RedisStore {
         let script = script(check.algorithm);
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha.arg(script.get_hash()).arg(check.limits.len());
-        let mut key = String::with_capacity(check.key.len() + 16);
+        let mut key = KeyBuffer::take();
         for limit in check.limits {
             check.counter_key(limit, &mut key);
             evalsha.arg(key.as_str());

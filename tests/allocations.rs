@@ -1,0 +1,159 @@
+//! Heap allocations per decision, counted by a global allocator: unlike a
+//! time, a count is the same on every run, so it can be asserted. Bounds are
+//! set at what the code needs today; a change that adds an allocation to the
+//! hot path fails here.
+//!
+//! Only allocations of the current thread are counted, on a current-thread
+//! runtime, so the counts include the store's own work (for Redis, the
+//! connection's task) and nothing of other tests.
+
+mod common;
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+    convert::Infallible,
+};
+
+use axum::{body::Body, response::Response};
+use axum_redis_ratelimit::{
+    Algorithm, Key, Limit, MemoryStore, Policy, Rate, RateLimitLayer, RedisStore,
+    store::{Check, Store},
+};
+use common::RedisServer;
+use http::Request;
+use tower::{Layer, Service, ServiceExt};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// Allocations per call of `f`, the least over a few runs after a warm-up
+/// (so lazily built state and the first insert of a key are not counted).
+async fn per_call<F: AsyncFnMut()>(mut f: F) -> u64 {
+    for _ in 0..3 {
+        f().await;
+    }
+    let mut least = u64::MAX;
+    for _ in 0..5 {
+        let before = allocations();
+        f().await;
+        least = least.min(allocations() - before);
+    }
+    least
+}
+
+const ALGORITHMS: [Algorithm; 3] = [
+    Algorithm::FixedWindow,
+    Algorithm::SlidingWindow,
+    Algorithm::Gcra,
+];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn limits() -> Vec<Limit> {
+    vec![Limit::new(Rate::per_minute(1_000_000_000))]
+}
+
+fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Check<'a> {
+    Check {
+        key,
+        limits,
+        algorithm,
+        cost: 1,
+        now_us: None,
+    }
+}
+
+#[test]
+fn memory_store_decision() {
+    runtime().block_on(async {
+        let store = MemoryStore::new();
+        let limits = limits();
+        for algorithm in ALGORITHMS {
+            let n = per_call(async || {
+                store
+                    .check(check("rl:p:{k}", &limits, algorithm))
+                    .await
+                    .unwrap();
+            })
+            .await;
+            println!("memory store, {algorithm}: {n} allocations per decision");
+            assert_eq!(n, 0, "{algorithm}");
+        }
+    });
+}
+
+#[test]
+fn redis_store_decision() {
+    runtime().block_on(async {
+        let store = RedisStore::connect(RedisServer::shared().url())
+            .await
+            .unwrap();
+        let limits = limits();
+        let key = format!("{}{{k}}", common::unique_prefix());
+        for algorithm in ALGORITHMS {
+            let n = per_call(async || {
+                store.check(check(&key, &limits, algorithm)).await.unwrap();
+            })
+            .await;
+            println!("redis store, {algorithm}: {n} allocations per decision");
+            // The command, the boxed future and the connection's pipeline.
+            assert!(n <= 13, "{algorithm}: {n}");
+        }
+    });
+}
+
+#[test]
+fn layer_over_a_trivial_service() {
+    runtime().block_on(async {
+        let inner = tower::service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+        let bare = per_call(async || {
+            let request = Request::post("/").header("x-agent-token", "agent-1").body(Body::empty()).unwrap();
+            inner.oneshot(request).await.unwrap();
+        })
+        .await;
+        let policy = Policy::new("telemetry").rate(Rate::per_minute(1_000_000_000)).key(Key::header("x-agent-token"));
+        let mut service = RateLimitLayer::new(policy, MemoryStore::new()).unwrap().layer(inner);
+        let layered = per_call(async || {
+            let request = Request::post("/").header("x-agent-token", "agent-1").body(Body::empty()).unwrap();
+            let response = service.ready().await.unwrap().call(request).await.unwrap();
+            assert!(response.headers().contains_key("ratelimit"));
+        })
+        .await;
+        println!("bare service: {bare}, with the layer and the memory store: {layered} allocations per request");
+        // The `RateLimit` value, and the response's header map growing to
+        // hold the two fields (it starts with no room at all).
+        assert!(layered - bare <= 3, "the layer adds {} allocations", layered - bare);
+    });
+}
