@@ -11,7 +11,9 @@
 //! * `memory/denied`: one token whose limit of 1 is spent, so every request
 //!   is answered `429` by the layer itself;
 //! * `redis/allowed`: as `memory/allowed` on the Redis store (a
-//!   `redis-server` this bench starts, or `REDIS_URL`).
+//!   `redis-server` this bench starts, or `REDIS_URL`);
+//! * `redis/denied`, `redis/denied_block_cache`: a flood from one spent
+//!   token on the Redis store, without and with the block cache.
 //!
 //! Every iteration builds its `http::Request` (the same one in every case) and
 //! calls a clone of the service with `oneshot`, so the differences between
@@ -43,8 +45,8 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 /// Tokens the allowed cases cycle through.
 const TOKENS: usize = 4096;
 
-/// Nothing is ever denied (2^52: exact in the Lua script's doubles).
-const UNLIMITED: Rate = Rate::per_minute(1 << 52);
+/// Nothing is ever denied (and within the bounds a policy accepts).
+const UNLIMITED: Rate = Rate::per_minute(1_000_000_000);
 
 /// One request per day: after the first, every request is denied.
 const SPENT: Rate = Rate::per_day(1);
@@ -211,10 +213,32 @@ fn layer(c: &mut Criterion) {
         &runtime,
         "redis/allowed",
         policy(UNLIMITED, by_token()).prefix(format!("rl-{prefix}:")),
-        redis,
+        redis.clone(),
         &tokens,
         StatusCode::OK,
     );
+    // A flood from one spent token, with and without the block cache.
+    for (id, block_cache) in [("redis/denied", false), ("redis/denied_block_cache", true)] {
+        let mut spent_policy =
+            policy(SPENT, by_token()).prefix(format!("rl-{prefix}-{block_cache}:"));
+        if block_cache {
+            spent_policy = spent_policy.block_cache(1000);
+        }
+        let spender = RateLimitLayer::new(spent_policy.clone(), redis.clone()).expect("policy");
+        let first = runtime
+            .block_on(spender.layer(trivial()).oneshot(request(&spent[0])))
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(first.status(), StatusCode::OK);
+        bench_layer(
+            &mut group,
+            &runtime,
+            id,
+            spent_policy,
+            redis.clone(),
+            &spent,
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
 
     group.finish();
 }
