@@ -122,3 +122,39 @@ async fn a_denial_by_one_limit_leaves_the_others_unchanged_in_redis() {
         "denied requests must not count on the per-minute limit"
     );
 }
+
+#[tokio::test]
+async fn concurrent_decisions_share_one_connection() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let limits = [Limit::new(Rate::per_minute(1000))];
+    let keys: Vec<String> = (0..500).map(|i| format!("rl:p:{{k{i}}}")).collect();
+    let checks = keys.iter().map(|key| {
+        store.check(Check {
+            key,
+            limits: &limits,
+            algorithm: Algorithm::Gcra,
+            cost: 1,
+            now_us: None,
+        })
+    });
+    for decision in futures::future::join_all(checks).await {
+        assert!(decision.unwrap().allowed);
+    }
+    let mut conn = server.connection().await;
+    let clients: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let connected = clients
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // The store's one multiplexed connection, and this test's.
+    assert_eq!(connected, "2");
+}
