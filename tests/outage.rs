@@ -78,100 +78,75 @@ fn assert_failed_closed(reply: &Reply) {
     );
 }
 
-#[tokio::test]
-async fn killed_redis_fails_open_then_recovers_after_restart() {
+#[derive(Clone, Copy, Debug)]
+enum Trouble {
+    /// SIGKILL: connections drop, reconnects are refused.
+    Killed,
+    /// SIGSTOP: the connection stays open and nothing answers, so only the
+    /// policy's timeout can produce an answer.
+    Paused,
+}
+
+/// Redis fails under `mode`; each request gets the fail mode's answer; once
+/// Redis is back, limiting resumes with no restart of the app.
+async fn fails_then_recovers(trouble: Trouble, mode: FailMode) {
     let Some(server) = RedisServer::private() else {
         return;
     };
-    let app = app(
-        RedisStore::connect(server.url()).await.unwrap(),
-        FailMode::Open,
-    )
-    .await;
+    let app = app(RedisStore::connect(server.url()).await.unwrap(), mode).await;
     assert_eq!(app.post("a").await.status, StatusCode::OK);
 
-    server.kill();
-    for _ in 0..5 {
-        assert_failed_open(&app.post("a").await);
+    match trouble {
+        Trouble::Killed => server.kill(),
+        Trouble::Paused => server.pause(),
     }
-    assert_eq!(app.stats.failed_open(), 5);
+    for _ in 0..3 {
+        let reply = app.post("a").await;
+        match mode {
+            FailMode::Closed => assert_failed_closed(&reply),
+            _ => assert_failed_open(&reply),
+        }
+    }
+    assert_eq!(app.stats.store_errors(), 3, "{trouble:?}");
+    let answered_by_fail_mode = match mode {
+        FailMode::Closed => app.stats.failed_closed(),
+        _ => app.stats.failed_open(),
+    };
+    assert_eq!(answered_by_fail_mode, 3, "{trouble:?} {mode:?}");
     assert!(app.stats.is_degraded());
 
-    server.restart();
+    match trouble {
+        Trouble::Killed => server.restart(),
+        Trouble::Paused => server.resume(),
+    }
     app.await_recovery("b").await;
-    // Limiting resumed: "c" gets exactly 3 (a fresh server lost the old counters).
-    let statuses: Vec<_> = futures::future::join_all((0..5).map(|_| app.post("c"))).await;
-    let ok = statuses
+    // Limiting resumed: a fresh key gets exactly its 3.
+    let replies = futures::future::join_all((0..5).map(|_| app.post("c"))).await;
+    let ok = replies
         .iter()
         .filter(|r| r.status == StatusCode::OK)
         .count();
-    assert_eq!(ok, 3, "{statuses:?}");
+    assert_eq!(ok, 3, "{replies:?}");
+}
+
+#[tokio::test]
+async fn killed_redis_fails_open_then_recovers_after_restart() {
+    fails_then_recovers(Trouble::Killed, FailMode::Open).await;
 }
 
 #[tokio::test]
 async fn killed_redis_fails_closed_then_recovers_after_restart() {
-    let Some(server) = RedisServer::private() else {
-        return;
-    };
-    let app = app(
-        RedisStore::connect(server.url()).await.unwrap(),
-        FailMode::Closed,
-    )
-    .await;
-    assert_eq!(app.post("a").await.status, StatusCode::OK);
-
-    server.kill();
-    for _ in 0..3 {
-        assert_failed_closed(&app.post("a").await);
-    }
-    assert_eq!(app.stats.failed_closed(), 3);
-
-    server.restart();
-    app.await_recovery("b").await;
+    fails_then_recovers(Trouble::Killed, FailMode::Closed).await;
 }
 
 #[tokio::test]
-async fn paused_redis_fails_open_within_the_timeout() {
-    let Some(server) = RedisServer::private() else {
-        return;
-    };
-    let app = app(
-        RedisStore::connect(server.url()).await.unwrap(),
-        FailMode::Open,
-    )
-    .await;
-    assert_eq!(app.post("a").await.status, StatusCode::OK);
-
-    server.pause();
-    // The connection is open but nothing answers: only the policy's timeout
-    // can produce these answers.
-    for _ in 0..3 {
-        assert_failed_open(&app.post("a").await);
-    }
-    assert_eq!(app.stats.store_errors(), 3);
-
-    server.resume();
-    app.await_recovery("a").await;
+async fn paused_redis_fails_open_within_the_timeout_then_recovers() {
+    fails_then_recovers(Trouble::Paused, FailMode::Open).await;
 }
 
 #[tokio::test]
-async fn paused_redis_fails_closed_within_the_timeout() {
-    let Some(server) = RedisServer::private() else {
-        return;
-    };
-    let app = app(
-        RedisStore::connect(server.url()).await.unwrap(),
-        FailMode::Closed,
-    )
-    .await;
-    assert_eq!(app.post("a").await.status, StatusCode::OK);
-
-    server.pause();
-    for _ in 0..3 {
-        assert_failed_closed(&app.post("a").await);
-    }
-    server.resume();
-    app.await_recovery("a").await;
+async fn paused_redis_fails_closed_within_the_timeout_then_recovers() {
+    fails_then_recovers(Trouble::Paused, FailMode::Closed).await;
 }
 
 #[tokio::test]
