@@ -108,11 +108,28 @@ pub(crate) fn store_unavailable() -> Response {
 
 /// `400` for a request whose cost cannot be read.
 pub(crate) fn bad_cost(reason: &str) -> Response {
-    let reason = reason.replace(['"', '\\'], "'");
     json(
         StatusCode::BAD_REQUEST,
-        format!(r#"{{"error":"Bad Request","detail":"{reason}"}}"#),
+        format!(
+            r#"{{"error":"Bad Request","detail":"{}"}}"#,
+            json_escape(reason)
+        ),
     )
+}
+
+/// The inside of a JSON string: `Cost::from_fn` messages are the
+/// application's and may quote what the client sent.
+fn json_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `413` for a request that costs more than a limit can ever admit: waiting

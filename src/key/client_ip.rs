@@ -126,6 +126,11 @@ impl ClientIp {
     /// entry that is not an address, `unknown`, an obfuscated node, non-ASCII
     /// bytes, too many hops), the last address reached is the client: it is a
     /// trusted proxy, which is as far as anything can be believed.
+    ///
+    /// A client's junk must only break its own entry, never the entries a
+    /// proxy appended to its right (nginx appends to the client's line): so
+    /// bytes that are not UTF-8 spoil just the entry they are in, and a line
+    /// whose quotes do not balance is split on every comma.
     fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let mut client = peer.to_canonical();
         if !self.is_trusted(client) {
@@ -133,13 +138,15 @@ impl ClientIp {
         }
         let mut hops = 0;
         for value in headers.get_all(self.header.name()).iter().rev() {
-            let Ok(value) = value.to_str() else {
-                return client;
-            };
+            let value = String::from_utf8_lossy(value.as_bytes());
             let nodes: Box<dyn Iterator<Item = Option<IpAddr>>> = match self.header {
                 ForwardedHeader::XForwardedFor => Box::new(value.rsplit(',').map(parse_node)),
                 ForwardedHeader::Forwarded => {
-                    let elements: Vec<&str> = split_unquoted(value, ',').collect();
+                    let elements: Vec<&str> = if quotes_balance(&value) {
+                        split_unquoted(&value, ',').collect()
+                    } else {
+                        value.split(',').collect()
+                    };
                     Box::new(elements.into_iter().rev().map(forwarded_for))
                 }
             };
@@ -206,6 +213,21 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
     })
 }
 
+/// Whether every quoted string is closed (escaped quotes aside).
+fn quotes_balance(text: &str) -> bool {
+    let (mut in_quotes, mut escaped) = (false, false);
+    for c in text.chars() {
+        if escaped {
+            escaped = false;
+        } else if in_quotes && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_quotes = !in_quotes;
+        }
+    }
+    !in_quotes
+}
+
 /// Splits on `sep` outside double-quoted strings (RFC 7239 values may quote a
 /// separator).
 fn split_unquoted(text: &str, sep: char) -> impl Iterator<Item = &str> {
@@ -227,6 +249,8 @@ fn split_unquoted(text: &str, sep: char) -> impl Iterator<Item = &str> {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     fn headers(name: &str, values: &[&str]) -> HeaderMap {
@@ -307,6 +331,22 @@ mod tests {
         // The header not configured is ignored.
         let map = headers("x-forwarded-for", &["1.1.1.1"]);
         assert_eq!(cfg.resolve(ip("10.0.0.1"), &map), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn junk_from_the_client_breaks_only_its_own_entry() {
+        let cfg = behind_proxy();
+        let mut map = HeaderMap::new();
+        map.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(cfg.resolve(ip("10.0.0.1"), &map), ip("203.0.113.7"));
+        let cfg = cfg.header(ForwardedHeader::Forwarded);
+        let map = headers("forwarded", &[r#"for=", for=203.0.113.7"#]);
+        assert_eq!(cfg.resolve(ip("10.0.0.1"), &map), ip("203.0.113.7"));
+        let map = headers("forwarded", &[r#"for="a,b", for=203.0.113.8"#]);
+        assert_eq!(cfg.resolve(ip("10.0.0.1"), &map), ip("203.0.113.8"));
     }
 
     #[test]

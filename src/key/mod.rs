@@ -98,11 +98,17 @@ impl Key {
     /// empty header is a missing key; several values are one key.
     pub fn header(name: &str) -> Self {
         match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(name) => Self::new(name.as_str().to_owned(), Source::Header(name)),
-            Err(_) => Self::invalid(
+            // The name is the label in Redis, so it must be a valid label.
+            Ok(header) if encode::is_valid_name(header.as_str(), false) => {
+                Self::new(header.as_str().to_owned(), Source::Header(header))
+            }
+            _ => Self::invalid(
                 "header",
                 "key.header",
-                format!("{name:?} is not a valid header name"),
+                format!(
+                    "{name:?} is not a header name of letters, digits, '-', '_' and '.' \
+                     (use Key::from_fn for others)"
+                ),
             ),
         }
     }
@@ -203,14 +209,29 @@ impl Key {
     }
 
     /// Reports a key that was defined wrongly.
+    /// Reports a key that was defined wrongly, or a fallback chain in which
+    /// two keys share a label: a header called `user` would otherwise write
+    /// the same key as [`Key::user`], and a client could spend a user's limit.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        if let Source::Invalid(err) = &self.source {
-            return Err(match &**err {
-                Error::Config { field, reason } => Error::config(field.clone(), reason.clone()),
-                other => Error::config("key", other.to_string()),
-            });
+        let mut labels = Vec::new();
+        let mut key = Some(self);
+        while let Some(current) = key {
+            if let Source::Invalid(err) = &current.source {
+                return Err(match &**err {
+                    Error::Config { field, reason } => Error::config(field.clone(), reason.clone()),
+                    other => Error::config("key", other.to_string()),
+                });
+            }
+            if labels.contains(&&*current.label) {
+                return Err(Error::config(
+                    "key",
+                    format!("two keys of one chain are labelled {:?}", current.label),
+                ));
+            }
+            labels.push(&*current.label);
+            key = current.fallback.as_deref();
         }
-        self.fallback.as_deref().map_or(Ok(()), Key::validate)
+        Ok(())
     }
 
     /// Appends `label:value` (or `global`) for this request to `out`, trying
@@ -405,5 +426,9 @@ mod tests {
         assert!(err.to_string().contains("key.label"), "{err}");
         let err = Key::global().or(Key::header("")).validate().unwrap_err();
         assert!(err.to_string().contains("key.header"), "{err}");
+        let err = Key::header("x*").validate().unwrap_err();
+        assert!(err.to_string().contains("key.header"), "{err}");
+        let err = Key::user().or(Key::header("user")).validate().unwrap_err();
+        assert!(err.to_string().contains("labelled \"user\""), "{err}");
     }
 }
