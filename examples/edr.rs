@@ -1,18 +1,26 @@
 //! The seed's EDR API, rate limited: agents post telemetry, people log in and
 //! read a dashboard, and each endpoint has its own limit.
 //!
-//! | route                       | policy      | counted by                | store down  |
-//! | --------------------------- | ----------- | ------------------------- | ----------- |
-//! | `POST /api/v1/telemetry/`   | `telemetry` | `X-Agent-Token` (hashed)  | fail open   |
-//! | `POST /api/v1/auth/login/`  | `login`     | client IP                 | fail closed |
-//! | `GET  /api/v1/dashboard/`   | `dashboard` | user (`Bearer <user-id>`) | fail open   |
-//! | `GET  /healthz`             | none        |                           |             |
+//! | route                      | policy      | counted by                | store down                   |
+//! | -------------------------- | ----------- | ------------------------- | ---------------------------- |
+//! | `POST /api/v1/telemetry/`  | `telemetry` | `X-Agent-Token` (hashed)  | limits in-process (fallback) |
+//! | `POST /api/v1/auth/login/` | `login`     | client IP                 | fail closed                  |
+//! | `GET  /api/v1/dashboard/`  | `dashboard` | user (`Bearer <user-id>`) | fail open                    |
+//! | `GET  /healthz`            | none        |                           |                              |
 //!
 //! (As configured by the environment; a policy file may change any of it
 //! but the routes.) A telemetry request without `X-Agent-Token` is answered
 //! `401`. A batch counts as many requests as its `X-Event-Count` header says
 //! (1 without it); a count that is not a whole number is a `400`, one that
 //! the limit could never admit a `413`.
+//!
+//! Telemetry is where floods come from, so its policy does two more things.
+//! Denials are remembered in-process (the block cache, 100,000 agents at
+//! most): once an agent is over its limit, its requests are answered `429`
+//! without asking Redis until its `Retry-After` has passed, so a flood from
+//! one agent costs Redis nothing. And while Redis is away, each instance
+//! keeps limiting telemetry by itself, at the limits divided by
+//! `TELEMETRY_FALLBACK_DIVISOR`, rather than letting every agent through.
 //!
 //! With Redis, counters live in database 1 and accepted telemetry is pushed
 //! onto the list `edr:telemetry` in database 0 of the same server, where the
@@ -43,6 +51,12 @@
 //! - `TELEMETRY_BURST`: with `gcra` only, how many requests an agent may send
 //!   at once, for every telemetry rate (default: each rate's own limit); a
 //!   whole number of at least 1.
+//! - `TELEMETRY_FALLBACK_DIVISOR` (`1`): while Redis is down, each instance
+//!   limits telemetry in-process at every telemetry limit divided by this;
+//!   set it to the number of app instances, so that together they stay near
+//!   the shared limit. A whole number of at least 1.
+//! - `TELEMETRY_BLOCK_CACHE` (`on`): `off` asks Redis about every telemetry
+//!   request, denied agents included (for benchmarks).
 //! - `TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is
 //!   believed for the login limit; default none (the socket peer is the client).
 //! - `POLICY_FILE`: a TOML file of `[[policies]]` tables named `telemetry`,
@@ -55,6 +69,10 @@
 //!   the file's to choose, so a file that omits `on_missing_key` for
 //!   telemetry answers a missing token with the library's default `400`
 //!   rather than `401`. Other names, and a name given twice, are errors.
+//! - `RATE_LIMIT` (`on`): `off` serves the same routes with no rate limit at
+//!   all, and so no `401` for a missing agent token either: a baseline for
+//!   benchmarks, never for production (the log warns). The settings above
+//!   are still checked.
 //! - `RUST_LOG`: default `info`.
 //!
 //! A bad setting stops the program at startup with a message naming the
@@ -71,19 +89,18 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use axum_redis_ratelimit::{
-    Algorithm, ClientIp, Cost, Key, Limit, MemoryStore, OnMissingKey, Policy, Rate, RateLimitLayer,
-    RedisStore, UserId,
-    config::{PolicyConfig, PolicyFile},
+    Algorithm, ClientIp, Cost, FailMode, Key, Limit, MemoryStore, OnMissingKey, Policy, Rate,
+    RateLimitLayer, RedisStore, UserId,
+    config::{LimitConfig, PolicyConfig, PolicyFile},
     store::Store,
 };
 use redis::{
     ConnectionInfo, IntoConnectionInfo,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
-use serde::{Deserialize, de::IntoDeserializer};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
@@ -93,6 +110,8 @@ const QUEUE_KEY: &str = "edr:telemetry";
 const MAX_TELEMETRY_BYTES: usize = 1024 * 1024;
 /// How many events a telemetry batch holds, and so how many requests it costs.
 const EVENT_COUNT_HEADER: &str = "X-Event-Count";
+/// How many denied agents each instance remembers.
+const BLOCK_CACHE_KEYS: usize = 100_000;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -112,33 +131,51 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Where the rate-limit counters live, if anywhere.
+enum Counters {
+    /// `RATE_LIMIT=off`: no limiter at all.
+    Off,
+    Memory,
+    Redis(RedisStore),
+}
+
 async fn run() -> Result<(), StartupError> {
     let config = Config::from_env()?;
     // Counters first: they are what REDIS_URL is mainly for.
     let counters = match &config.redis {
+        _ if !config.rate_limit => {
+            tracing::warn!(
+                "RATE_LIMIT=off: NO RATE LIMITS on any route, and no 401 for a missing agent \
+                 token; a baseline for benchmarks, never for production"
+            );
+            Counters::Off
+        }
         Some(redis) => {
             let store = RedisStore::connect(&redis.url)
                 .await
                 .map_err(|e| StartupError::new("REDIS_URL", format!("{}: {e}", redis.shown)))?;
             tracing::info!(store = %redis.shown, "rate-limit counters in Redis");
-            Some(store)
+            Counters::Redis(store)
         }
         None => {
             tracing::warn!(
                 "REDIS_URL is not set: using the embedded in-memory store; counters are per \
                  process (not shared between instances) and lost on restart"
             );
-            None
+            Counters::Memory
         }
     };
-    for spec in config.policies.all() {
-        tracing::info!(
-            policy = spec.name,
-            algorithm = %algorithm_name(spec.algorithm),
-            limits = %spec.limits_text(),
-            from = %spec.origin,
-            "rate-limit policy"
-        );
+    if config.rate_limit {
+        for spec in config.policies.all() {
+            let policy = &spec.policy;
+            tracing::info!(
+                policy = policy.name(),
+                algorithm = %policy.algorithm_kind(),
+                limits = %limits_text(policy),
+                from = %spec.origin,
+                "rate-limit policy"
+            );
+        }
     }
     let queue = match &config.queue {
         QueueTarget::Off => {
@@ -151,21 +188,11 @@ async fn run() -> Result<(), StartupError> {
         QueueTarget::Redis { var, info } => Some(EventQueue::connect(var, info).await?),
     };
     // The policies were checked when read, so this cannot fail on them.
+    let policies = &config.policies;
     let app = match counters {
-        Some(store) => app(
-            &config.policies,
-            Stores {
-                counters: store,
-                queue,
-            },
-        ),
-        None => app(
-            &config.policies,
-            Stores {
-                counters: MemoryStore::new(),
-                queue,
-            },
-        ),
+        Counters::Off => app::<MemoryStore>(policies, None, queue),
+        Counters::Memory => app(policies, Some(MemoryStore::new()), queue),
+        Counters::Redis(store) => app(policies, Some(store), queue),
     }
     .map_err(|e| StartupError::new("policies", e))?;
 
@@ -185,12 +212,29 @@ async fn run() -> Result<(), StartupError> {
     Ok(())
 }
 
+/// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one
+/// algorithm that has them. The limits must carry their bursts (see
+/// [`PolicySpec::from_file`]).
+fn limits_text(policy: &Policy) -> String {
+    let gcra = policy.algorithm_kind() == Algorithm::Gcra;
+    let limits = policy.limits().iter().map(|limit| {
+        if gcra {
+            format!("{} burst {}", limit.rate(), limit.burst_size())
+        } else {
+            limit.rate().to_string()
+        }
+    });
+    limits.collect::<Vec<_>>().join(", ")
+}
+
 // ---------------------------------------------------------------- config
 
 /// Everything the environment configures, checked. No `Debug`: it holds
 /// URLs with passwords.
 struct Config {
     listen: SocketAddr,
+    /// `false` with `RATE_LIMIT=off`.
+    rate_limit: bool,
     redis: Option<RedisTarget>,
     queue: QueueTarget,
     policies: Policies,
@@ -222,6 +266,7 @@ impl Config {
                 )
             })?,
         };
+        let rate_limit = on_off("RATE_LIMIT")?;
         // Every variable is checked, even those a policy file then overrides.
         let mut policies = Policies::from_env()?;
         if let Some(path) = var("POLICY_FILE")? {
@@ -260,6 +305,7 @@ impl Config {
         };
         Ok(Self {
             listen,
+            rate_limit,
             redis,
             queue,
             policies,
@@ -274,35 +320,23 @@ struct Policies {
     dashboard: PolicySpec,
 }
 
-/// A checked policy and what the log says about it.
+/// A checked policy, and where it came from.
 struct PolicySpec {
-    name: &'static str,
+    /// Its limits carry their bursts, as the store counts them.
     policy: Policy,
-    algorithm: Algorithm,
-    /// With the policy's burst applied, as the store counts them.
-    limits: Vec<Limit>,
     /// `environment`, or the policy file's path.
     origin: String,
     /// The variables that configure this policy when no file does.
     vars: &'static [&'static str],
 }
 
-impl PolicySpec {
-    /// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one
-    /// algorithm that has them.
-    fn limits_text(&self) -> String {
-        let limits = self.limits.iter().map(|limit| {
-            if self.algorithm == Algorithm::Gcra {
-                format!("{} burst {}", limit.rate(), limit.burst_size())
-            } else {
-                limit.rate().to_string()
-            }
-        });
-        limits.collect::<Vec<_>>().join(", ")
-    }
-}
-
-const TELEMETRY_VARS: &[&str] = &["TELEMETRY_RATE", "TELEMETRY_ALGORITHM", "TELEMETRY_BURST"];
+const TELEMETRY_VARS: &[&str] = &[
+    "TELEMETRY_RATE",
+    "TELEMETRY_ALGORITHM",
+    "TELEMETRY_BURST",
+    "TELEMETRY_FALLBACK_DIVISOR",
+    "TELEMETRY_BLOCK_CACHE",
+];
 const LOGIN_VARS: &[&str] = &["LOGIN_RATE", "TRUSTED_PROXIES"];
 const DASHBOARD_VARS: &[&str] = &["DASHBOARD_RATE"];
 
@@ -315,52 +349,51 @@ impl Policies {
     fn from_env() -> Result<Self, StartupError> {
         let algorithm = match var("TELEMETRY_ALGORITHM")? {
             None => Algorithm::default(),
-            Some(text) => parse_algorithm(&text)?,
+            Some(text) => text.parse().map_err(|_| {
+                StartupError::new(
+                    "TELEMETRY_ALGORITHM",
+                    format!(
+                        "{text:?} is not an algorithm: use fixed, sliding or gcra \
+                         (or fixed_window, sliding_window)"
+                    ),
+                )
+            })?,
         };
         let rates = rate_list("TELEMETRY_RATE", "1000/m")?;
-        let burst = match var("TELEMETRY_BURST")? {
-            None => None,
-            Some(text) => Some(parse_burst(&text)?),
-        };
+        let burst = at_least_one("TELEMETRY_BURST", "requests")?;
         if burst.is_some() && algorithm != Algorithm::Gcra {
             return Err(StartupError::new(
                 "TELEMETRY_BURST",
-                format!(
-                    "a burst applies only to TELEMETRY_ALGORITHM=gcra, not {}",
-                    algorithm_name(algorithm)
-                ),
+                format!("a burst applies only to TELEMETRY_ALGORITHM=gcra, not {algorithm}"),
             ));
         }
+        let divisor = at_least_one("TELEMETRY_FALLBACK_DIVISOR", "app instances")?;
         let mut telemetry = Policy::new("telemetry")
             .algorithm(algorithm)
             // Agent tokens are credentials: only their hash reaches Redis.
             .key(Key::header("X-Agent-Token").secret())
             .cost(Cost::header(EVENT_COUNT_HEADER))
             .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
-            // Losing the limit for a while beats losing the agents' events.
-            .fail_open();
-        for rate in &rates {
-            telemetry = telemetry.rate(*rate);
+            // Losing the agents' events to a Redis outage is worse than
+            // limiting each instance alone for a while; letting every agent
+            // through unlimited would be worse still.
+            .on_store_error(FailMode::Fallback)
+            .fallback_divisor(divisor.unwrap_or(1));
+        // A flooding agent's requests are answered here, not by Redis.
+        if on_off("TELEMETRY_BLOCK_CACHE")? {
+            telemetry = telemetry.block_cache(BLOCK_CACHE_KEYS);
         }
-        if let Some(burst) = burst {
-            telemetry = telemetry.burst(burst);
+        for &rate in &rates {
+            let limit = Limit::new(rate);
+            telemetry = telemetry.limit(burst.map_or(limit, |burst| limit.burst(burst)));
         }
         // With a burst, a rate too large to count may be the burst's fault.
         let telemetry_rate_vars = match burst {
             Some(_) => "TELEMETRY_RATE, TELEMETRY_BURST",
             None => "TELEMETRY_RATE",
         };
-        check(&telemetry).map_err(|e| env_error(e, telemetry_rate_vars))?;
-        let telemetry = PolicySpec {
-            name: "telemetry",
-            policy: telemetry,
-            algorithm,
-            limits: rates.iter().map(|&rate| limit(rate, burst)).collect(),
-            origin: "environment".to_owned(),
-            vars: TELEMETRY_VARS,
-        };
+        let telemetry = PolicySpec::from_env(telemetry, telemetry_rate_vars, TELEMETRY_VARS)?;
 
-        let login_rate = one_rate("LOGIN_RATE", "10/h")?;
         let proxies = var("TRUSTED_PROXIES")?.unwrap_or_default();
         let client_ip = ClientIp::new()
             .trust_proxies(proxies.split(',').map(str::trim).filter(|s| !s.is_empty()))
@@ -371,35 +404,18 @@ impl Policies {
                 other => StartupError::new("TRUSTED_PROXIES", other),
             })?;
         let login = Policy::new("login")
-            .rate(login_rate)
+            .rate(one_rate("LOGIN_RATE", "10/h")?)
             .key(Key::client_ip_with(client_ip))
             // An unlimited login window invites password guessing.
             .fail_closed();
-        check(&login).map_err(|e| env_error(e, "LOGIN_RATE"))?;
-        let login = PolicySpec {
-            name: "login",
-            policy: login,
-            algorithm: Algorithm::default(),
-            limits: vec![Limit::new(login_rate)],
-            origin: "environment".to_owned(),
-            vars: LOGIN_VARS,
-        };
+        let login = PolicySpec::from_env(login, "LOGIN_RATE", LOGIN_VARS)?;
 
-        let dashboard_rate = one_rate("DASHBOARD_RATE", "60/m")?;
         // The auth middleware in front of the limiter sets the user.
         let dashboard = Policy::new("dashboard")
-            .rate(dashboard_rate)
+            .rate(one_rate("DASHBOARD_RATE", "60/m")?)
             .key(Key::user())
             .fail_open();
-        check(&dashboard).map_err(|e| env_error(e, "DASHBOARD_RATE"))?;
-        let dashboard = PolicySpec {
-            name: "dashboard",
-            policy: dashboard,
-            algorithm: Algorithm::default(),
-            limits: vec![Limit::new(dashboard_rate)],
-            origin: "environment".to_owned(),
-            vars: DASHBOARD_VARS,
-        };
+        let dashboard = PolicySpec::from_env(dashboard, "DASHBOARD_RATE", DASHBOARD_VARS)?;
         Ok(Self {
             telemetry,
             login,
@@ -416,12 +432,13 @@ impl Policies {
         // shows the line it is on.
         let file: PolicyFile = toml::from_str(&text)
             .map_err(|e| fail(format!("{path:?} is not a valid policy file: {e}")))?;
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
         for config in file.policies {
-            let name = match config.name.as_str() {
-                "telemetry" => "telemetry",
-                "login" => "login",
-                "dashboard" => "dashboard",
+            let name = config.name.clone();
+            let slot = match name.as_str() {
+                "telemetry" => &mut self.telemetry,
+                "login" => &mut self.login,
+                "dashboard" => &mut self.dashboard,
                 other => {
                     return Err(fail(format!(
                         "{path:?}: unknown policy {other:?}: the limited routes' policies \
@@ -432,16 +449,10 @@ impl Policies {
             if seen.contains(&name) {
                 return Err(fail(format!("{path:?}: policy {name:?} is defined twice")));
             }
-            seen.push(name);
-            let spec = PolicySpec::from_file(name, config, path)?;
-            let slot = match name {
-                "telemetry" => &mut self.telemetry,
-                "login" => &mut self.login,
-                _ => &mut self.dashboard,
-            };
             let ignored: Vec<&str> = (slot.vars.iter().copied())
                 .filter(|v| matches!(var(v), Ok(Some(_))))
                 .collect();
+            *slot = PolicySpec::from_file(config, path)?;
             if !ignored.is_empty() {
                 tracing::warn!(
                     policy = name,
@@ -449,96 +460,92 @@ impl Policies {
                     "POLICY_FILE defines this policy: its environment variables are ignored"
                 );
             }
-            *slot = spec;
+            seen.push(name);
         }
         Ok(())
     }
 }
 
 impl PolicySpec {
-    fn from_file(
-        name: &'static str,
-        config: PolicyConfig,
-        path: &str,
+    /// Checks `policy`, blaming an error on the variables behind it:
+    /// `rate_vars`, or `TELEMETRY_BURST` for a burst.
+    fn from_env(
+        policy: Policy,
+        rate_vars: &'static str,
+        vars: &'static [&'static str],
     ) -> Result<Self, StartupError> {
+        policy.validate().map_err(|err| match err {
+            axum_redis_ratelimit::Error::Config { field, reason } => {
+                let what = match field.rsplit('.').next() {
+                    Some("burst") => "TELEMETRY_BURST",
+                    Some("rate" | "limits") => rate_vars,
+                    _ => "policies",
+                };
+                StartupError::new(what, format!("{reason} (`{field}`)"))
+            }
+            other => StartupError::new(rate_vars, other),
+        })?;
+        Ok(Self {
+            policy,
+            origin: "environment".to_owned(),
+            vars,
+        })
+    }
+
+    fn from_file(mut config: PolicyConfig, path: &str) -> Result<Self, StartupError> {
         let fail = |e: axum_redis_ratelimit::Error| {
             StartupError::new("POLICY_FILE", format!("{path:?}: {e}"))
         };
-        // The order `into_policy` adds them in: `rate`, then `limits`.
-        let plain = config.rate.iter().map(|&rate| limit(rate, config.burst));
-        let own = (config.limits.iter()).map(|l| limit(l.rate, l.burst.or(config.burst)));
-        let limits = plain.chain(own).collect();
-        let algorithm = config.algorithm;
+        // `Policy::limits` lists limits without the policy-wide burst, so
+        // give it to each limit that has none: the policy is the same, and
+        // the log shows the bursts counted with. `rate`s come first, as
+        // `into_policy` adds them.
+        if let Some(burst) = config.burst.take() {
+            let rates = config
+                .rate
+                .drain(..)
+                .map(|rate| LimitConfig { rate, burst: None });
+            let limits = rates
+                .chain(config.limits.drain(..))
+                .map(|limit| LimitConfig {
+                    burst: limit.burst.or(Some(burst)),
+                    ..limit
+                });
+            config.limits = limits.collect();
+        }
         let policy = config.into_policy().map_err(fail)?;
-        check(&policy).map_err(fail)?;
+        policy.validate().map_err(fail)?;
         Ok(Self {
-            name,
             policy,
-            algorithm,
-            limits,
             origin: path.to_owned(),
             vars: &[],
         })
     }
 }
 
-fn limit(rate: Rate, burst: Option<u64>) -> Limit {
-    match burst {
-        Some(burst) => Limit::new(rate).burst(burst),
-        None => Limit::new(rate),
+/// `on` (or unset) or `off`.
+fn on_off(name: &'static str) -> Result<bool, StartupError> {
+    match var(name)? {
+        None => Ok(true),
+        Some(text) if text.eq_ignore_ascii_case("on") => Ok(true),
+        Some(text) if text.eq_ignore_ascii_case("off") => Ok(false),
+        Some(text) => Err(StartupError::new(
+            name,
+            format!("{text:?} is neither on nor off"),
+        )),
     }
 }
 
-/// Checks `policy` as the layer will, before any connection is made.
-fn check(policy: &Policy) -> Result<(), axum_redis_ratelimit::Error> {
-    RateLimitLayer::new(policy.clone(), MemoryStore::new()).map(drop)
-}
-
-/// A policy built from the environment that the library refuses, blamed on
-/// the variables behind it: `rate_vars`, or `TELEMETRY_BURST` for a burst.
-fn env_error(err: axum_redis_ratelimit::Error, rate_vars: &'static str) -> StartupError {
-    match err {
-        axum_redis_ratelimit::Error::Config { field, reason } => {
-            let what = match field.rsplit('.').next() {
-                Some("burst") => "TELEMETRY_BURST",
-                Some("rate" | "limits") => rate_vars,
-                _ => "policies",
-            };
-            StartupError::new(what, format!("{reason} (`{field}`)"))
-        }
-        other => StartupError::new(rate_vars, other),
-    }
-}
-
-/// `fixed`, `sliding`, `gcra` or a long name, as a policy file spells them.
-fn parse_algorithm(text: &str) -> Result<Algorithm, StartupError> {
-    let name: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
-        text.into_deserializer();
-    Algorithm::deserialize(name).map_err(|_| {
-        StartupError::new(
-            "TELEMETRY_ALGORITHM",
-            format!(
-                "{text:?} is not an algorithm: use fixed, sliding or gcra \
-                 (or fixed_window, sliding_window)"
-            ),
-        )
-    })
-}
-
-/// The name a policy file uses, such as `gcra`.
-fn algorithm_name(algorithm: Algorithm) -> String {
-    match serde_json::to_value(algorithm) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => format!("{algorithm:?}"),
-    }
-}
-
-fn parse_burst(text: &str) -> Result<u64, StartupError> {
+/// A whole number of `what`, at least 1, if set.
+fn at_least_one(name: &'static str, what: &str) -> Result<Option<u64>, StartupError> {
+    let Some(text) = var(name)? else {
+        return Ok(None);
+    };
     match text.parse::<u64>() {
-        Ok(burst) if burst >= 1 && !text.starts_with('+') => Ok(burst),
+        Ok(n) if n >= 1 && !text.starts_with('+') => Ok(Some(n)),
         _ => Err(StartupError::new(
-            "TELEMETRY_BURST",
-            format!("{text:?} is not a whole number of requests of at least 1"),
+            name,
+            format!("{text:?} is not a whole number of {what} of at least 1"),
         )),
     }
 }
@@ -629,51 +636,46 @@ impl fmt::Display for StartupError {
 
 // ---------------------------------------------------------------- app
 
-/// Where counters and accepted telemetry go.
-struct Stores<St> {
-    counters: St,
-    queue: Option<EventQueue>,
-}
-
 #[derive(Clone)]
 struct AppState {
     queue: Option<EventQueue>,
 }
 
+/// The routes, each behind its policy's limiter counting in `counters`, or
+/// behind none without them (`RATE_LIMIT=off`).
 fn app<St: Store>(
     policies: &Policies,
-    stores: Stores<St>,
+    counters: Option<St>,
+    queue: Option<EventQueue>,
 ) -> Result<Router, axum_redis_ratelimit::Error> {
-    let telemetry =
-        RateLimitLayer::new(policies.telemetry.policy.clone(), stores.counters.clone())?;
-    let login = RateLimitLayer::new(policies.login.policy.clone(), stores.counters.clone())?;
-    let dashboard = RateLimitLayer::new(policies.dashboard.policy.clone(), stores.counters)?;
+    let limited = |route: MethodRouter<AppState>, spec: &PolicySpec| match &counters {
+        Some(store) => {
+            RateLimitLayer::new(spec.policy.clone(), store.clone()).map(|l| route.route_layer(l))
+        }
+        None => Ok(route),
+    };
 
     // The same routes and layers whatever the policies' source: a policy
     // file changes how requests are counted, not the order of checks.
     Ok(Router::new()
         .route(
             "/api/v1/telemetry/",
-            post(telemetry_handler)
-                .route_layer(telemetry)
+            limited(post(telemetry_handler), &policies.telemetry)?
                 .layer(DefaultBodyLimit::max(MAX_TELEMETRY_BYTES)),
         )
         .route(
             "/api/v1/auth/login/",
-            post(login_handler).route_layer(login),
+            limited(post(login_handler), &policies.login)?,
         )
         .route(
             "/api/v1/dashboard/",
             // Layers added later run first: auth must set the UserId the
             // limiter counts by.
-            get(dashboard_handler)
-                .route_layer(dashboard)
+            limited(get(dashboard_handler), &policies.dashboard)?
                 .route_layer(middleware::from_fn(require_user)),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(AppState {
-            queue: stores.queue,
-        }))
+        .with_state(AppState { queue }))
 }
 
 fn json_error(status: StatusCode, error: &str) -> Response {

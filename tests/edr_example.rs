@@ -33,6 +33,9 @@ const EXAMPLE_VARS: &[&str] = &[
     "TELEMETRY_RATE",
     "TELEMETRY_ALGORITHM",
     "TELEMETRY_BURST",
+    "TELEMETRY_FALLBACK_DIVISOR",
+    "TELEMETRY_BLOCK_CACHE",
+    "RATE_LIMIT",
     "LOGIN_RATE",
     "DASHBOARD_RATE",
     "TRUSTED_PROXIES",
@@ -351,7 +354,7 @@ async fn dashboard_is_limited_per_user_after_authentication() {
 }
 
 #[tokio::test]
-async fn login_fails_closed_and_telemetry_fails_open_when_redis_dies() {
+async fn login_fails_closed_and_telemetry_falls_back_when_redis_dies() {
     let Some(server) = RedisServer::private() else {
         return;
     };
@@ -381,6 +384,136 @@ async fn login_fails_closed_and_telemetry_fails_open_when_redis_dies() {
     let reply = edr.post(TELEMETRY, &token).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+}
+
+#[tokio::test]
+async fn telemetry_stays_limited_per_instance_while_redis_is_down() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[
+        ("REDIS_URL", server.url()),
+        ("TELEMETRY_RATE", "2/m"),
+        ("QUEUE_URL", "off"),
+    ])
+    .await;
+    // Counted in Redis while it is there…
+    let reply = edr
+        .post(TELEMETRY, &[("x-agent-token", &b"AGENT-1"[..])])
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    let mut db1 = server.connection().await;
+    let counters: Vec<String> = redis::cmd("KEYS")
+        .arg("rl:telemetry:*")
+        .query_async(&mut db1)
+        .await
+        .unwrap();
+    assert_eq!(counters.len(), 1, "{counters:?}");
+
+    server.kill();
+
+    // …and in this process once it is gone: not fail open, which would
+    // accept every request. The in-process counters start from nothing.
+    for agent in [&b"AGENT-1"[..], b"AGENT-2"] {
+        let token = [("x-agent-token", agent)];
+        for _ in 0..2 {
+            let reply = edr.post(TELEMETRY, &token).await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        }
+        let reply = edr.post(TELEMETRY, &token).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+        assert!(reply.header("retry-after").is_some(), "{reply:?}");
+        let ratelimit = reply.header("ratelimit").expect("RateLimit on a 429");
+        assert!(ratelimit.starts_with(r#""telemetry";r=0;"#), "{ratelimit}");
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_off_serves_the_routes_unlimited() {
+    let edr = Edr::start(&[
+        ("RATE_LIMIT", "off"),
+        ("TELEMETRY_RATE", "2/m"),
+        ("LOGIN_RATE", "1/h"),
+        ("DASHBOARD_RATE", "1/m"),
+    ])
+    .await;
+    let token = [("x-agent-token", &b"AGENT-1"[..])];
+    let alice = [("authorization", &b"Bearer alice"[..])];
+    for _ in 0..10 {
+        let reply = edr.post(TELEMETRY, &token).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+        assert_eq!(reply.header("ratelimit"), None, "{reply:?}");
+        assert_eq!(reply.header("ratelimit-policy"), None, "{reply:?}");
+        let reply = edr.post(LOGIN, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.header("ratelimit"), None, "{reply:?}");
+        let reply = edr.get(DASHBOARD, &alice).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.header("ratelimit"), None, "{reply:?}");
+    }
+    // Nothing checks the agent token without the limiter; authentication
+    // still guards the dashboard.
+    let reply = edr.post(TELEMETRY, &[]).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    let reply = edr.get(DASHBOARD, &[]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+
+    // Any other value is a mistake, not a way to turn limits off.
+    let (status, output) = run_to_exit(&[("RATE_LIMIT", "no")]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains(r#"RATE_LIMIT: "no""#), "{output}");
+}
+
+#[tokio::test]
+async fn the_block_cache_answers_a_flooding_agent_without_redis() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let mut db1 = server.connection().await;
+    // The number of EVALSHA calls Redis has served so far.
+    let evalsha = |info: String| -> u64 {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .unwrap_or("cmdstat_evalsha:calls=0,");
+        let calls = line.split("calls=").nth(1).unwrap();
+        calls.split(',').next().unwrap().parse().unwrap()
+    };
+    for (block_cache, expected) in [("on", 1), ("off", 19)] {
+        let edr = Edr::start(&[
+            ("REDIS_URL", server.url()),
+            ("TELEMETRY_RATE", "1/m"),
+            ("TELEMETRY_BLOCK_CACHE", block_cache),
+            ("QUEUE_URL", "off"),
+        ])
+        .await;
+        let agent = format!("AGENT-{block_cache}");
+        let token = [("x-agent-token", agent.as_bytes())];
+        let reply = edr.post(TELEMETRY, &token).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        // The first denial is Redis's; with the cache, the only one.
+        let before: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut db1)
+            .await
+            .unwrap();
+        for _ in 0..19 {
+            let reply = edr.post(TELEMETRY, &token).await;
+            assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+            assert!(reply.header("retry-after").is_some(), "{reply:?}");
+        }
+        let after: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut db1)
+            .await
+            .unwrap();
+        let calls = evalsha(after) - evalsha(before);
+        assert_eq!(
+            calls, expected,
+            "TELEMETRY_BLOCK_CACHE={block_cache}: EVALSHA calls for 19 denied requests"
+        );
+    }
 }
 
 #[tokio::test]
@@ -601,6 +734,21 @@ fn bad_algorithm_rates_or_burst_stop_startup_naming_the_variable() {
             &[("TELEMETRY_RATE", "10/s,20/s")],
             "TELEMETRY_RATE: ",
             r#""20/s""#,
+        ),
+        (
+            &[("TELEMETRY_FALLBACK_DIVISOR", "0")],
+            "TELEMETRY_FALLBACK_DIVISOR: ",
+            r#""0""#,
+        ),
+        (
+            &[("TELEMETRY_FALLBACK_DIVISOR", "two")],
+            "TELEMETRY_FALLBACK_DIVISOR: ",
+            r#""two""#,
+        ),
+        (
+            &[("TELEMETRY_BLOCK_CACHE", "100")],
+            "TELEMETRY_BLOCK_CACHE: ",
+            r#""100""#,
         ),
     ];
     for (env, named, quoted) in cases {

@@ -1,0 +1,543 @@
+#!/usr/bin/env python3
+"""Load benchmark of the EDR example's telemetry route, with wrk.
+
+    python3 scripts/loadbench.py
+
+Builds `examples/edr.rs` and `examples/naive_baseline.rs` in release, starts a
+redis-server of its own (a free port, no persistence; never the one on 6379),
+installs wrk from Debian's package if it is missing, and then, for each
+scenario and variant, starts the server with QUEUE_URL=off (so the figures
+measure the limiter, not the queue hand-off), waits for /healthz, and runs
+
+    wrk -t1 -c64 -d10s --latency -s scripts/wrk/<scenario>.lua <url>
+
+Scenarios (scripts/wrk/*.lua; every request a small JSON POST with an
+X-Agent-Token):
+  allowed  a random token from a pool of 10,000; TELEMETRY_RATE=1000000000/m,
+           so nothing is denied
+  flood    one token; TELEMETRY_RATE=1000/m, so nearly everything is a 429
+  mixed    90 % pool tokens (allowed), 10 % one flooding token;
+           TELEMETRY_RATE=1000/m
+
+Variants:
+  off          the EDR example with RATE_LIMIT=off: no limiter (the baseline
+               of the ratios)
+  memory       the EDR example, in-memory store (block cache off)
+  redis        the EDR example, Redis store, TELEMETRY_BLOCK_CACHE=off
+  redis+cache  the EDR example, Redis store and block cache (its default)
+  naive        examples/naive_baseline.rs: GET, INCR, EXPIRE per request
+
+Each round runs every scenario and, within it, every variant, the variants'
+order rotated from round to round; ROUNDS rounds, so that a noisy machine
+shows up as the spread between min and max. Redis is flushed before each run
+(it is ours) and each run starts a fresh server process. For each run it
+reads wrk's req/s and p50/p99 latency and Redis's INFO commandstats before
+and after, and prints one markdown table per scenario with medians and
+ratios against the no-limiter variant.
+
+Environment (defaults in brackets):
+  DURATION [10]      seconds per wrk run
+  ROUNDS [3]         rounds
+  VARIANTS [off,memory,redis,redis+cache,naive]
+  SCENARIOS [allowed,flood,mixed]
+  CONNECTIONS [64]   wrk -c
+  THREADS [1]        wrk -t
+  REDIS_SERVER [redis-server]
+
+A full default run takes about 9 minutes plus the build. Quick check:
+  DURATION=2 ROUNDS=1 VARIANTS=off,redis SCENARIOS=flood python3 scripts/loadbench.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TELEMETRY_PATH = "/api/v1/telemetry/"
+
+ALL_VARIANTS = ["off", "memory", "redis", "redis+cache", "naive"]
+ALL_SCENARIOS = ["allowed", "flood", "mixed"]
+SCENARIO_RATE = {
+    "allowed": "1000000000/m",
+    "flood": "1000/m",
+    "mixed": "1000/m",
+}
+# The commands each variant sends itself. Redis also counts the commands a
+# script runs inside EVALSHA in commandstats, so summing every cmdstat would
+# count the EDR example's work twice.
+TOP_LEVEL = {
+    "off": (),
+    "memory": (),
+    "redis": ("evalsha", "eval", "script"),
+    "redis+cache": ("evalsha", "eval", "script"),
+    "naive": ("get", "incr", "expire"),
+}
+# Ours, not the variants'.
+ADMIN = {"info", "flushall", "ping", "config", "client", "hello", "command"}
+
+
+def env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        sys.exit(f"loadbench: {name}={text!r} is not a whole number")
+    if value < 1:
+        sys.exit(f"loadbench: {name} must be at least 1")
+    return value
+
+
+def env_list(name: str, allowed: list[str]) -> list[str]:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return list(allowed)
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        sys.exit(f"loadbench: {name}={text!r}: choose from {','.join(allowed)}")
+    return items
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def loadavg() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------ redis
+
+
+class Redis:
+    """Just enough RESP for PING, FLUSHALL and INFO."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def call(self, *args: str):
+        out = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = arg.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(out))
+        return self._reply()
+
+    def _reply(self):
+        line = self.file.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(f"Redis: {rest.decode()}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            data = self.file.read(size + 2)[:-2]
+            return data.decode()
+        if kind == b"*":
+            return [self._reply() for _ in range(int(rest))]
+        raise RuntimeError(f"Redis: unexpected reply {line!r}")
+
+    def commandstats(self) -> dict[str, tuple[int, int]]:
+        """Calls and microseconds spent, per command."""
+        stats = {}
+        for line in self.call("INFO", "commandstats").splitlines():
+            match = re.match(r"cmdstat_([^:]+):calls=(\d+),usec=(\d+)", line)
+            if match:
+                stats[match.group(1)] = (int(match.group(2)), int(match.group(3)))
+        return stats
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(workdir),
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=open(workdir / "redis.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client = Redis(port)
+            if client.call("PING") == "PONG":
+                client.close()
+                return process, port
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"loadbench: redis-server did not start; see {workdir / 'redis.log'}")
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ setup
+
+
+def build() -> Path:
+    command = [
+        "cargo", "build", "--release", "--example", "edr", "--example", "naive_baseline",
+    ]
+    log(f"$ {shlex.join(command)}")
+    subprocess.run(command, cwd=ROOT, check=True)
+    metadata = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    return Path(json.loads(metadata.stdout)["target_directory"]) / "release" / "examples"
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    log("wrk not found: installing Debian's package")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    # Its chatter goes to stderr, beside the progress lines; stdout is the report.
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+        subprocess.run(sudo + command, check=True, env=env, stdout=sys.stderr)
+    found = shutil.which("wrk")
+    if not found:
+        sys.exit("loadbench: wrk is still missing after apt-get install")
+    return found
+
+
+# ------------------------------------------------------------------ one run
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: str
+    commands: int
+    all_commands: int
+    redis_usec: int
+    load: float
+
+
+@dataclass
+class Setup:
+    examples: Path
+    wrk: str
+    redis_port: int
+    duration: int
+    connections: int
+    threads: int
+    workdir: Path
+    runs: dict = field(default_factory=dict)
+
+
+def server_command(setup: Setup, variant: str, scenario: str, port: int):
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # The examples' own variables never leak in from outside.
+        if not (key.startswith("TELEMETRY_") or key in {
+            "LISTEN_ADDR", "REDIS_URL", "QUEUE_URL", "RATE_LIMIT", "POLICY_FILE",
+            "LOGIN_RATE", "DASHBOARD_RATE", "TRUSTED_PROXIES", "RUST_LOG",
+        })
+    }
+    redis_url = f"redis://127.0.0.1:{setup.redis_port}/1"
+    env.update(
+        LISTEN_ADDR=f"127.0.0.1:{port}",
+        QUEUE_URL="off",
+        TELEMETRY_RATE=SCENARIO_RATE[scenario],
+        RUST_LOG="warn",
+    )
+    binary = setup.examples / "edr"
+    if variant == "off":
+        env["RATE_LIMIT"] = "off"
+    elif variant == "memory":
+        env["TELEMETRY_BLOCK_CACHE"] = "off"
+    elif variant == "redis":
+        env.update(REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="off")
+    elif variant == "redis+cache":
+        env.update(REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="on")
+    elif variant == "naive":
+        binary = setup.examples / "naive_baseline"
+        env["REDIS_URL"] = redis_url
+    return [str(binary)], env
+
+
+def wait_healthy(process: subprocess.Popen, port: int, logfile: Path) -> None:
+    deadline = time.monotonic() + 30
+    url = f"http://127.0.0.1:{port}/healthz"
+    while True:
+        if process.poll() is not None:
+            sys.exit(f"loadbench: the server exited at startup:\n{logfile.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            sys.exit(f"loadbench: no /healthz within 30 s:\n{logfile.read_text()}")
+        time.sleep(0.05)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def to_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise ValueError(f"unexpected latency {text!r}")
+    return float(match.group(1)) * UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> dict:
+    def find(pattern: str) -> re.Match:
+        match = re.search(pattern, output, re.MULTILINE)
+        if not match:
+            raise ValueError(f"no {pattern!r} in wrk's output:\n{output}")
+        return match
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)$", output, re.MULTILINE)
+    return {
+        "rps": float(find(r"^Requests/sec:\s+([\d.]+)").group(1)),
+        "p50_ms": to_ms(find(r"^\s+50%\s+(\S+)").group(1)),
+        "p99_ms": to_ms(find(r"^\s+99%\s+(\S+)").group(1)),
+        "requests": int(find(r"^\s+(\d+) requests in").group(1)),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1).strip() if errors else "",
+    }
+
+
+def wrk_command(setup: Setup, scenario: str, port: int) -> list[str]:
+    return [
+        setup.wrk,
+        f"-t{setup.threads}",
+        f"-c{setup.connections}",
+        f"-d{setup.duration}s",
+        "--latency",
+        "-s", str(ROOT / "scripts" / "wrk" / f"{scenario}.lua"),
+        f"http://127.0.0.1:{port}{TELEMETRY_PATH}",
+    ]
+
+
+def run_once(setup: Setup, redis: Redis, variant: str, scenario: str) -> Run:
+    redis.call("FLUSHALL")
+    port = free_port()
+    command, env = server_command(setup, variant, scenario, port)
+    logfile = setup.workdir / f"{variant}-{scenario}.log"
+    with open(logfile, "wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(process, port, logfile)
+        before = redis.commandstats()
+        load = os.getloadavg()[0]
+        wrk = subprocess.run(
+            wrk_command(setup, scenario, port),
+            capture_output=True, text=True, timeout=setup.duration + 60,
+        )
+        after = redis.commandstats()
+    finally:
+        stop(process)
+    if wrk.returncode != 0:
+        sys.exit(f"loadbench: wrk failed:\n{wrk.stdout}{wrk.stderr}")
+    result = parse_wrk(wrk.stdout)
+    zero = (0, 0)
+    delta = {
+        name: tuple(a - b for a, b in zip(stats, before.get(name, zero)))
+        for name, stats in after.items()
+    }
+    top_level = [delta.get(name, zero) for name in TOP_LEVEL[variant]]
+    return Run(
+        commands=sum(calls for calls, _ in top_level),
+        # A script's time includes that of the commands it runs.
+        redis_usec=sum(usec for _, usec in top_level),
+        all_commands=sum(calls for name, (calls, _) in delta.items() if name not in ADMIN),
+        load=load,
+        **result,
+    )
+
+
+# ------------------------------------------------------------------ report
+
+
+def fmt_ms(ms: float) -> str:
+    return f"{ms * 1000:.0f} µs" if ms < 1 else f"{ms:.2f} ms"
+
+
+def report(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
+    print()
+    print(
+        "Commands/request counts the Redis commands each variant sends itself "
+        "(INFO commandstats deltas over wrk's completed requests): EVALSHA for the "
+        "EDR example, GET + INCR + EXPIRE for the naive baseline. Redis also counts "
+        "the commands a script runs inside EVALSHA; 'all cmds/req' includes those. "
+        "'Redis µs/req' is the time Redis spent executing those top-level commands "
+        "(commandstats usec; a script's includes its commands). "
+        "Latency and commands are medians over the rounds; 'denied' is wrk's "
+        "non-2xx share (429s). Ratios are median req/s against the no-limiter "
+        "variant (off) of the same scenario."
+    )
+    for scenario in scenarios:
+        print()
+        print(f"### {scenario} (TELEMETRY_RATE={SCENARIO_RATE[scenario]})")
+        print()
+        print(
+            "| variant | median req/s | min–max req/s | p50 | p99 "
+            "| commands/request | all cmds/req | Redis µs/req | denied | ratio vs no-limiter |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        baseline = None
+        if "off" in variants:
+            baseline = statistics.median(r.rps for r in setup.runs[(scenario, "off")])
+        for variant in variants:
+            runs = setup.runs[(scenario, variant)]
+            rps = [r.rps for r in runs]
+            median_rps = statistics.median(rps)
+            per_request = statistics.median(r.commands / max(r.requests, 1) for r in runs)
+            all_per_request = statistics.median(
+                r.all_commands / max(r.requests, 1) for r in runs
+            )
+            redis_usec = statistics.median(r.redis_usec / max(r.requests, 1) for r in runs)
+            denied = statistics.median(r.non_2xx / max(r.requests, 1) for r in runs)
+            ratio = f"{median_rps / baseline:.2f}" if baseline else "–"
+            print(
+                f"| {variant} | {median_rps:,.0f} | {min(rps):,.0f}–{max(rps):,.0f} "
+                f"| {fmt_ms(statistics.median(r.p50_ms for r in runs))} "
+                f"| {fmt_ms(statistics.median(r.p99_ms for r in runs))} "
+                f"| {per_request:.3f} | {all_per_request:.3f} | {redis_usec:.1f} "
+                f"| {denied:.1%} | {ratio} |"
+            )
+        errors = [
+            f"{variant}: {r.socket_errors}"
+            for variant in variants
+            for r in setup.runs[(scenario, variant)]
+            if r.socket_errors
+        ]
+        if errors:
+            print()
+            print("Socket errors: " + "; ".join(errors))
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    duration = env_int("DURATION", 10)
+    rounds = env_int("ROUNDS", 3)
+    connections = env_int("CONNECTIONS", 64)
+    threads = env_int("THREADS", 1)
+    variants = env_list("VARIANTS", ALL_VARIANTS)
+    scenarios = env_list("SCENARIOS", ALL_SCENARIOS)
+    redis_binary = os.environ.get("REDIS_SERVER", "").strip() or "redis-server"
+    if not shutil.which(redis_binary):
+        sys.exit(f"loadbench: {redis_binary} not found (Debian: apt-get install redis-server)")
+
+    settings = (
+        f"DURATION={duration} ROUNDS={rounds} CONNECTIONS={connections} THREADS={threads} "
+        f"VARIANTS={','.join(variants)} SCENARIOS={','.join(scenarios)}"
+    )
+    print(f"$ {settings} python3 scripts/loadbench.py")
+    print(
+        f"$ wrk -t{threads} -c{connections} -d{duration}s --latency "
+        f"-s scripts/wrk/<scenario>.lua http://127.0.0.1:<port>{TELEMETRY_PATH}"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPUs; load average at start {loadavg()}; "
+        f"every run: QUEUE_URL=off, RUST_LOG=warn, a fresh server, Redis flushed"
+    )
+    sys.stdout.flush()
+
+    examples = build()
+    wrk = ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="loadbench-") as tmp:
+        workdir = Path(tmp)
+        redis_process, redis_port = start_redis(redis_binary, workdir)
+        try:
+            redis = Redis(redis_port)
+            setup = Setup(
+                examples=examples, wrk=wrk, redis_port=redis_port, duration=duration,
+                connections=connections, threads=threads, workdir=workdir,
+            )
+            log(f"redis-server on 127.0.0.1:{redis_port}; {rounds} round(s)")
+            for round_index in range(rounds):
+                # Rotated, so that no variant always runs first or last.
+                shift = round_index % len(variants)
+                order = variants[shift:] + variants[:shift]
+                for scenario in scenarios:
+                    for variant in order:
+                        run = run_once(setup, redis, variant, scenario)
+                        setup.runs.setdefault((scenario, variant), []).append(run)
+                        log(
+                            f"round {round_index + 1}/{rounds} {scenario:7} {variant:11} "
+                            f"{run.rps:10,.0f} req/s  p50 {fmt_ms(run.p50_ms):>9}  "
+                            f"p99 {fmt_ms(run.p99_ms):>9}  "
+                            f"cmds/req {run.commands / max(run.requests, 1):.3f}  "
+                            f"denied {run.non_2xx / max(run.requests, 1):6.1%}  "
+                            f"load {run.load:.2f}"
+                        )
+            redis.close()
+        finally:
+            redis_process.terminate()
+            redis_process.wait()
+    loads = [run.load for runs in setup.runs.values() for run in runs]
+    print(
+        f"\nload average (1 min) at the runs' starts: {min(loads):.2f}–{max(loads):.2f}; "
+        f"at the end: {loadavg()}"
+    )
+    report(setup, variants, scenarios)
+
+
+if __name__ == "__main__":
+    main()
