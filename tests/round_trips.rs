@@ -72,6 +72,8 @@ async fn a_decision_with_three_limits_is_one_command() {
         // Everything else was run by the script inside that one EVALSHA (or
         // is this test's own bookkeeping): no second round trip.
         let inside_scripts = [
+            "incrby",
+            "hincrby",
             "time",
             "get",
             "set",

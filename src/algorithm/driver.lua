@@ -13,19 +13,17 @@ end
 local cost = tonumber(ARGV[2])
 local out = {1}
 local states = {}
-for i, key in ipairs(KEYS) do
+for i = 1, #KEYS do
   local a = 3 + (i - 1) * 3
   local allowed, remaining, reset, retry, state =
-    decide(key, now, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), cost)
+    decide(KEYS[i], now, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), cost)
   if not allowed then out[1] = 0 end
   states[i] = state
-  table.insert(out, allowed and 1 or 0)
-  table.insert(out, remaining)
-  table.insert(out, reset)
-  table.insert(out, retry)
+  local o = i * 4 - 2
+  out[o], out[o + 1], out[o + 2], out[o + 3] = allowed and 1 or 0, remaining, reset, retry
 end
 -- A request denied by one limit consumes nothing from the others.
 if out[1] == 1 then
-  for i, key in ipairs(KEYS) do commit(key, states[i]) end
+  for i = 1, #KEYS do commit(KEYS[i], states[i]) end
 end
 return out

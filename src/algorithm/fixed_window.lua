@@ -10,7 +10,8 @@ local function decide(key, now_us, limit, window, burst, cost)
     window_end = now + window
     redis.call('PEXPIREAT', key, window_end)
   end
-  if window_end <= now then
+  local opens = window_end <= now
+  if opens then
     count = 0
     window_end = now + window
   end
@@ -18,9 +19,14 @@ local function decide(key, now_us, limit, window, burst, cost)
   if count + cost > limit then
     return false, math.max(limit - count, 0), reset, reset, nil
   end
-  return true, limit - count - cost, reset, 0, {count + cost, window_end}
+  return true, limit - count - cost, reset, 0, {opens, count + cost, window_end, cost}
 end
 
 local function commit(key, state)
-  redis.call('SET', key, state[1], 'PXAT', state[2])
+  if state[1] then
+    redis.call('SET', key, state[2], 'PXAT', state[3])
+  else
+    -- The window is open: INCRBY keeps its expiry and costs Redis less.
+    redis.call('INCRBY', key, state[4])
+  end
 end

@@ -20,7 +20,7 @@ local function decide(key, now_us, limit, window, burst, cost)
   local full_reset = (index + 2) * window - now
   if used + cost * window <= capacity then
     local remaining = math.floor((capacity - used - cost * window) / window)
-    return true, remaining, full_reset * 1000, 0, {index, c + cost, p, (index + 2) * window}
+    return true, remaining, full_reset * 1000, 0, {index, c + cost, p, (index + 2) * window, w == index, cost}
   end
   local reset = 0
   if c > 0 then reset = full_reset elseif p > 0 then reset = window - elapsed end
@@ -41,7 +41,12 @@ local function decide(key, now_us, limit, window, burst, cost)
 end
 
 local function commit(key, state)
-  redis.call('HSET', key, 'w', state[1], 'c', state[2], 'p', state[3])
-  -- Two windows on, neither count matters any more.
-  redis.call('PEXPIREAT', key, state[4])
+  if state[5] then
+    -- Same window: only its count moves, and the expiry stays.
+    redis.call('HINCRBY', key, 'c', state[6])
+  else
+    redis.call('HSET', key, 'w', state[1], 'c', state[2], 'p', state[3])
+    -- Two windows on, neither count matters any more.
+    redis.call('PEXPIREAT', key, state[4])
+  end
 end
