@@ -53,6 +53,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -257,6 +258,10 @@ class Run:
     all_commands: int
     redis_usec: int
     load: float
+    # CPU seconds during the wrk run: the server, redis-server, wrk.
+    cpu_server: float
+    cpu_redis: float
+    cpu_wrk: float
 
 
 @dataclass
@@ -264,6 +269,7 @@ class Setup:
     examples: Path
     wrk: str
     redis_port: int
+    redis_pid: int
     duration: int
     connections: int
     threads: int
@@ -372,6 +378,17 @@ def wrk_command(setup: Setup, scenario: str, port: int) -> list[str]:
     ]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_once(setup: Setup, redis: Redis, variant: str, scenario: str) -> Run:
     redis.call("FLUSHALL")
     port = free_port()
@@ -383,10 +400,12 @@ def run_once(setup: Setup, redis: Redis, variant: str, scenario: str) -> Run:
         wait_healthy(process, port, logfile)
         before = redis.commandstats()
         load = os.getloadavg()[0]
+        cpu_before = (cpu_seconds(process.pid), cpu_seconds(setup.redis_pid), children_cpu())
         wrk = subprocess.run(
             wrk_command(setup, scenario, port),
             capture_output=True, text=True, timeout=setup.duration + 60,
         )
+        cpu_after = (cpu_seconds(process.pid), cpu_seconds(setup.redis_pid), children_cpu())
         after = redis.commandstats()
     finally:
         stop(process)
@@ -405,6 +424,9 @@ def run_once(setup: Setup, redis: Redis, variant: str, scenario: str) -> Run:
         redis_usec=sum(usec for _, usec in top_level),
         all_commands=sum(calls for name, (calls, _) in delta.items() if name not in ADMIN),
         load=load,
+        cpu_server=cpu_after[0] - cpu_before[0],
+        cpu_redis=cpu_after[1] - cpu_before[1],
+        cpu_wrk=cpu_after[2] - cpu_before[2],
         **result,
     )
 
@@ -427,7 +449,9 @@ def report(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
         "(commandstats usec; a script's includes its commands). "
         "Latency and commands are medians over the rounds; 'denied' is wrk's "
         "non-2xx share (429s). Ratios are median req/s against the no-limiter "
-        "variant (off) of the same scenario."
+        "variant (off) of the same scenario. 'CPU µs/req' is the CPU time the "
+        "server, redis-server and wrk each used during the run (/proc and "
+        "getrusage), per completed request: where the two cores went."
     )
     for scenario in scenarios:
         print()
@@ -435,9 +459,10 @@ def report(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
         print()
         print(
             "| variant | median req/s | min–max req/s | p50 | p99 "
-            "| commands/request | all cmds/req | Redis µs/req | denied | ratio vs no-limiter |"
+            "| commands/request | all cmds/req | Redis µs/req | denied "
+            "| CPU µs/req server / redis / wrk | ratio vs no-limiter |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         baseline = None
         if "off" in variants:
             baseline = statistics.median(r.rps for r in setup.runs[(scenario, "off")])
@@ -452,12 +477,16 @@ def report(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
             redis_usec = statistics.median(r.redis_usec / max(r.requests, 1) for r in runs)
             denied = statistics.median(r.non_2xx / max(r.requests, 1) for r in runs)
             ratio = f"{median_rps / baseline:.2f}" if baseline else "–"
+            cpu = " / ".join(
+                f"{statistics.median(getattr(r, part) * 1e6 / max(r.requests, 1) for r in runs):.1f}"
+                for part in ("cpu_server", "cpu_redis", "cpu_wrk")
+            )
             print(
                 f"| {variant} | {median_rps:,.0f} | {min(rps):,.0f}–{max(rps):,.0f} "
                 f"| {fmt_ms(statistics.median(r.p50_ms for r in runs))} "
                 f"| {fmt_ms(statistics.median(r.p99_ms for r in runs))} "
                 f"| {per_request:.3f} | {all_per_request:.3f} | {redis_usec:.1f} "
-                f"| {denied:.1%} | {ratio} |"
+                f"| {denied:.1%} | {cpu} | {ratio} |"
             )
         errors = [
             f"{variant}: {r.socket_errors}"
@@ -507,7 +536,8 @@ def main() -> None:
         try:
             redis = Redis(redis_port)
             setup = Setup(
-                examples=examples, wrk=wrk, redis_port=redis_port, duration=duration,
+                examples=examples, wrk=wrk, redis_port=redis_port,
+                redis_pid=redis_process.pid, duration=duration,
                 connections=connections, threads=threads, workdir=workdir,
             )
             log(f"redis-server on 127.0.0.1:{redis_port}; {rounds} round(s)")
