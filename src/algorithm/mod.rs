@@ -124,7 +124,9 @@ impl std::str::FromStr for Algorithm {
             "gcra" => Ok(Self::Gcra),
             _ => Err(crate::Error::config(
                 "algorithm",
-                format!("{name:?} is not one of fixed_window, sliding_window, gcra"),
+                format!(
+                    "{name:?} is not one of fixed_window (fixed), sliding_window (sliding), gcra"
+                ),
             )),
         }
     }
