@@ -1,4 +1,4 @@
-//! [`BlockCache`]: keys known to be over their limit, answered in-process.
+//! Keys known to be over their limit, answered in-process.
 //!
 //! Once the store has denied a key until some instant, asking it again
 //! before then can only produce another denial: other app servers' traffic

@@ -24,10 +24,11 @@
 //!
 //! The modules, each one concept: [`rate`] (what a rate is), [`key`] (whom
 //! to count), [`cost`] (how much a request counts), [`algorithm`] (how to
-//! count, as a Lua script and its in-memory twin), [`store`] (where counters live), [`policy`] (one named limit and
-//! its edge cases), [`layer`] (the middleware), [`headers`] and
-//! [`response`] (what clients and handlers see), [`config`] (policies from
-//! a file) and [`error`].
+//! count, as a Lua script and its in-memory twin), [`store`] (where counters
+//! live), [`block_cache`] (denials answered in-process), [`policy`] (one
+//! named limit and its edge cases), [`layer`] (the middleware, its circuit
+//! breaker and counters), [`headers`] and [`response`] (what clients and
+//! handlers see), [`config`] (policies from a file) and [`error`].
 
 #![warn(missing_docs)]
 

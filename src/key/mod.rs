@@ -3,7 +3,7 @@
 //! A key extractor reads the request head and writes a label and a value,
 //! such as `x-agent-token:AGENT-1` or `ip:203.0.113.9`, which become the hash
 //! tag of the Redis key. Values come from clients, so they pass through
-//! [`encode`] before they reach a key.
+//! an encoding before they reach a key.
 
 mod buffer;
 mod client_ip;

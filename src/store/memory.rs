@@ -77,7 +77,7 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store holding at most [`DEFAULT_CAPACITY`] counters.
+    /// An empty store holding at most 1,000,000 counters.
     pub fn new() -> Self {
         Self::with_capacity(DEFAULT_CAPACITY)
     }

@@ -2,7 +2,7 @@
 //! [`MemoryStore`] (one process).
 //!
 //! A store knows how to keep counters and run an
-//! [`Algorithm`](crate::Algorithm) over them atomically; it knows nothing of
+//! [`Algorithm`] over them atomically; it knows nothing of
 //! HTTP, keys or policies.
 
 mod memory;
