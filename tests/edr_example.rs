@@ -19,9 +19,8 @@ use std::{
 };
 
 use axum::body::Body;
-use common::{HttpClient, RedisServer, Reply, eventually, within};
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use common::{HttpClient, RedisServer, Reply, eventually, free_port};
+use http::{Method, Request, StatusCode};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 /// Every variable the example reads: none may leak in from the outer
@@ -99,13 +98,6 @@ fn newest_source() -> Option<(SystemTime, PathBuf)> {
     newest
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The example command on `port`, with a clean environment plus `env`.
 fn command(port: u16, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(example_binary());
@@ -175,24 +167,12 @@ impl Edr {
         self.http.post(path, headers).await
     }
 
-    /// A POST with a body, which `common::HttpClient` cannot send.
     async fn post_body(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        let mut request = Request::post(format!("{}{path}", self.base));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Body::from(body.to_owned())).unwrap();
-        let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
-        let response = within(Duration::from_secs(10), client.request(request))
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        let body = body.to_owned();
+        self.http
+            .send_body(Method::POST, path, &headers, body)
             .await
-            .expect("request failed");
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
     }
 }
 

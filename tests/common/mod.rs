@@ -165,7 +165,8 @@ fn spawn_reaped(command: Command) -> Child {
         .expect("redis-server must be installed (Debian package redis-server)")
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -230,13 +231,24 @@ impl HttpClient {
     /// Sends a request; headers are raw bytes so tests can send anything
     /// HTTP allows, non-UTF-8 included. Hangs are turned into failures.
     pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.send_body(method, path, headers, Vec::new()).await
+    }
+
+    /// The same, with a body.
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: impl Into<Body>,
+    ) -> Reply {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request.body(Body::empty()).unwrap();
+        let request = request.body(body.into()).unwrap();
         let response = within(Duration::from_secs(10), self.client.request(request))
             .await
             .expect("request failed");
