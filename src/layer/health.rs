@@ -60,9 +60,9 @@ pub struct Stats {
     breaker: Breaker,
     epoch: Instant,
     consecutive_failures: AtomicU32,
-    /// Microseconds after `epoch` until which the breaker is open; 0: closed.
+    /// Microseconds after `epoch` until which the breaker is open, or until
+    /// the next probe may go; 0: closed.
     open_until_us: AtomicU64,
-    probing: AtomicBool,
 }
 
 /// What the breaker says about calling the store now.
@@ -86,7 +86,6 @@ impl Stats {
             epoch: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             open_until_us: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
         }
     }
 
@@ -127,17 +126,31 @@ impl Stats {
     }
 
     fn now_us(&self) -> u64 {
-        (self.epoch.elapsed().as_micros() as u64).max(1)
+        // Offset by one so that 0 can mean "closed".
+        self.epoch.elapsed().as_micros() as u64 + 1
+    }
+
+    fn cooldown_us(&self) -> u64 {
+        Duration::from_millis(self.breaker.cooldown_ms).as_micros() as u64
     }
 
     /// Called before each store call. While the breaker is open, one
     /// request per cooldown goes through as a probe; the rest are skipped.
+    /// A probe moves the next one a cooldown on, so a probe that never
+    /// reports back (its request cancelled) cannot keep the breaker open.
     pub(crate) fn admit(&self) -> Admit {
         let open_until = self.open_until_us.load(Relaxed);
         if open_until == 0 {
             return Admit::Call;
         }
-        if self.now_us() >= open_until && !self.probing.swap(true, Relaxed) {
+        let now = self.now_us();
+        let next = now + self.cooldown_us();
+        if now >= open_until
+            && self
+                .open_until_us
+                .compare_exchange(open_until, next, Relaxed, Relaxed)
+                .is_ok()
+        {
             return Admit::Call;
         }
         self.short_circuited.fetch_add(1, Relaxed);
@@ -161,10 +174,9 @@ impl Stats {
     pub(crate) fn record_error(&self, policy: &str, error: &Error, mode: FailMode) {
         self.store_errors.fetch_add(1, Relaxed);
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if failures >= self.breaker.failures || self.probing.load(Relaxed) {
-            let cooldown = Duration::from_millis(self.breaker.cooldown_ms).as_micros() as u64;
-            self.open_until_us.store(self.now_us() + cooldown, Relaxed);
-            self.probing.store(false, Relaxed);
+        if failures >= self.breaker.failures || self.open_until_us.load(Relaxed) != 0 {
+            self.open_until_us
+                .store(self.now_us() + self.cooldown_us(), Relaxed);
         }
         if !self.degraded.swap(true, Relaxed) {
             tracing::warn!(
@@ -181,8 +193,51 @@ impl Stats {
         if self.degraded.load(Relaxed) && self.degraded.swap(false, Relaxed) {
             self.consecutive_failures.store(0, Relaxed);
             self.open_until_us.store(0, Relaxed);
-            self.probing.store(false, Relaxed);
             tracing::info!(policy, "rate-limit store answers again; limiting resumed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing(stats: &Stats) {
+        let error = Error::Timeout(Duration::from_millis(100));
+        stats.record_error("p", &error, FailMode::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opens_probes_once_per_cooldown_and_closes() {
+        let stats = Stats::new(Breaker::default());
+        for _ in 0..3 {
+            assert_eq!(stats.admit(), Admit::Call);
+            failing(&stats);
+        }
+        assert_eq!(stats.admit(), Admit::Skip);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(stats.admit(), Admit::Call, "the probe");
+        assert_eq!(stats.admit(), Admit::Skip, "one probe at a time");
+        // The probe never reports (its request was cancelled): another goes
+        // a cooldown later.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(stats.admit(), Admit::Call);
+        stats.record_success("p");
+        assert_eq!(stats.admit(), Admit::Call);
+        assert!(!stats.is_degraded());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_the_breaker() {
+        let stats = Stats::new(Breaker {
+            failures: 1,
+            cooldown_ms: 100,
+        });
+        failing(&stats);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(stats.admit(), Admit::Call);
+        failing(&stats);
+        assert_eq!(stats.admit(), Admit::Skip);
+        assert_eq!(stats.short_circuited(), 1);
     }
 }
