@@ -94,7 +94,7 @@ use axum::{
 use axum_redis_ratelimit::{
     Algorithm, ClientIp, Cost, FailMode, Key, Limit, MemoryStore, OnMissingKey, Policy, Rate,
     RateLimitLayer, RedisStore, UserId,
-    config::{LimitConfig, PolicyConfig, PolicyFile},
+    config::{PolicyConfig, PolicyFile},
     store::Store,
 };
 use redis::{
@@ -213,11 +213,10 @@ async fn run() -> Result<(), StartupError> {
 }
 
 /// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one
-/// algorithm that has them. The limits must carry their bursts (see
-/// [`PolicySpec::from_file`]).
+/// algorithm that has them.
 fn limits_text(policy: &Policy) -> String {
     let gcra = policy.algorithm_kind() == Algorithm::Gcra;
-    let limits = policy.limits().iter().map(|limit| {
+    let limits = policy.limits().map(|limit| {
         if gcra {
             format!("{} burst {}", limit.rate(), limit.burst_size())
         } else {
@@ -322,7 +321,6 @@ struct Policies {
 
 /// A checked policy, and where it came from.
 struct PolicySpec {
-    /// Its limits carry their bursts, as the store counts them.
     policy: Policy,
     /// `environment`, or the policy file's path.
     origin: String,
@@ -492,27 +490,10 @@ impl PolicySpec {
         })
     }
 
-    fn from_file(mut config: PolicyConfig, path: &str) -> Result<Self, StartupError> {
+    fn from_file(config: PolicyConfig, path: &str) -> Result<Self, StartupError> {
         let fail = |e: axum_redis_ratelimit::Error| {
             StartupError::new("POLICY_FILE", format!("{path:?}: {e}"))
         };
-        // `Policy::limits` lists limits without the policy-wide burst, so
-        // give it to each limit that has none: the policy is the same, and
-        // the log shows the bursts counted with. `rate`s come first, as
-        // `into_policy` adds them.
-        if let Some(burst) = config.burst.take() {
-            let rates = config
-                .rate
-                .drain(..)
-                .map(|rate| LimitConfig { rate, burst: None });
-            let limits = rates
-                .chain(config.limits.drain(..))
-                .map(|limit| LimitConfig {
-                    burst: limit.burst.or(Some(burst)),
-                    ..limit
-                });
-            config.limits = limits.collect();
-        }
         let policy = config.into_policy().map_err(fail)?;
         policy.validate().map_err(fail)?;
         Ok(Self {

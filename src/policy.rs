@@ -292,9 +292,13 @@ impl Policy {
         &self.name
     }
 
-    /// Its limits, as added (the policy-wide burst not yet applied).
-    pub fn limits(&self) -> &[Limit] {
-        &self.limits
+    /// Its limits as they will be counted: in the order added, each with
+    /// its own burst or else the policy's.
+    pub fn limits(&self) -> impl Iterator<Item = Limit> + '_ {
+        self.limits.iter().map(|limit| Limit {
+            burst: limit.burst.or(self.burst),
+            ..*limit
+        })
     }
 
     /// Its algorithm.
@@ -428,9 +432,8 @@ impl Policy {
                 "applies only to the gcra algorithm",
             ));
         }
-        let mut limits = self.limits.clone();
-        for (i, limit) in limits.iter_mut().enumerate() {
-            limit.burst = limit.burst.or(self.burst);
+        let limits: Vec<Limit> = self.limits().collect();
+        for (i, limit) in limits.iter().enumerate() {
             let rate = limit.rate;
             if limit.burst == Some(0) {
                 return Err(Error::config(field("burst"), "must be at least 1"));
