@@ -213,38 +213,44 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
     })
 }
 
+/// Follows RFC 7239 quoted strings through a value, character by character.
+#[derive(Default)]
+struct Quotes {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Feeds `c`; whether it stands outside any quoted string (a quote
+    /// itself does not).
+    fn outside(&mut self, c: char) -> bool {
+        if self.escaped {
+            self.escaped = false;
+        } else if self.inside && c == '\\' {
+            self.escaped = true;
+        } else if c == '"' {
+            self.inside = !self.inside;
+        } else {
+            return !self.inside;
+        }
+        false
+    }
+}
+
 /// Whether every quoted string is closed (escaped quotes aside).
 fn quotes_balance(text: &str) -> bool {
-    let (mut in_quotes, mut escaped) = (false, false);
-    for c in text.chars() {
-        if escaped {
-            escaped = false;
-        } else if in_quotes && c == '\\' {
-            escaped = true;
-        } else if c == '"' {
-            in_quotes = !in_quotes;
-        }
-    }
-    !in_quotes
+    let mut quotes = Quotes::default();
+    text.chars().for_each(|c| {
+        quotes.outside(c);
+    });
+    !quotes.inside
 }
 
 /// Splits on `sep` outside double-quoted strings (RFC 7239 values may quote a
 /// separator).
 fn split_unquoted(text: &str, sep: char) -> impl Iterator<Item = &str> {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    text.split(move |c: char| {
-        if escaped {
-            escaped = false;
-        } else if in_quotes && c == '\\' {
-            escaped = true;
-        } else if c == '"' {
-            in_quotes = !in_quotes;
-        } else if c == sep && !in_quotes {
-            return true;
-        }
-        false
-    })
+    let mut quotes = Quotes::default();
+    text.split(move |c: char| quotes.outside(c) && c == sep)
 }
 
 #[cfg(test)]
