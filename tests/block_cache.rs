@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{Router, routing::post};
 use axum_redis_ratelimit::{Cost, Key, Policy, RateLimitLayer, RedisStore, layer::Stats};
-use common::{HttpClient, RedisServer, eventually, serve};
+use common::{HttpClient, RedisServer, command_calls, eventually, serve};
 use http::StatusCode;
 
 const TOKEN: &str = "x-agent-token";
@@ -28,15 +28,11 @@ async fn app(server: &RedisServer, rate: &str) -> (HttpClient, Arc<Stats>) {
 }
 
 async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
+    command_calls(conn)
         .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+        .get("evalsha")
+        .copied()
+        .unwrap_or(0)
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use std::{
 };
 
 use axum::body::Body;
-use common::{HttpClient, RedisServer, Reply, eventually, free_port};
+use common::{HttpClient, RedisServer, Reply, command_calls, eventually, free_port};
 use http::{Method, Request, StatusCode};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
@@ -452,14 +452,8 @@ async fn the_block_cache_answers_a_flooding_agent_without_redis() {
     };
     let mut db1 = server.connection().await;
     // The number of EVALSHA calls Redis has served so far.
-    let evalsha = |info: String| -> u64 {
-        let line = info
-            .lines()
-            .find(|l| l.starts_with("cmdstat_evalsha:"))
-            .unwrap_or("cmdstat_evalsha:calls=0,");
-        let calls = line.split("calls=").nth(1).unwrap();
-        calls.split(',').next().unwrap().parse().unwrap()
-    };
+    let evalsha =
+        |calls: std::collections::HashMap<String, u64>| calls.get("evalsha").copied().unwrap_or(0);
     for (block_cache, expected) in [("on", 1), ("off", 19)] {
         let edr = Edr::start(&[
             ("REDIS_URL", server.url()),
@@ -473,21 +467,13 @@ async fn the_block_cache_answers_a_flooding_agent_without_redis() {
         let reply = edr.post(TELEMETRY, &token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
         // The first denial is Redis's; with the cache, the only one.
-        let before: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut db1)
-            .await
-            .unwrap();
+        let before = command_calls(&mut db1).await;
         for _ in 0..19 {
             let reply = edr.post(TELEMETRY, &token).await;
             assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
             assert!(reply.header("retry-after").is_some(), "{reply:?}");
         }
-        let after: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut db1)
-            .await
-            .unwrap();
+        let after = command_calls(&mut db1).await;
         let calls = evalsha(after) - evalsha(before);
         assert_eq!(
             calls, expected,

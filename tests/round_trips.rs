@@ -3,34 +3,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use axum_redis_ratelimit::{
     Algorithm, Limit, Rate, RedisStore,
     store::{Check, Store},
 };
-use common::RedisServer;
-
-/// Calls per command since the last `CONFIG RESETSTAT`.
-async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
+use common::{RedisServer, command_calls};
 
 #[tokio::test]
 async fn a_decision_with_three_limits_is_one_command() {
