@@ -435,23 +435,7 @@ impl Policy {
         let limits: Vec<Limit> = self.limits().collect();
         for (i, limit) in limits.iter().enumerate() {
             let rate = limit.rate;
-            if limit.burst == Some(0) {
-                return Err(Error::config(field("burst"), "must be at least 1"));
-            }
-            // Both stores compute exactly only on integers below 2^53.
-            let exact = 1u128 << 51;
-            if u128::from(rate.limit()) * u128::from(rate.window_ms()) > exact {
-                return Err(Error::config(
-                    field("rate"),
-                    format!("{rate} is too large to count exactly; use a shorter window"),
-                ));
-            }
-            if u128::from(limit.interval_us()) * u128::from(limit.burst_size()) > exact {
-                return Err(Error::config(
-                    field("burst"),
-                    format!("{} is too large for {rate}", limit.burst_size()),
-                ));
-            }
+            limit.validate(&field)?;
             if self.limits[..i]
                 .iter()
                 .any(|l| l.rate.window() == rate.window())

@@ -477,3 +477,198 @@ own_clock!(
     the_window_expires_and_renews,
     concurrent_requests_admit_exactly_the_limit
 );
+
+fn unix_now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The counter keys of one client, as the stores name them.
+fn counter_key(client: &str, algorithm: Algorithm, window_secs: u64) -> String {
+    let suffix = match algorithm {
+        Algorithm::FixedWindow => "",
+        Algorithm::SlidingWindow => ":sliding",
+        _ => ":gcra",
+    };
+    format!("{client}:{window_secs}{suffix}")
+}
+
+async fn pttl(key: &str) -> i64 {
+    let mut conn = RedisServer::shared().connection().await;
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn persist(key: &str) {
+    let mut conn = RedisServer::shared().connection().await;
+    let persisted: bool = redis::cmd("PERSIST")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(persisted, "{key} had no TTL to remove");
+}
+
+/// `Clock::App` with the app's clock two hours behind Redis's, or ahead of
+/// it: Redis expires keys by its own clock, so an expiry written as an
+/// instant of the app's clock would drop every counter at once (behind) or
+/// keep it for hours (ahead). Skew may shift windows, never lift the limit.
+#[tokio::test]
+async fn an_app_clock_behind_or_ahead_of_redis_never_weakens_the_limit() {
+    let two_hours = 2 * 3600 * 1_000_000u64;
+    let redis = RedisStore::connect(RedisServer::shared().url())
+        .await
+        .unwrap();
+    for algorithm in ALGORITHMS {
+        for skew in [-(two_hours as i64), -300_000, 300_000, two_hours as i64] {
+            let client = format!("{}{{k}}", unique_prefix());
+            let five = limits(&["5/m"]);
+            let mut admitted = 0;
+            for _ in 0..100 {
+                let check = Check {
+                    key: &client,
+                    limits: &five,
+                    algorithm,
+                    cost: 1,
+                    now_us: Some(unix_now_us().saturating_add_signed(skew)),
+                };
+                admitted += u32::from(redis.check(check).await.unwrap().allowed);
+            }
+            assert_eq!(
+                admitted, 5,
+                "{algorithm:?} with the app clock {skew} us off"
+            );
+            // And the counter lives no longer than its algorithm needs.
+            let ttl = pttl(&counter_key(&client, algorithm, 60)).await;
+            assert!(
+                ttl > 0 && ttl <= 120_000,
+                "{algorithm:?} {skew}: PTTL {ttl}"
+            );
+        }
+    }
+}
+
+/// Two app servers whose clocks differ by 50 ms take turns around a window
+/// boundary: the one behind must count in the newer window, not reset it.
+#[tokio::test]
+async fn app_servers_with_skewed_clocks_never_reset_each_others_windows() {
+    for algorithm in ALGORITHMS {
+        let mut pair = Pair::new().await;
+        let five = limits(&["5/s"]);
+        // 10 ms past a second boundary on the clock that is ahead.
+        let ahead = pair.now_us + 10_000;
+        let mut admitted = 0;
+        for i in 0..40 {
+            let skew = if i % 2 == 0 { 0 } else { 50_000 };
+            pair.now_us = ahead + i * 1_000 - skew;
+            admitted += u32::from(pair.check("k", algorithm, &five, 1).await.allowed);
+        }
+        assert_eq!(admitted, 5, "{algorithm:?}");
+    }
+}
+
+/// A client whose clock is behind the sliding window it finds is told to
+/// wait from its own clock: never less than the clock that is ahead says.
+#[tokio::test]
+async fn a_caller_behind_the_window_waits_on_its_own_clock() {
+    let mut pair = Pair::new().await;
+    let five = limits(&["5/s"]);
+    let start = pair.now_us;
+    pair.check("k", Algorithm::SlidingWindow, &five, 5).await;
+    pair.now_us = start + 100_000;
+    let ahead = pair.check("k", Algorithm::SlidingWindow, &five, 1).await;
+    pair.now_us = start - 50_000;
+    let behind = pair.check("k", Algorithm::SlidingWindow, &five, 1).await;
+    assert!(!ahead.allowed && !behind.allowed);
+    assert_eq!(
+        behind.retry_after.unwrap(),
+        ahead.retry_after.unwrap() + ms(150),
+    );
+}
+
+/// A counter whose TTL was removed (PERSIST, a restore) gets one back from
+/// the next request, allowed or denied, with every algorithm.
+#[tokio::test]
+async fn every_algorithm_gives_a_persisted_counter_its_ttl_back() {
+    let redis = RedisStore::connect(RedisServer::shared().url())
+        .await
+        .unwrap();
+    for algorithm in ALGORITHMS {
+        let client = format!("{}{{k}}", unique_prefix());
+        let key = counter_key(&client, algorithm, 60);
+        let three = limits(&["3/m"]);
+        let check = |cost| Check {
+            key: &client,
+            limits: &three,
+            algorithm,
+            cost,
+            now_us: None,
+        };
+        assert!(redis.check(check(1)).await.unwrap().allowed);
+        persist(&key).await;
+        assert!(
+            redis.check(check(1)).await.unwrap().allowed,
+            "{algorithm:?}"
+        );
+        assert!(pttl(&key).await > 0, "{algorithm:?}: allowed in the window");
+        assert!(redis.check(check(1)).await.unwrap().allowed);
+        persist(&key).await;
+        assert!(
+            !redis.check(check(1)).await.unwrap().allowed,
+            "{algorithm:?}"
+        );
+        assert!(pttl(&key).await > 0, "{algorithm:?}: denied");
+    }
+}
+
+/// Through the public `Store` API, costs near `u64::MAX` are denied by both
+/// stores alike (the memory store used to wrap around and admit them), and
+/// limits beyond exact arithmetic are errors in both.
+#[tokio::test]
+async fn huge_costs_and_limits_get_the_same_answer_from_both_stores() {
+    for algorithm in ALGORITHMS {
+        let pair = Pair::new().await;
+        let limits = match algorithm {
+            Algorithm::Gcra => vec![Limit::new(Rate::per_second(10)).burst(20)],
+            _ => limits(&["10/s"]),
+        };
+        for cost in [1 << 62, 1 << 63, u64::MAX - 1, u64::MAX] {
+            let d = pair.check("k", algorithm, &limits, cost).await;
+            assert!(!d.allowed, "{algorithm:?} admitted cost {cost}");
+        }
+        assert!(
+            pair.check("k", algorithm, &limits, 10).await.allowed,
+            "{algorithm:?}"
+        );
+        let zero = Check {
+            key: "rl:p:{z}",
+            limits: &limits,
+            algorithm,
+            cost: 0,
+            now_us: None,
+        };
+        let huge = [Limit::new(Rate::per_day(1 << 40))];
+        let too_large = Check {
+            limits: &huge,
+            cost: 1,
+            ..zero
+        };
+        for check in [zero, too_large] {
+            for error in [
+                pair.memory.check(check).await.unwrap_err(),
+                pair.redis.check(check).await.unwrap_err(),
+            ] {
+                let error = error.to_string();
+                assert!(
+                    error.contains("cost") || error.contains("limits.rate"),
+                    "{error}"
+                );
+            }
+        }
+    }
+}

@@ -197,8 +197,9 @@ async fn a_counter_that_lost_its_ttl_gets_it_back() {
         .await
         .unwrap();
     assert!(ttl > 0, "PTTL {ttl}");
-    let count: u64 = redis::cmd("GET")
+    let count: u64 = redis::cmd("HGET")
         .arg(&key)
+        .arg("c")
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -1,16 +1,17 @@
--- Fixed window. The counter's value is the count; its expiry is the end of
--- the window, which opens at the key's first request.
+-- Fixed window. A hash: c = the count, e = when the window ends, in ms on the
+-- clock of the `now` that opened it. The window opens at the key's first
+-- request. Redis's expiry is always relative (PEXPIRE), never `now` as an
+-- instant: an app clock behind Redis's would otherwise drop counters early.
 local function decide(key, now_us, limit, window, burst, cost)
   local now = math.floor(now_us / 1000)
-  local count = tonumber(redis.call('GET', key) or 0)
-  local window_end = redis.call('PEXPIRETIME', key)
-  if window_end == -1 then
+  local stored = redis.call('HMGET', key, 'c', 'e')
+  local count, window_end = tonumber(stored[1]) or 0, tonumber(stored[2])
+  if redis.call('PTTL', key) == -1 then
     -- A counter that lost its expiry (PERSIST, a restore) gets one now,
     -- even if this request is denied: no key may live forever.
-    window_end = now + window
-    redis.call('PEXPIREAT', key, window_end)
+    redis.call('PEXPIRE', key, window)
   end
-  local opens = window_end <= now
+  local opens = window_end == nil or window_end <= now
   if opens then
     count = 0
     window_end = now + window
@@ -19,14 +20,15 @@ local function decide(key, now_us, limit, window, burst, cost)
   if count + cost > limit then
     return false, math.max(limit - count, 0), reset, reset, nil
   end
-  return true, limit - count - cost, reset, 0, {opens, count + cost, window_end, cost}
+  return true, limit - count - cost, reset, 0, {opens, count + cost, window_end, cost, window}
 end
 
 local function commit(key, state)
   if state[1] then
-    redis.call('SET', key, state[2], 'PXAT', state[3])
+    redis.call('HSET', key, 'c', state[2], 'e', state[3])
+    redis.call('PEXPIRE', key, state[5])
   else
-    -- The window is open: INCRBY keeps its expiry and costs Redis less.
-    redis.call('INCRBY', key, state[4])
+    -- The window is open: only the count moves, the expiry stays.
+    redis.call('HINCRBY', key, 'c', state[4])
   end
 end

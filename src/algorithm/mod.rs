@@ -183,6 +183,32 @@ impl Limit {
         }
     }
 
+    /// Checks the bounds within which both stores compute exactly: every
+    /// product stays below 2^51, far inside Lua's exact integers (2^53).
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) naming `field`.rate or
+    /// `field`.burst.
+    pub(crate) fn validate(&self, field: &dyn Fn(&str) -> String) -> Result<(), crate::Error> {
+        let (rate, exact) = (self.rate, 1u128 << 51);
+        if self.burst == Some(0) {
+            return Err(crate::Error::config(field("burst"), "must be at least 1"));
+        }
+        if u128::from(rate.limit()) * u128::from(rate.window_ms()) > exact {
+            return Err(crate::Error::config(
+                field("rate"),
+                format!("{rate} is too large to count exactly; use a shorter window"),
+            ));
+        }
+        if u128::from(self.interval_us()) * u128::from(self.burst_size()) > exact {
+            return Err(crate::Error::config(
+                field("burst"),
+                format!("{} is too large for {rate}", self.burst_size()),
+            ));
+        }
+        Ok(())
+    }
+
     /// This limit with its rate and burst divided by `divisor`, at least 1.
     pub(crate) fn divided_by(&self, divisor: u64) -> Self {
         let rate = Rate::new((self.rate.limit() / divisor).max(1), self.rate.window())
@@ -193,7 +219,9 @@ impl Limit {
         }
     }
 
-    /// GCRA's emission interval, rounded up so it is never faster than the rate.
+    /// GCRA's emission interval in whole microseconds, rounded up so it is
+    /// never faster than the rate: `3/s` admits one request per 333,334 µs,
+    /// so exact GCRA would admit at most one more request every 333 s.
     pub(crate) fn interval_us(&self) -> u64 {
         (self.rate.window_ms() * 1000).div_ceil(self.rate.limit())
     }
@@ -210,7 +238,8 @@ impl Limit {
 }
 
 /// A counter as both stores keep it: up to three integers and when the key
-/// expires (milliseconds since the Unix epoch, as Redis's `PXAT`).
+/// expires (milliseconds since the Unix epoch, on the clock of the check that
+/// wrote it; Redis is given the same expiry as a duration).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub value: [u64; 3],

@@ -18,16 +18,17 @@ pub(crate) fn decide(
     limit: &Limit,
     cost: u64,
 ) -> (Verdict, Option<Entry>) {
-    let now = now_us / 1000;
     let (limit, window) = (limit.rate.limit(), limit.rate.window_ms());
+    let stored = entry.map(|e| e.value);
+    // A caller whose clock is behind the one that opened the stored window
+    // counts in that window, at its start, and waits the difference too: a
+    // newer window is never reset by an older clock.
+    let behind = stored.map_or(0, |[w, ..]| (w * window).saturating_sub(now_us / 1000));
+    let now = now_us / 1000 + behind;
     let index = now / window;
     let elapsed = now - index * window;
     let (mut c, mut p) = (0, 0);
-    if let Some(Entry {
-        value: [w, count, previous],
-        ..
-    }) = entry
-    {
+    if let Some([w, count, previous]) = stored {
         if w == index {
             (c, p) = (count, previous);
         } else if w + 1 == index {
@@ -44,7 +45,10 @@ pub(crate) fn decide(
             value: [index, c + cost, p],
             expires_at_ms: (index + 2) * window,
         };
-        return (Verdict::allowed(remaining, full_reset * 1000), Some(state));
+        return (
+            Verdict::allowed(remaining, (full_reset + behind) * 1000),
+            Some(state),
+        );
     }
     let reset = if c > 0 {
         full_reset
@@ -58,11 +62,18 @@ pub(crate) fn decide(
         .filter(|&at| at < window)
         .map(|at| at - elapsed);
     let retry = in_this_window.unwrap_or_else(|| {
-        let at = ((limit - cost) * window)
-            .checked_div(c)
-            .map_or(0, |room| window.saturating_sub(room));
+        // Signed, floored like Lua's `math.floor`: a cost above the limit
+        // (never admitted) makes `limit - cost` negative.
+        let at = match c {
+            0 => 0,
+            c => {
+                let room = (limit as i64 - cost as i64) * window as i64;
+                (window as i64 - room.div_euclid(c as i64)).max(0) as u64
+            }
+        };
         window - elapsed + at
     });
     let remaining = capacity.saturating_sub(used) / window;
-    (Verdict::denied(remaining, reset * 1000, retry * 1000), None)
+    let (reset, retry) = ((reset + behind) * 1000, (retry + behind) * 1000);
+    (Verdict::denied(remaining, reset, retry), None)
 }

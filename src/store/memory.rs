@@ -131,7 +131,7 @@ impl MemoryStore {
         check.validate()?;
         let now_us = check.now_us.unwrap_or_else(|| self.now_us());
         let now_ms = now_us / 1000;
-        let limits = check.limits;
+        let (limits, cost) = (check.limits, check.counted_cost());
         let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
         let mut shard = lock(&self.inner.shards[index]);
         let mut key = KeyBuffer::take();
@@ -144,7 +144,7 @@ impl MemoryStore {
                 .get(key.as_str())
                 .copied()
                 .filter(|e| e.expires_at_ms > now_ms);
-            let (verdict, state) = check.algorithm.decide(entry, now_us, limit, check.cost);
+            let (verdict, state) = check.algorithm.decide(entry, now_us, limit, cost);
             (verdicts[i], states[i]) = (Some(verdict), state);
         }
         if verdicts.iter().flatten().all(|v| v.allowed) {

@@ -27,8 +27,9 @@ pub struct Check<'a> {
     /// How to count.
     pub algorithm: Algorithm,
     /// How many requests this one counts as, at least 1. A cost above a
-    /// limit's [`capacity`](Limit::capacity) is simply denied; the layer
-    /// answers such requests itself.
+    /// limit's [`capacity`](Limit::capacity) is simply denied (and reported
+    /// as if it were one above the smallest capacity); the layer answers
+    /// such requests itself.
     pub cost: u64,
     /// The time in microseconds since the Unix epoch, when the application's
     /// clock is used; `None` for the store's own (Redis `TIME`).
@@ -36,7 +37,8 @@ pub struct Check<'a> {
 }
 
 impl Check<'_> {
-    /// Policies are checked when built; this guards direct callers of a store.
+    /// Policies are checked when built; this guards direct callers of a
+    /// store, so that both stores answer every check alike and exactly.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.limits.is_empty() || self.limits.len() > MAX_LIMITS {
             return Err(Error::config(
@@ -47,7 +49,21 @@ impl Check<'_> {
                 ),
             ));
         }
+        for limit in self.limits {
+            limit.validate(&|field| format!("limits.{field}"))?;
+        }
+        if self.cost == 0 {
+            return Err(Error::config("cost", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// The cost the stores count with: a cost above the smallest capacity
+    /// is denied whatever its size, so it is capped just above it, which
+    /// keeps every product within the exact range of both stores.
+    pub(crate) fn counted_cost(&self) -> u64 {
+        let capacity = self.limits.iter().map(|l| l.capacity(self.algorithm)).min();
+        self.cost.min(capacity.unwrap_or(0).saturating_add(1))
     }
 
     /// The counter key of `limit` in `out` (cleared first).

@@ -31,7 +31,7 @@ fn script(algorithm: Algorithm) -> &'static Script {
 /// Counters in Redis: one `EVALSHA` per decision, whatever the number of
 /// limits, over one multiplexed connection that all requests share (so
 /// concurrent decisions are pipelined) and that reconnects on its own after
-/// Redis restarts. Needs Redis 7 or later (`PEXPIRETIME`).
+/// Redis restarts. Needs Redis 7 or later.
 ///
 /// The URL selects the database, as in `redis://127.0.0.1:6379/1`; `rediss://`
 /// needs the `redis` crate's TLS features.
@@ -119,7 +119,7 @@ impl Store for RedisStore {
         }
         evalsha
             .arg(check.now_us.map_or(-1, |now| now as i64))
-            .arg(check.cost);
+            .arg(check.counted_cost());
         for limit in check.limits {
             evalsha
                 .arg(limit.rate.limit())
