@@ -79,6 +79,14 @@ impl Cost {
         }
     }
 
+    /// The cost of every request, when it is fixed.
+    pub(crate) fn fixed_value(&self) -> Option<u64> {
+        match self.0 {
+            Source::Fixed(cost) => Some(cost),
+            _ => None,
+        }
+    }
+
     /// The cost of a request, at least 1.
     pub(crate) fn of(&self, parts: &Parts) -> Result<u64, String> {
         let cost = match &self.0 {

@@ -65,7 +65,7 @@ pub fn client_ip(
 /// The hash tag of the storage key `key` gives this request, braces
 /// included: `{x-agent-token:AGENT-1}`. The layer writes exactly this
 /// between the policy's `<prefix><name>:` and the window suffix. `None` is
-/// a missing key.
+/// a missing or a repeated key (both refused).
 pub fn storage_key(key: &Key, parts: &Parts) -> Option<String> {
     let mut out = String::from("{");
     key.write(parts, &mut out).ok()?;

@@ -379,6 +379,14 @@ impl Policy {
             ));
         }
         let capacity = limits.iter().map(|l| l.capacity(self.algorithm)).min();
+        if let (Some(cost), Some(capacity)) = (self.cost.fixed_value(), capacity)
+            && cost > capacity
+        {
+            return Err(Error::config(
+                field("cost"),
+                format!("{cost} is above {capacity}, the most one request can be allowed"),
+            ));
+        }
         let fallback = (self.on_store_error == FailMode::Fallback).then(|| Fallback {
             store: MemoryStore::new(),
             limits: limits
@@ -527,8 +535,12 @@ impl Fallback {
 }
 
 impl Compiled {
+    /// Whether requests with `method` are limited. A `GET` filter covers
+    /// `HEAD` as well, since axum answers `HEAD` with the `GET` handler.
     pub fn applies_to(&self, method: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|m| m.contains(method))
+        self.methods.as_ref().is_none_or(|m| {
+            m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
+        })
     }
 }
 
@@ -626,6 +638,17 @@ mod tests {
         assert!(error(gcra().burst(0)).contains("policies.p.burst"));
         assert!(error(ok().rate(Rate::per_minute(5))).contains("share the window"));
         assert!(error(ok().cost(Cost::fixed(0))).contains("policies.p.cost"));
+        assert!(ok().cost(Cost::fixed(1)).compile().is_ok());
+        let above = Policy::new("p")
+            .rate(Rate::per_minute(3))
+            .key(Key::global())
+            .cost(Cost::fixed(4));
+        assert!(error(above).contains("policies.p.cost"));
+        let above_burst = gcra()
+            .rate(Rate::per_second(10))
+            .burst(2)
+            .cost(Cost::fixed(3));
+        assert!(error(above_burst).contains("policies.p.cost"));
         let huge = Policy::new("p")
             .rate(Rate::per_day(1 << 40))
             .key(Key::global());

@@ -152,3 +152,12 @@ pub(crate) fn missing_key(status: StatusCode, label: &str) -> Response {
         format!(r#"{{"error":"{error}","missing_key":"{label}"}}"#),
     )
 }
+
+/// `400` for a request that sends a key header more than once. `label` is a
+/// key label, validated to need no JSON escaping.
+pub(crate) fn repeated_key(label: &str) -> Response {
+    json(
+        StatusCode::BAD_REQUEST,
+        format!(r#"{{"error":"Bad Request","repeated_key":"{label}"}}"#),
+    )
+}

@@ -14,7 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use axum::{Router, routing::post};
 use axum_redis_ratelimit::{
-    ClientIp, Cost, ForwardedHeader, Key, MemoryStore, Policy, Rate, RateLimitLayer, RedisStore,
+    ClientIp, Cost, ForwardedHeader, Key, MemoryStore, OnMissingKey, Policy, Rate, RateLimitLayer,
+    RedisStore,
     cost::MAX_COST,
     fuzzing::{client_ip, cost, encode_value, request_parts, storage_key},
     store::Store,
@@ -86,8 +87,9 @@ fn check_header_key(key: &Key, values: &[Vec<u8>]) -> Option<String> {
     let parts = request_parts(&headers).expect("valid header bytes");
     let tag = storage_key(key, &parts);
     match &tag {
+        // Absent, empty, or repeated (refused, never keyed).
         None => assert!(
-            values.is_empty() || values == [b""],
+            values.len() != 1 || values == [b""],
             "{values:?} is missing"
         ),
         Some(tag) => {
@@ -538,24 +540,38 @@ async fn an_empty_or_blank_token_is_a_missing_key() {
 }
 
 #[tokio::test]
-async fn repeated_token_lines_share_one_hashed_key() {
+async fn a_second_token_line_is_refused_not_a_fresh_budget() {
     let prefix = unique_prefix();
-    let http = client(telemetry("2/m", &prefix), redis().await).await;
-    let lines: Vec<(&str, &[u8])> = (0..50).map(|_| (TOKEN, &b"victim"[..])).collect();
-    for want in [
-        StatusCode::OK,
-        StatusCode::OK,
-        StatusCode::TOO_MANY_REQUESTS,
-    ] {
-        assert_status(&http.post("/t", &lines).await, want);
+    // Even where a missing token is let through, a repeated one is not.
+    for on_missing_key in [OnMissingKey::default(), OnMissingKey::Allow] {
+        let policy = telemetry("1/m", &prefix).on_missing_key(on_missing_key);
+        let http = client(policy, redis().await).await;
+        let _ = http.post("/t", &[(TOKEN, b"agent-7")]).await;
+        assert_status(
+            &http.post("/t", &[(TOKEN, b"agent-7")]).await,
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        // The exhausted token first and a fresh one second, the mirror, and
+        // fifty copies of one value.
+        let fifty: Vec<(&str, &[u8])> = (0..50).map(|_| (TOKEN, &b"agent-7"[..])).collect();
+        for (i, lines) in [
+            vec![(TOKEN, &b"agent-7"[..]), (TOKEN, &b"nonce-1"[..])],
+            vec![(TOKEN, &b"nonce-2"[..]), (TOKEN, &b"agent-7"[..])],
+            fifty,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reply = http.post("/t", &lines).await;
+            assert_status(&reply, StatusCode::BAD_REQUEST);
+            assert_eq!(
+                reply.body, r#"{"error":"Bad Request","repeated_key":"x-agent-token"}"#,
+                "case {i}"
+            );
+        }
     }
-    let key = only_key(&prefix).await;
-    assert!(key.contains("{x-agent-token:#"), "{key}");
-    // The one-line victim keeps a counter of its own.
-    assert_status(
-        &http.post("/t", &[(TOKEN, b"victim")]).await,
-        StatusCode::OK,
-    );
+    // Refused requests write no counter.
+    assert_eq!(keys_with_prefix(&prefix).await.len(), 1);
 }
 
 #[tokio::test]

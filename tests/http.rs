@@ -238,6 +238,35 @@ async fn secret_keys_never_reach_redis_in_clear() {
     );
 }
 
+/// `.secret()` hides client addresses as it hides tokens, in the builder
+/// and in a policy file.
+#[tokio::test]
+async fn secret_client_ip_keys_never_reach_redis_in_clear() {
+    let built = Policy::new("login")
+        .rate(Rate::per_minute(5))
+        .key(Key::client_ip().secret());
+    let file: axum_redis_ratelimit::config::PolicyConfig = toml::from_str(
+        r#"
+        name = "login"
+        rate = "5/m"
+        key = { type = "client_ip", secret = true }
+        "#,
+    )
+    .unwrap();
+    for policy in [built, file.into_policy().unwrap()] {
+        let prefix = unique_prefix();
+        let http = client(policy.prefix(&prefix), redis().await).await;
+        http.post("/t", &[]).await;
+        let keys = keys_with_prefix(&prefix).await;
+        assert_eq!(keys.len(), 1);
+        assert!(
+            !keys[0].contains("127.0.0.1") && keys[0].contains("{ip:#"),
+            "{}",
+            keys[0]
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_missing_key_gets_the_configured_outcome() {
     let store = MemoryStore::new();
@@ -384,6 +413,33 @@ async fn only_the_configured_methods_are_limited() {
         http.post("/t", &[(TOKEN, b"a")]).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+/// axum answers `HEAD` with the `GET` handler, so a `GET` limit covers both,
+/// in either order; a `POST` limit covers neither.
+#[tokio::test]
+async fn a_get_limit_also_counts_head_requests() {
+    for first in [Method::GET, Method::HEAD] {
+        let http = client(telemetry("2/m").methods([Method::GET]), MemoryStore::new()).await;
+        let second = if first == Method::GET {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        let token: &[(&str, &[u8])] = &[(TOKEN, b"a")];
+        for method in [first.clone(), second.clone()] {
+            assert_eq!(http.send(method, "/t", token).await.status, StatusCode::OK);
+        }
+        for method in [first, second] {
+            let reply = http.send(method.clone(), "/t", token).await;
+            assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{method}");
+        }
+    }
+    let post_only = client(telemetry("1/m").methods([Method::POST]), MemoryStore::new()).await;
+    for _ in 0..3 {
+        let reply = post_only.send(Method::HEAD, "/t", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
 }
 
 #[tokio::test]

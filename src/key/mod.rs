@@ -70,11 +70,16 @@ pub struct Key {
     fallback: Option<Box<Key>>,
 }
 
-/// No value for a request: the header was absent, the extension not set…
+/// Why a request has no key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MissingKey {
-    /// The label of the first key tried, e.g. `x-agent-token`.
-    pub label: Arc<str>,
+pub(crate) enum KeyError {
+    /// No value: the header was absent or empty, the extension not set…
+    /// Carries the label of the first key tried, e.g. `x-agent-token`.
+    Missing(Arc<str>),
+    /// A key header sent more than once. Applications read one of the
+    /// values (usually the first) and the layer cannot know which, so the
+    /// request is refused rather than keyed by a value the client chose.
+    Repeated(Arc<str>),
 }
 
 impl Key {
@@ -95,7 +100,9 @@ impl Key {
     }
 
     /// The value of a request header, such as `X-Agent-Token`. An absent or
-    /// empty header is a missing key; several values are one key.
+    /// empty header is a missing key; a header sent more than once is
+    /// answered `400 Bad Request` whatever [`OnMissingKey`](crate::OnMissingKey)
+    /// says, since the application may read another value than the layer.
     pub fn header(name: &str) -> Self {
         match HeaderName::from_bytes(name.as_bytes()) {
             // The name is the label in Redis, so it must be a valid label.
@@ -236,47 +243,40 @@ impl Key {
 
     /// Appends `label:value` (or `global`) for this request to `out`, trying
     /// the fallbacks in order.
-    pub(crate) fn write(&self, parts: &Parts, out: &mut String) -> Result<(), MissingKey> {
+    pub(crate) fn write(&self, parts: &Parts, out: &mut String) -> Result<(), KeyError> {
         let start = out.len();
         let mut key = Some(self);
         while let Some(current) = key {
-            if current.write_one(parts, out) {
-                return Ok(());
+            match current.write_one(parts, out) {
+                Found::Yes => return Ok(()),
+                Found::Repeated => {
+                    out.truncate(start);
+                    return Err(KeyError::Repeated(current.label.clone()));
+                }
+                Found::No => out.truncate(start),
             }
-            out.truncate(start);
             key = current.fallback.as_deref();
         }
-        Err(MissingKey {
-            label: self.label.clone(),
-        })
+        Err(KeyError::Missing(self.label.clone()))
     }
 
-    fn write_one(&self, parts: &Parts, out: &mut String) -> bool {
+    fn write_one(&self, parts: &Parts, out: &mut String) -> Found {
         out.push_str(&self.label);
         if matches!(self.source, Source::Global) {
-            return true;
+            return Found::Yes;
         }
         out.push(':');
-        match &self.source {
+        let start = out.len();
+        let found = match &self.source {
             Source::Header(name) => {
                 let mut values = parts.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
                     (Some(value), None) if !value.is_empty() => {
+                        // Hashed from the raw bytes, without a copy.
                         encode::push_value(out, value.as_bytes(), self.secret);
-                        true
+                        return Found::Yes;
                     }
-                    // Several values: hash them all, so that adding a second
-                    // header never yields a fresh key.
-                    (Some(_), Some(_)) => {
-                        let joined: Vec<u8> = parts
-                            .headers
-                            .get_all(name)
-                            .iter()
-                            .flat_map(|v| v.as_bytes().iter().copied().chain([b'\n']))
-                            .collect();
-                        encode::push_value(out, &joined, true);
-                        true
-                    }
+                    (Some(_), Some(_)) => return Found::Repeated,
                     _ => false,
                 }
             }
@@ -295,20 +295,26 @@ impl Key {
                     false
                 }
             },
-            Source::Custom(write) if self.secret => {
-                // Hash whatever the function wrote.
-                let start = out.len();
-                if !write(parts, out) {
-                    return false;
-                }
-                let value = out.split_off(start);
-                encode::push_value(out, value.as_bytes(), true);
-                true
-            }
             Source::Custom(write) => write(parts, out),
             Source::Global | Source::Invalid(_) => false,
+        };
+        if !found {
+            return Found::No;
         }
+        if self.secret {
+            // Whatever the source wrote, only its hash is kept.
+            let value = out.split_off(start);
+            encode::push_value(out, value.as_bytes(), true);
+        }
+        Found::Yes
     }
+}
+
+/// What one key of a chain found in a request.
+enum Found {
+    Yes,
+    No,
+    Repeated,
 }
 
 fn warn_no_connect_info() {
@@ -346,7 +352,7 @@ mod tests {
         request.into_parts().0
     }
 
-    fn write(key: &Key, parts: &Parts) -> Result<String, MissingKey> {
+    fn write(key: &Key, parts: &Parts) -> Result<String, KeyError> {
         let mut out = String::new();
         key.write(parts, &mut out).map(|()| out)
     }
@@ -371,24 +377,48 @@ mod tests {
         });
         for req in [parts(|_| {}), empty] {
             assert_eq!(
-                write(&key, &req).unwrap_err().label.as_ref(),
-                "x-agent-token"
+                write(&key, &req).unwrap_err(),
+                KeyError::Missing("x-agent-token".into())
             );
         }
     }
 
     #[test]
-    fn repeated_headers_do_not_escape_the_limit() {
-        let key = Key::header("x-agent-token");
+    fn a_repeated_key_header_is_refused_not_keyed_by_either_value() {
+        let key = Key::header("x-agent-token").or(Key::global());
         let two = parts(|r| {
             r.headers_mut()
                 .append("x-agent-token", "a".parse().unwrap());
             r.headers_mut()
                 .append("x-agent-token", "b".parse().unwrap());
         });
-        let same = write(&key, &two).unwrap();
-        assert_eq!(same, write(&key, &two).unwrap());
-        assert_ne!(same, "x-agent-token:a");
+        assert_eq!(
+            write(&key, &two).unwrap_err(),
+            KeyError::Repeated("x-agent-token".into())
+        );
+    }
+
+    #[test]
+    fn secret_hides_every_kind_of_value() {
+        let req = parts(|r| {
+            r.extensions_mut().insert(ConnectInfo(
+                "203.0.113.9:5000".parse::<SocketAddr>().unwrap(),
+            ));
+            r.extensions_mut().insert(UserId::from("u5"));
+        });
+        for key in [
+            Key::client_ip(),
+            Key::user(),
+            Key::from_fn("t", |_| Some("abc")),
+        ] {
+            let label = key.label().to_owned();
+            let written = write(&key.secret(), &req).unwrap();
+            assert!(written.starts_with(&format!("{label}:#")), "{written}");
+            assert!(
+                !written.contains("203.0.113.9") && !written.contains("u5"),
+                "{written}"
+            );
+        }
     }
 
     #[test]
@@ -404,8 +434,8 @@ mod tests {
         });
         assert_eq!(write(&key, &req).unwrap(), "user:u5");
         assert_eq!(
-            write(&key, &parts(|_| {})).unwrap_err().label.as_ref(),
-            "user"
+            write(&key, &parts(|_| {})).unwrap_err(),
+            KeyError::Missing("user".into())
         );
     }
 

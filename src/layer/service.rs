@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::{
     Clock, Error, OnMissingKey, Policy, algorithm,
-    key::KeyBuffer,
+    key::{KeyBuffer, KeyError},
     policy::Compiled,
     response,
     store::{Check, Store},
@@ -117,16 +117,18 @@ where
         let (parts, body) = request.into_parts();
         let mut key = KeyBuffer::take();
         key.push_str(&policy.key_head);
-        if let Err(missing) = policy.key.write(&parts, &mut key) {
+        if let Err(error) = policy.key.write(&parts, &mut key) {
             let request = Request::from_parts(parts, body);
-            return match policy.on_missing_key {
-                OnMissingKey::Allow => {
+            return match (error, policy.on_missing_key) {
+                (KeyError::Missing(_), OnMissingKey::Allow) => {
                     ResponseFuture::forward(self.inner.call(request), None, &self.shared)
                 }
-                OnMissingKey::Reject(status) => ResponseFuture::respond(
-                    response::missing_key(status, &missing.label),
-                    &self.shared,
-                ),
+                (KeyError::Missing(label), OnMissingKey::Reject(status)) => {
+                    ResponseFuture::respond(response::missing_key(status, &label), &self.shared)
+                }
+                (KeyError::Repeated(label), _) => {
+                    ResponseFuture::respond(response::repeated_key(&label), &self.shared)
+                }
             };
         }
         key.push('}');
