@@ -23,20 +23,28 @@ pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelim
 /// Legacy: seconds until the window resets.
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// A policy's `RateLimit-Policy` value and the item name of each limit,
-/// computed once. A policy with one limit is one item named after it; with
-/// several, each is named `<policy>-<window>s`, e.g.
+/// A policy's `RateLimit-Policy` value and the item name and quota of each
+/// limit, computed once. A policy with one limit is one item named after
+/// it; with several, each is named `<policy>-<window>s`, e.g.
 /// `"telemetry-1s";q=10;w=1, "telemetry-60s";q=1000;w=60`. Policy names are
 /// letters, digits and `-_.`, so they need no escaping in a structured-field
 /// string.
 pub(crate) struct PolicyItems {
     value: HeaderValue,
-    names: Vec<(Duration, Box<str>)>,
+    items: Vec<Item>,
+}
+
+struct Item {
+    /// The limit's rate window, which identifies it in a [`Decision`].
+    window: Duration,
+    name: Box<str>,
+    quota: u64,
 }
 
 impl PolicyItems {
     pub(crate) fn new(policy: &str, limits: &[Limit]) -> Self {
-        let names: Vec<_> = limits
+        let mut value = String::new();
+        let items = limits
             .iter()
             .map(|limit| {
                 let window = limit.rate().window();
@@ -44,55 +52,62 @@ impl PolicyItems {
                     1 => policy.to_owned(),
                     _ => format!("{policy}-{}s", window.as_secs()),
                 };
-                (window, name.into_boxed_str())
+                let (quota, quota_window) = limit.quota();
+                if !value.is_empty() {
+                    value.push_str(", ");
+                }
+                value.push_str(&format!("\"{name}\";q={quota};w={quota_window}"));
+                Item {
+                    window,
+                    name: name.into_boxed_str(),
+                    quota,
+                }
             })
             .collect();
-        let value = limits
-            .iter()
-            .zip(&names)
-            .map(|(limit, (window, name))| {
-                format!(
-                    "\"{name}\";q={};w={}",
-                    limit.rate().limit(),
-                    window.as_secs()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
         let value =
             HeaderValue::try_from(value).expect("policy names are validated to be header-safe");
-        Self { value, names }
+        Self { value, items }
     }
 
-    fn name(&self, window: Duration) -> &str {
-        self.names
-            .iter()
-            .find(|(w, _)| *w == window)
-            .map_or("", |(_, name)| name)
+    fn item(&self, window: Duration) -> Option<&Item> {
+        self.items.iter().find(|item| item.window == window)
     }
 }
 
-/// Adds the fields for `decision` to a response. Fields are appended, so
-/// several policies on one route each report their own item.
+/// Adds the `RateLimit` fields for `decision` to a response. Fields are
+/// appended, so several policies on one route each report their own item.
+///
+/// `t` is when the quota the request needs is back: on a denial the same
+/// instant as `Retry-After`, never later; on an allowed request, when the
+/// reported limit is fully available again (the window's end for the fixed
+/// window, when the counted windows have passed for the sliding window,
+/// when the bucket is full for GCRA).
 pub(crate) fn insert(headers: &mut HeaderMap, policy: &Compiled, decision: &Decision) {
-    let reset = whole_seconds(decision.reset_after);
+    let t = whole_seconds(decision.retry_after.unwrap_or(decision.reset_after));
+    let item = policy.items.item(decision.window);
     // Name (at most 64 + 10 bytes) and two u64s fit; no allocation to format.
     const LEN: usize = 160;
     let mut buf = [0u8; LEN];
     let mut cursor = &mut buf[..];
-    let item = policy.items.name(decision.window);
-    let _ = write!(cursor, "\"{item}\";r={};t={reset}", decision.remaining);
+    let name = item.map_or("", |item| &item.name);
+    let _ = write!(cursor, "\"{name}\";r={};t={t}", decision.remaining);
     let written = LEN - cursor.len();
     headers.append(RATELIMIT_POLICY, policy.items.value.clone());
     if let Ok(value) = HeaderValue::from_bytes(&buf[..written]) {
         headers.append(RATELIMIT, value);
     }
+    if policy.legacy_headers {
+        let quota = item.map_or(decision.limit, |item| item.quota);
+        headers.insert(X_RATELIMIT_LIMIT, quota.into());
+        headers.insert(X_RATELIMIT_REMAINING, decision.remaining.into());
+        headers.insert(X_RATELIMIT_RESET, t.into());
+    }
+}
+
+/// `Retry-After` for a response that refuses the request; successes never
+/// carry one.
+pub(crate) fn insert_retry_after(headers: &mut HeaderMap, decision: &Decision) {
     if let Some(retry_after) = decision.retry_after {
         headers.insert(RETRY_AFTER, whole_seconds(retry_after).into());
-    }
-    if policy.legacy_headers {
-        headers.insert(X_RATELIMIT_LIMIT, decision.limit.into());
-        headers.insert(X_RATELIMIT_REMAINING, decision.remaining.into());
-        headers.insert(X_RATELIMIT_RESET, reset.into());
     }
 }

@@ -515,19 +515,26 @@ pub(crate) struct Fallback {
 }
 
 impl Fallback {
-    pub(crate) fn decide(&self, key: &str, cost: u64, algorithm: Algorithm) -> Option<Decision> {
+    /// Decides in-process. `capacity` is the shared limits' smallest: a cost
+    /// within it may exceed the divided limits, and is then counted as
+    /// their capacity rather than denied for good; a cost above it (forwarded
+    /// in annotate mode) stays denied.
+    pub(crate) fn decide(
+        &self,
+        key: &str,
+        cost: u64,
+        capacity: u64,
+        algorithm: Algorithm,
+    ) -> Option<Decision> {
+        let divided = self.limits.iter().map(|l| l.capacity(algorithm)).min();
         let check = Check {
             key,
             limits: &self.limits,
             algorithm,
-            // A cost that fits the shared limits may exceed the divided ones.
-            cost: cost.min(
-                self.limits
-                    .iter()
-                    .map(|l| l.capacity(algorithm))
-                    .min()
-                    .unwrap_or(1),
-            ),
+            cost: match divided {
+                Some(divided) if cost <= capacity => cost.min(divided),
+                _ => cost,
+            },
             now_us: None,
         };
         self.store.decide(check).ok()

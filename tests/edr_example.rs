@@ -576,7 +576,8 @@ async fn gcra_admits_a_burst_at_once_within_every_telemetry_limit() {
     ])
     .await;
     let token = [("x-agent-token", &b"AGENT-1"[..])];
-    let policy = r#""telemetry-1s";q=2;w=1, "telemetry-60s";q=5;w=60"#;
+    // The burst of 3 stretches the 2/s limit's quota to 4 per 2 s.
+    let policy = r#""telemetry-1s";q=4;w=2, "telemetry-60s";q=5;w=60"#;
     for _ in 0..3 {
         let reply = edr.post(TELEMETRY, &token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
@@ -741,7 +742,7 @@ async fn a_policy_file_replaces_the_environment_and_keeps_the_routes() {
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     assert_eq!(
         reply.header("ratelimit-policy"),
-        Some(r#""telemetry-1s";q=10;w=1, "telemetry-60s";q=1000;w=60"#),
+        Some(r#""telemetry-1s";q=20;w=2, "telemetry-60s";q=1000;w=60"#),
         "{reply:?}"
     );
     // The file's burst of 20 is the largest batch it can ever admit.

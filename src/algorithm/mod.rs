@@ -175,6 +175,16 @@ impl Limit {
         self.burst.unwrap_or(self.rate.limit())
     }
 
+    /// The quota `RateLimit-Policy` states for this limit, `(q, w in
+    /// seconds)`: the rate, over a window stretched by a whole factor until
+    /// it holds the GCRA burst (`5/s` with a burst of 10 is `q=10;w=2`), so
+    /// that `q / w` is still the rate and `remaining` never exceeds `q`.
+    pub fn quota(&self) -> (u64, u64) {
+        let (limit, window) = (self.rate.limit(), self.rate.window().as_secs());
+        let k = self.burst_size().div_ceil(limit).max(1);
+        (limit.saturating_mul(k), window.saturating_mul(k))
+    }
+
     /// The largest cost a single request can ever be allowed.
     pub fn capacity(&self, algorithm: Algorithm) -> u64 {
         match algorithm {

@@ -86,6 +86,7 @@ impl Shared {
                     None => response::too_many_requests(&info),
                 };
                 headers::insert(response.headers_mut(), policy, &decision);
+                headers::insert_retry_after(response.headers_mut(), &decision);
                 return Next::Respond(response);
             }
             Mode::Block => {}
@@ -102,7 +103,7 @@ impl Shared {
         let decision = match (mode, &self.policy.fallback) {
             (FailMode::Closed, _) => return Next::Respond(response::store_unavailable()),
             (FailMode::Fallback, Some(fallback)) => {
-                fallback.decide(key, cost, self.policy.algorithm)
+                fallback.decide(key, cost, self.policy.capacity, self.policy.algorithm)
             }
             _ => None,
         };

@@ -14,7 +14,7 @@ use super::{
 use tokio::time::Instant;
 
 use crate::{
-    Clock, Error, OnMissingKey, Policy, algorithm,
+    Clock, Error, Mode, OnMissingKey, Policy, algorithm,
     key::{KeyBuffer, KeyError},
     policy::Compiled,
     response,
@@ -133,7 +133,8 @@ where
         }
         key.push('}');
         let cost = match policy.cost.of(&parts) {
-            Ok(cost) if cost <= policy.capacity => cost,
+            // Annotate mode forwards it too, as a denial the store reports.
+            Ok(cost) if cost <= policy.capacity || policy.mode == Mode::Annotate => cost,
             Ok(cost) => {
                 let response = response::cost_exceeds_capacity(cost, policy.capacity);
                 return ResponseFuture::respond(response, &self.shared);
