@@ -96,7 +96,13 @@ pub(crate) fn insert(headers: &mut HeaderMap, policy: &Compiled, decision: &Deci
     if let Ok(value) = HeaderValue::from_bytes(&buf[..written]) {
         headers.append(RATELIMIT, value);
     }
-    if policy.legacy_headers {
+    // One trio per response, for the policy with the fewest remaining; on a
+    // tie, the one set first (the inner layer, which may have refused it).
+    let fewer = |existing: &HeaderValue| {
+        let existing = existing.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+        existing.is_none_or(|existing| decision.remaining < existing)
+    };
+    if policy.legacy_headers && headers.get(X_RATELIMIT_REMAINING).is_none_or(fewer) {
         let quota = item.map_or(decision.limit, |item| item.quota);
         headers.insert(X_RATELIMIT_LIMIT, quota.into());
         headers.insert(X_RATELIMIT_REMAINING, decision.remaining.into());

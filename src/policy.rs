@@ -542,6 +542,15 @@ impl Fallback {
 }
 
 impl Compiled {
+    /// The time to send with a check: the app's for [`Clock::App`], else
+    /// none (the store reads its own).
+    pub fn now_us(&self) -> Option<u64> {
+        match self.clock {
+            Clock::Store => None,
+            Clock::App => Some(crate::algorithm::unix_now_us()),
+        }
+    }
+
     /// Whether requests with `method` are limited. A `GET` filter covers
     /// `HEAD` as well, since axum answers `HEAD` with the `GET` handler.
     pub fn applies_to(&self, method: &Method) -> bool {

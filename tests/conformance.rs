@@ -82,6 +82,22 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// Refunds in both stores.
+    async fn refund(&self, key: &str, algorithm: Algorithm, limits: &[Limit], cost: u64) {
+        let key = format!("{}{{{key}}}", self.prefix);
+        let check = Check {
+            key: &key,
+            limits,
+            algorithm,
+            cost,
+            now_us: Some(self.now_us),
+        };
+        self.memory.refund(check).await.unwrap();
+        self.redis.refund(check).await.unwrap();
+    }
+}
+
 fn limits(rates: &[&str]) -> Vec<Limit> {
     rates
         .iter()
@@ -670,5 +686,45 @@ async fn huge_costs_and_limits_get_the_same_answer_from_both_stores() {
                 );
             }
         }
+    }
+}
+
+/// A refund gives back exactly what an allowed check counted, in both stores
+/// alike: afterwards the key answers as if the request had never come, and
+/// a refund never makes room beyond an empty counter.
+#[tokio::test]
+async fn a_refund_gives_back_exactly_what_was_counted() {
+    for algorithm in ALGORITHMS {
+        let mut pair = Pair::new().await;
+        let both = limits(&["5/s", "20/m"]);
+        // The reference key "j" sees only the first request, of cost 2.
+        pair.check("k", algorithm, &both, 2).await;
+        pair.check("j", algorithm, &both, 2).await;
+        pair.advance(ms(100));
+        let charged = pair.check("k", algorithm, &both, 3).await;
+        assert!(charged.allowed, "{algorithm:?}");
+        pair.refund("k", algorithm, &both, 3).await;
+        let refunded = pair.check("k", algorithm, &both, 3).await;
+        let reference = pair.check("j", algorithm, &both, 3).await;
+        assert_eq!(refunded, reference, "{algorithm:?}");
+        // Refunds beyond what was counted leave an empty counter, no credit.
+        for _ in 0..5 {
+            pair.refund("k", algorithm, &both, 5).await;
+        }
+        let fresh = pair.check("n", algorithm, &both, 5).await;
+        assert_eq!(
+            pair.check("k", algorithm, &both, 5).await.remaining,
+            fresh.remaining
+        );
+        assert!(
+            !pair.check("k", algorithm, &both, 1).await.allowed,
+            "{algorithm:?}"
+        );
+        // A refund of a key that does not exist, or has expired, creates none.
+        pair.refund("absent", algorithm, &both, 1).await;
+        pair.advance(Duration::from_secs(180));
+        pair.refund("k", algorithm, &both, 1).await;
+        let after = pair.check("k", algorithm, &both, 5).await;
+        assert_eq!((after.allowed, after.remaining), (true, 0), "{algorithm:?}");
     }
 }

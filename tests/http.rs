@@ -487,6 +487,83 @@ async fn policies_stack_and_apply_per_route() {
     }
 }
 
+/// `inner` inside `outer` on one route.
+fn stacked(inner: Policy, outer: Policy, store: impl Store) -> Router {
+    Router::new()
+        .route("/t", post(|| async { "queued" }))
+        .route_layer(RateLimitLayer::new(inner, store.clone()).unwrap())
+        .route_layer(RateLimitLayer::new(outer, store).unwrap())
+}
+
+/// A global `5/m` outside a per-key `1/m`: requests the inner policy refuses
+/// spend nothing of the global quota, so one client cannot use up everyone's
+/// with requests that were refused anyway. On the 429 the legacy fields are
+/// the refusing policy's. With Redis and with the memory store, for every
+/// algorithm, and refusals of every kind the inner layer makes.
+#[tokio::test]
+async fn requests_an_inner_policy_refuses_cost_the_outer_one_nothing() {
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::Gcra,
+    ] {
+        for redis_store in [false, true] {
+            let prefix = unique_prefix();
+            let global = Policy::new("global")
+                .rate(Rate::per_minute(5))
+                .algorithm(algorithm)
+                .key(Key::global())
+                .legacy_headers(true)
+                .prefix(&prefix);
+            let per_key = Policy::new("per-key")
+                .rate(Rate::per_minute(1))
+                .algorithm(algorithm)
+                .key(Key::header(TOKEN))
+                .cost(Cost::header("x-event-count"))
+                .legacy_headers(true)
+                .prefix(&prefix);
+            let app = if redis_store {
+                stacked(per_key, global, redis().await)
+            } else {
+                stacked(per_key, global, MemoryStore::new())
+            };
+            let http = HttpClient::new(&serve(app).await);
+            let case = format!("{algorithm:?}, redis: {redis_store}");
+            assert_eq!(
+                http.post("/t", &[(TOKEN, b"a")]).await.status,
+                StatusCode::OK
+            );
+            for _ in 0..4 {
+                let refused = http.post("/t", &[(TOKEN, b"a")]).await;
+                assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{case}");
+                assert_eq!(refused.header("x-ratelimit-limit"), Some("1"), "{case}");
+                assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"), "{case}");
+                // The global item reports its quota as given back.
+                let items: Vec<_> = refused.headers.get_all("ratelimit").iter().collect();
+                assert!(
+                    items[1].to_str().unwrap().starts_with(r#""global";r=4;"#),
+                    "{case}: {items:?}"
+                );
+            }
+            // Other refusals of the inner layer: a bad cost, a repeated key.
+            let bad = http
+                .post("/t", &[(TOKEN, b"b"), ("x-event-count", b"x")])
+                .await;
+            assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{case}");
+            let repeated = http.post("/t", &[(TOKEN, b"b"), (TOKEN, b"c")]).await;
+            assert_eq!(repeated.status, StatusCode::BAD_REQUEST, "{case}");
+            // Four other clients still fit in the global quota.
+            for token in [&b"b"[..], b"c", b"d", b"e"] {
+                let reply = http.post("/t", &[(TOKEN, token)]).await;
+                assert_eq!(reply.status, StatusCode::OK, "{case}: {reply:?}");
+            }
+            let sixth = http.post("/t", &[(TOKEN, b"f")]).await;
+            assert_eq!(sixth.status, StatusCode::TOO_MANY_REQUESTS, "{case}");
+            assert_eq!(sixth.header("x-ratelimit-limit"), Some("5"), "{case}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn clones_of_the_service_share_one_limit() {
     // tower::limit::RateLimit keeps its state per clone; this layer must not.

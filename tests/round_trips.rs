@@ -54,8 +54,9 @@ async fn a_decision_with_three_limits_is_one_command() {
             "time",
             "get",
             "set",
-            "pexpiretime",
-            "pexpireat",
+            "pttl",
+            "pexpire",
+            "del",
             "hmget",
             "hset",
         ];
@@ -91,8 +92,9 @@ async fn a_denial_by_one_limit_leaves_the_others_unchanged_in_redis() {
         assert!(!store.check(check).await.unwrap().allowed);
     }
     let mut conn = server.connection().await;
-    let per_minute: u64 = redis::cmd("GET")
+    let per_minute: u64 = redis::cmd("HGET")
         .arg("rl:p:{k}:60")
+        .arg("c")
         .query_async(&mut conn)
         .await
         .unwrap();

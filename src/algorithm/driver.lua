@@ -5,12 +5,21 @@
 -- epoch, or -1 to read Redis's clock (one clock for all app servers).
 -- ARGV[2]: cost. Then per limit: limit, window (ms), burst.
 -- Returns {all allowed, then per limit: allowed, remaining, reset (us), retry (us)}.
+-- A negative cost is a refund: a later layer refused a request that these
+-- limits admitted, so each limit gives the cost back. Returns {1}.
 local now = tonumber(ARGV[1])
 if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local cost = tonumber(ARGV[2])
+if cost < 0 then
+  for i = 1, #KEYS do
+    local a = 3 + (i - 1) * 3
+    refund(KEYS[i], now, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), -cost)
+  end
+  return {1}
+end
 local out = {1}
 local states = {}
 for i = 1, #KEYS do

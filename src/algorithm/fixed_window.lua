@@ -32,3 +32,11 @@ local function commit(key, state)
     redis.call('HINCRBY', key, 'c', state[4])
   end
 end
+
+local function refund(key, now_us, limit, window, burst, cost)
+  local stored = redis.call('HMGET', key, 'c', 'e')
+  local count, window_end = tonumber(stored[1]), tonumber(stored[2])
+  if count and count > 0 and window_end and window_end > math.floor(now_us / 1000) then
+    redis.call('HINCRBY', key, 'c', -math.min(cost, count))
+  end
+end

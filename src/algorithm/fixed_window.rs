@@ -35,3 +35,10 @@ pub(crate) fn decide(
         Some(state),
     )
 }
+
+/// The script's `refund` over a live counter: the count given back, never
+/// below zero.
+pub(crate) fn refund(mut entry: Entry, cost: u64) -> Option<Entry> {
+    entry.value[0] -= cost.min(entry.value[0]);
+    Some(entry)
+}

@@ -27,3 +27,15 @@ local function commit(key, state)
   -- relative, so an app clock behind Redis's cannot drop the TAT early.
   redis.call('SET', key, state[1], 'PX', math.floor((state[2] + 999) / 1000))
 end
+
+local function refund(key, now, limit, window, burst, cost)
+  local tat = tonumber(redis.call('GET', key))
+  if not tat or tat <= now then return end
+  local interval = math.floor((window * 1000 + limit - 1) / limit)
+  local new_tat = math.max(tat - cost * interval, now)
+  if new_tat > now then
+    redis.call('SET', key, new_tat, 'PX', math.floor((new_tat - now + 999) / 1000))
+  else
+    redis.call('DEL', key)
+  end
+end

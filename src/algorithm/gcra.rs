@@ -31,3 +31,16 @@ pub(crate) fn decide(
     };
     (Verdict::allowed(remaining, new_tat - now), Some(state))
 }
+
+/// The script's `refund` over a live TAT: moved back `cost` intervals, not
+/// past now; `None` once it has passed (the same as no key).
+pub(crate) fn refund(entry: Entry, now: u64, limit: &Limit, cost: u64) -> Option<Entry> {
+    let tat = entry.value[0];
+    let new_tat = tat
+        .saturating_sub(cost.saturating_mul(limit.interval_us()))
+        .max(now);
+    (new_tat > now).then(|| Entry {
+        value: [new_tat, 0, 0],
+        expires_at_ms: new_tat.div_ceil(1000),
+    })
+}

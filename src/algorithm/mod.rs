@@ -97,6 +97,22 @@ impl Algorithm {
             Self::Gcra => gcra::decide(entry, now_us, limit, cost),
         }
     }
+
+    /// The in-memory twin of the script's `refund`, over a counter that has
+    /// not expired: the entry to keep, or `None` to drop it.
+    pub(crate) fn refund(
+        self,
+        entry: Entry,
+        now_us: u64,
+        limit: &Limit,
+        cost: u64,
+    ) -> Option<Entry> {
+        match self {
+            Self::FixedWindow => fixed_window::refund(entry, cost),
+            Self::SlidingWindow => sliding_window::refund(entry, cost),
+            Self::Gcra => gcra::refund(entry, now_us, limit, cost),
+        }
+    }
 }
 
 impl std::fmt::Display for Algorithm {

@@ -61,3 +61,13 @@ local function commit(key, state)
     redis.call('PEXPIRE', key, state[4])
   end
 end
+
+local function refund(key, now_us, limit, window, burst, cost)
+  local stored = redis.call('HMGET', key, 'w', 'c')
+  local w, c = tonumber(stored[1]), tonumber(stored[2])
+  -- From the newest window while its counts still matter; a refund that
+  -- crosses a boundary gives back in the newer window, never more.
+  if w and c and c > 0 and (w + 2) * window > math.floor(now_us / 1000) then
+    redis.call('HINCRBY', key, 'c', -math.min(cost, c))
+  end
+end

@@ -77,3 +77,10 @@ pub(crate) fn decide(
     let (reset, retry) = ((reset + behind) * 1000, (retry + behind) * 1000);
     (Verdict::denied(remaining, reset, retry), None)
 }
+
+/// The script's `refund` over a live counter: given back in the newest
+/// window, never below zero.
+pub(crate) fn refund(mut entry: Entry, cost: u64) -> Option<Entry> {
+    entry.value[1] -= cost.min(entry.value[1]);
+    Some(entry)
+}

@@ -16,42 +16,70 @@ use crate::{
     Decision, Error, FailMode, Mode, headers,
     key::KeyBuffer,
     response::{self, RateLimitInfo, RateLimitStatus},
+    store::{Check, Store},
 };
 
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit).
-    pub struct ResponseFuture<S, SF, B>
+    pub struct ResponseFuture<S, St, B>
     where
         S: Service<Request<B>>,
+        St: Store,
     {
         #[pin]
-        state: State<S, S::Future, SF, B>,
+        state: State<S, S::Future, St, B>,
         shared: Arc<Shared>,
     }
 }
 
 /// What a store call waits with: the ready service, the request, and what
-/// the fail mode and the block cache need afterwards.
-pub(super) struct Pending<S, B> {
+/// the fail mode, the block cache and a refund need afterwards.
+pub(super) struct Pending<S, St, B> {
     pub inner: S,
     pub request: Request<B>,
+    pub charge: Charge<St>,
+}
+
+/// What an allowed request counted, to give back if a layer inside refuses
+/// the request after all.
+pub(super) struct Charge<St> {
+    pub store: St,
     pub key: KeyBuffer,
     pub cost: u64,
 }
 
+/// Marks the responses a rate-limit layer makes itself (429, 503, 400, 413),
+/// so that the layers outside it give back what they counted: a request
+/// refused by one policy spends nothing of another's.
+#[derive(Clone, Copy, Debug)]
+struct Refused;
+
+fn refused(mut response: Response) -> Response {
+    response.extensions_mut().insert(Refused);
+    response
+}
+
 pin_project! {
     #[project = StateProj]
-    enum State<S, F, SF, B> {
+    enum State<S, F, St: Store, B> {
         Checking {
             #[pin]
-            check: Timeout<SF>,
-            pending: Option<Pending<S, B>>,
+            check: Timeout<St::Future>,
+            pending: Option<Pending<S, St, B>>,
         },
         // Waiting for the inner service; the decision goes into the headers.
         Calling {
             #[pin]
             future: F,
             decision: Option<Decision>,
+            charge: Option<Charge<St>>,
+        },
+        // An inner layer refused the request: giving back what it counted
+        // before answering.
+        Refunding {
+            #[pin]
+            refund: Timeout<St::Refund>,
+            response: Option<Response>,
         },
         // Answered by the layer itself.
         Done {
@@ -124,28 +152,38 @@ impl Shared {
     }
 }
 
-impl<S, SF, B> ResponseFuture<S, SF, B>
+impl<S, St, B> ResponseFuture<S, St, B>
 where
     S: Service<Request<B>>,
+    St: Store,
 {
     pub(super) fn forward(
         future: S::Future,
         decision: Option<Decision>,
         shared: &Arc<Shared>,
     ) -> Self {
-        Self::with(State::Calling { future, decision }, shared)
+        let state = State::Calling {
+            future,
+            decision,
+            charge: None,
+        };
+        Self::with(state, shared)
     }
 
     pub(super) fn respond(response: Response, shared: &Arc<Shared>) -> Self {
         Self::with(
             State::Done {
-                response: Some(response),
+                response: Some(refused(response)),
             },
             shared,
         )
     }
 
-    pub(super) fn check(check: Timeout<SF>, pending: Pending<S, B>, shared: &Arc<Shared>) -> Self {
+    pub(super) fn check(
+        check: Timeout<St::Future>,
+        pending: Pending<S, St, B>,
+        shared: &Arc<Shared>,
+    ) -> Self {
         Self::with(
             State::Checking {
                 check,
@@ -155,7 +193,7 @@ where
         )
     }
 
-    fn with(state: State<S, S::Future, SF, B>, shared: &Arc<Shared>) -> Self {
+    fn with(state: State<S, S::Future, St, B>, shared: &Arc<Shared>) -> Self {
         Self {
             state,
             shared: shared.clone(),
@@ -163,11 +201,11 @@ where
     }
 }
 
-impl<S, SF, B> Future for ResponseFuture<S, SF, B>
+impl<S, St, B> Future for ResponseFuture<S, St, B>
 where
     S: Service<Request<B>>,
     S::Response: IntoResponse,
-    SF: Future<Output = Result<Decision, Error>>,
+    St: Store,
 {
     type Output = Result<Response, S::Error>;
 
@@ -183,34 +221,72 @@ where
                     let Pending {
                         mut inner,
                         mut request,
-                        key,
-                        cost,
+                        charge,
                     } = pending.take().expect("polled after completion");
-                    let next = match outcome {
+                    let (key, cost) = (&charge.key, charge.cost);
+                    let (next, counted) = match outcome {
                         Ok(decision) => {
-                            shared.decided(&key, cost, &decision);
-                            shared.next(Some(decision), &mut request)
+                            shared.decided(key, cost, &decision);
+                            (shared.next(Some(decision), &mut request), decision.allowed)
                         }
                         Err(error) => {
                             let mode = policy.on_store_error;
                             shared.stats.record_error(&policy.name, &error, mode);
-                            shared.unavailable(&key, cost, &mut request)
+                            (shared.unavailable(key, cost, &mut request), false)
                         }
                     };
                     match next {
-                        Next::Respond(response) => return Poll::Ready(Ok(response)),
+                        Next::Respond(response) => return Poll::Ready(Ok(refused(response))),
                         Next::Forward(decision) => {
                             let future = inner.call(request);
-                            this.state.set(State::Calling { future, decision });
+                            let charge = counted.then_some(charge);
+                            this.state.set(State::Calling {
+                                future,
+                                decision,
+                                charge,
+                            });
                         }
                     }
                 }
-                StateProj::Calling { future, decision } => {
+                StateProj::Calling {
+                    future,
+                    decision,
+                    charge,
+                } => {
                     let mut response = ready!(future.poll(cx))?.into_response();
-                    if let Some(decision) = decision {
-                        headers::insert(response.headers_mut(), policy, decision);
+                    let refund = charge
+                        .take()
+                        .filter(|_| response.extensions().get::<Refused>().is_some());
+                    if let Some(mut decision) = *decision {
+                        if let Some(charge) = &refund {
+                            decision.remaining = decision.remaining.saturating_add(charge.cost);
+                        }
+                        headers::insert(response.headers_mut(), policy, &decision);
                     }
-                    return Poll::Ready(Ok(response));
+                    let Some(charge) = refund else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    let refund = charge.store.refund(Check {
+                        key: &charge.key,
+                        limits: &policy.limits,
+                        algorithm: policy.algorithm,
+                        cost: charge.cost,
+                        now_us: policy.now_us(),
+                    });
+                    this.state.set(State::Refunding {
+                        refund: tokio::time::timeout(policy.timeout, refund),
+                        response: Some(response),
+                    });
+                }
+                StateProj::Refunding { refund, response } => {
+                    // Best effort: a refund lost to an outage only leaves the
+                    // quota as spent as it was.
+                    if let Ok(Err(error)) | Err(error) =
+                        ready!(refund.poll(cx)).map_err(|_| Error::Timeout(policy.timeout))
+                    {
+                        tracing::debug!(policy = %policy.name, %error, "refund not made");
+                    }
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
                 }
                 StateProj::Done { response } => {
                     return Poll::Ready(Ok(response.take().expect("polled after completion")));

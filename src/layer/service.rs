@@ -8,13 +8,13 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::{
-    future::{Next, Pending, ResponseFuture},
+    future::{Charge, Next, Pending, ResponseFuture},
     health::{Admit, Stats},
 };
 use tokio::time::Instant;
 
 use crate::{
-    Clock, Error, Mode, OnMissingKey, Policy, algorithm,
+    Error, Mode, OnMissingKey, Policy,
     key::{KeyBuffer, KeyError},
     policy::Compiled,
     response,
@@ -103,7 +103,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S, St::Future, B>;
+    type Future = ResponseFuture<S, St, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -162,10 +162,7 @@ where
             limits: &policy.limits,
             algorithm: policy.algorithm,
             cost,
-            now_us: match policy.clock {
-                Clock::Store => None,
-                Clock::App => Some(algorithm::unix_now_us()),
-            },
+            now_us: policy.now_us(),
         });
         // The clone is the one that is not yet ready; the ready one goes with
         // the request (tower's usual dance).
@@ -174,8 +171,11 @@ where
         let pending = Pending {
             inner,
             request,
-            key,
-            cost,
+            charge: Charge {
+                store: self.store.clone(),
+                key,
+                cost,
+            },
         };
         ResponseFuture::check(
             tokio::time::timeout(policy.timeout, check),
@@ -187,7 +187,7 @@ where
 
 impl<S, St> RateLimit<S, St> {
     /// Answers or forwards a request decided without waiting for the store.
-    fn finish<B>(&mut self, next: Next, request: Request<B>) -> ResponseFuture<S, St::Future, B>
+    fn finish<B>(&mut self, next: Next, request: Request<B>) -> ResponseFuture<S, St, B>
     where
         S: Service<Request<B>>,
         St: Store,

@@ -163,6 +163,32 @@ impl MemoryStore {
         Decision::combine(limits.iter().zip(verdicts.into_iter().flatten()))
             .ok_or_else(|| Error::config("limits", "a check needs at least one limit"))
     }
+
+    /// Moves the check's live counters back by its cost, under one lock.
+    pub(crate) fn give_back(&self, check: Check<'_>) -> Result<(), Error> {
+        check.validate()?;
+        let now_us = check.now_us.unwrap_or_else(|| self.now_us());
+        let cost = check.counted_cost();
+        let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
+        let mut shard = lock(&self.inner.shards[index]);
+        let mut key = KeyBuffer::take();
+        for limit in check.limits {
+            check.counter_key(limit, &mut key);
+            let Some(entry) = shard.counters.get_mut(key.as_str()) else {
+                continue;
+            };
+            if entry.expires_at_ms <= now_us / 1000 {
+                continue;
+            }
+            match check.algorithm.refund(*entry, now_us, limit, cost) {
+                Some(refunded) => *entry = refunded,
+                None => {
+                    shard.counters.remove(key.as_str());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Shard {
@@ -202,6 +228,12 @@ impl Store for MemoryStore {
 
     fn check(&self, check: Check<'_>) -> Self::Future {
         ready(self.decide(check))
+    }
+
+    type Refund = Ready<Result<(), Error>>;
+
+    fn refund(&self, check: Check<'_>) -> Self::Refund {
+        ready(self.give_back(check))
     }
 }
 

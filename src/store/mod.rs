@@ -84,4 +84,12 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Counts the request if it is within the rate and says what was decided.
     fn check(&self, check: Check<'_>) -> Self::Future;
+
+    /// What a [`refund`](Self::refund) answers.
+    type Refund: Future<Output = Result<(), Error>> + Send + 'static;
+
+    /// Gives back what an allowed `check` with the same key, limits and cost
+    /// counted, because a later layer refused the request: each counter
+    /// moves back by the cost (never below empty) if it has not expired.
+    fn refund(&self, check: Check<'_>) -> Self::Refund;
 }

@@ -102,16 +102,15 @@ impl RedisStore {
     }
 }
 
-impl Store for RedisStore {
-    type Future = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
-
-    fn check(&self, check: Check<'_>) -> Self::Future {
-        if let Err(e) = check.validate() {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        let script = script(check.algorithm);
+impl RedisStore {
+    /// The `EVALSHA` of `check` with `cost` (negative: a refund), or the
+    /// check's validation error.
+    fn evalsha(check: &Check<'_>, cost: i64) -> Result<redis::Cmd, Error> {
+        check.validate()?;
         let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg(script.get_hash()).arg(check.limits.len());
+        evalsha
+            .arg(script(check.algorithm).get_hash())
+            .arg(check.limits.len());
         let mut key = KeyBuffer::take();
         for limit in check.limits {
             check.counter_key(limit, &mut key);
@@ -119,29 +118,50 @@ impl Store for RedisStore {
         }
         evalsha
             .arg(check.now_us.map_or(-1, |now| now as i64))
-            .arg(check.counted_cost());
+            .arg(cost);
         for limit in check.limits {
             evalsha
                 .arg(limit.rate.limit())
                 .arg(limit.rate.window_ms())
                 .arg(limit.burst_size());
         }
-        let mut connection = self.connection.clone();
+        Ok(evalsha)
+    }
+
+    /// Runs `evalsha`, loading the script when Redis does not have it.
+    async fn run(
+        mut connection: ConnectionManager,
+        algorithm: Algorithm,
+        evalsha: redis::Cmd,
+    ) -> Result<Vec<i64>, Error> {
+        let reply = match evalsha.query_async(&mut connection).await {
+            // Redis restarted or its script cache was flushed.
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script(algorithm).load_async(&mut connection).await?;
+                evalsha.query_async(&mut connection).await
+            }
+            reply => reply,
+        };
+        Ok(reply?)
+    }
+}
+
+impl Store for RedisStore {
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
+
+    fn check(&self, check: Check<'_>) -> Self::Future {
+        let evalsha = match Self::evalsha(&check, check.counted_cost() as i64) {
+            Ok(evalsha) => evalsha,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let (connection, algorithm) = (self.connection.clone(), check.algorithm);
         // Copied onto the future's stack rather than into a Vec.
         let mut limits = [None; MAX_LIMITS];
         for (slot, limit) in limits.iter_mut().zip(check.limits) {
             *slot = Some(*limit);
         }
         Box::pin(async move {
-            let reply = match evalsha.query_async(&mut connection).await {
-                // Redis restarted or its script cache was flushed.
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script.load_async(&mut connection).await?;
-                    evalsha.query_async(&mut connection).await
-                }
-                reply => reply,
-            };
-            let reply: Vec<i64> = reply?;
+            let reply = Self::run(connection, algorithm, evalsha).await?;
             let limits = limits.iter().flatten();
             let verdicts = reply.get(1..).unwrap_or_default().chunks(4);
             if verdicts.len() != limits.clone().count() || verdicts.clone().any(|v| v.len() != 4) {
@@ -158,6 +178,22 @@ impl Store for RedisStore {
             });
             Decision::combine(limits.zip(verdicts))
                 .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
+        })
+    }
+
+    type Refund = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+    fn refund(&self, check: Check<'_>) -> Self::Refund {
+        let evalsha = match Self::evalsha(&check, -(check.counted_cost() as i64)) {
+            Ok(evalsha) => evalsha,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let (connection, algorithm) = (self.connection.clone(), check.algorithm);
+        Box::pin(async move {
+            match Self::run(connection, algorithm, evalsha).await?[..] {
+                [1] => Ok(()),
+                ref reply => Err(Error::UnexpectedReply(format!("{reply:?}"))),
+            }
         })
     }
 }
