@@ -34,7 +34,9 @@
 //! ```
 //!
 //! Without `REDIS_URL`, counters are kept in this process and telemetry is
-//! accepted but not queued: `cargo run --example edr`.
+//! accepted but not queued: `cargo run --example edr`. A queued batch is
+//! answered `202 {"status":"queued"}`; without a queue (no `REDIS_URL`, or
+//! `QUEUE_URL=off`) it is `202 {"status":"accepted"}`, as nothing is queued.
 //!
 //! Environment (empty counts as unset):
 //! - `LISTEN_ADDR`: default `127.0.0.1:3000`.
@@ -666,9 +668,11 @@ fn json_error(status: StatusCode, error: &str) -> Response {
 /// Runs only once the limiter has let the request through, so the body of a
 /// refused request is never read.
 async fn telemetry_handler(State(state): State<AppState>, body: Bytes) -> Response {
-    if let Some(queue) = &state.queue
-        && let Err(err) = queue.push(&body).await
-    {
+    // Without a queue nothing is queued, and the answer must not say so.
+    let Some(queue) = &state.queue else {
+        return (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response();
+    };
+    if let Err(err) = queue.push(&body).await {
         tracing::error!(%err, bytes = body.len(), "telemetry not queued");
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "queue unavailable");
     }

@@ -363,7 +363,7 @@ async fn login_fails_closed_and_telemetry_falls_back_when_redis_dies() {
     assert_eq!(reply.header("retry-after"), Some("1"));
     let reply = edr.post(TELEMETRY, &token).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
-    assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
 }
 
 #[tokio::test]
@@ -422,7 +422,7 @@ async fn rate_limit_off_serves_the_routes_unlimited() {
     for _ in 0..10 {
         let reply = edr.post(TELEMETRY, &token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
-        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+        assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
         assert_eq!(reply.header("ratelimit"), None, "{reply:?}");
         assert_eq!(reply.header("ratelimit-policy"), None, "{reply:?}");
         let reply = edr.post(LOGIN, &[]).await;
@@ -499,6 +499,32 @@ async fn memory_mode_starts_without_redis_and_limits() {
         .get(DASHBOARD, &[("authorization", &b"Bearer u1"[..])])
         .await;
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_a_queue_telemetry_is_accepted_not_queued() {
+    let token = ("x-agent-token", "AGENT-1");
+    // The in-memory store has no queue at all…
+    let edr = Edr::start(&[]).await;
+    let reply = edr.post_body(TELEMETRY, &[token], r#"[{"event":1}]"#).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
+    drop(edr);
+
+    // …and QUEUE_URL=off turns it off with Redis holding the counters.
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[("REDIS_URL", server.url()), ("QUEUE_URL", "off")]).await;
+    let reply = edr.post_body(TELEMETRY, &[token], r#"[{"event":1}]"#).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
+    let len: usize = redis::cmd("LLEN")
+        .arg("edr:telemetry")
+        .query_async(&mut queue_db(&server).await)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "QUEUE_URL=off queued telemetry");
 }
 
 /// Runs the example with `env` and returns its exit status and all it
