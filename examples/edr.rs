@@ -10,9 +10,21 @@
 //!
 //! (As configured by the environment; a policy file may change any of it
 //! but the routes.) A telemetry request without `X-Agent-Token` is answered
-//! `401`. A batch counts as many requests as its `X-Event-Count` header says
-//! (1 without it); a count that is not a whole number is a `400`, one that
-//! the limit could never admit a `413`.
+//! `401`.
+//!
+//! A telemetry batch is a JSON array of event objects, `[{…}, {…}]`, of at
+//! most 1 MiB (`413` above that); what an event holds is the workers'
+//! business. The limiter charges a batch, before its body is read, as many
+//! requests as its `X-Event-Count` header says (1 without it); a count that
+//! is not a whole number is a `400`, one that the limit could never admit a
+//! `413`. The handler then counts the events in the body, and a batch that
+//! does not hold exactly the number it was charged is refused with `400
+//! {"error":"bad batch",…}` and not queued: a batch of more than one event
+//! must declare them, and an undeclared, under- or over-declared batch, an
+//! empty one, or a body that is not a UTF-8 JSON array of objects is
+//! refused. What was charged stays charged. (With a policy file, the count
+//! the body must match is what the file's telemetry `cost` charges: its
+//! header's number, or a fixed cost.)
 //!
 //! Telemetry is where floods come from, so its policy does two more things.
 //! Denials are remembered in-process (the block cache, 100,000 agents at
@@ -87,8 +99,8 @@ use std::{env, fmt, io::IsTerminal, net::SocketAddr, process::ExitCode, time::Du
 use axum::{
     Extension, Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Request, State},
-    http::{HeaderValue, StatusCode, header},
+    extract::{DefaultBodyLimit, FromRequest, Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{MethodRouter, get, post},
@@ -96,12 +108,17 @@ use axum::{
 use axum_redis_ratelimit::{
     Algorithm, ClientIp, Cost, FailMode, Key, Limit, MemoryStore, OnMissingKey, Policy, Rate,
     RateLimitLayer, RedisStore, UserId,
-    config::{PolicyConfig, PolicyFile},
+    config::{CostConfig, PolicyConfig, PolicyFile},
+    cost::MAX_COST,
     store::Store,
 };
 use redis::{
     ConnectionInfo, IntoConnectionInfo,
     aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use serde::{
+    Deserialize, Deserializer,
+    de::{IgnoredAny, MapAccess, Visitor},
 };
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -111,7 +128,7 @@ const QUEUE_KEY: &str = "edr:telemetry";
 /// Telemetry batches are small; anything larger is a broken or hostile agent.
 const MAX_TELEMETRY_BYTES: usize = 1024 * 1024;
 /// How many events a telemetry batch holds, and so how many requests it costs.
-const EVENT_COUNT_HEADER: &str = "X-Event-Count";
+const EVENT_COUNT_HEADER: HeaderName = HeaderName::from_static("x-event-count");
 /// How many denied agents each instance remembers.
 const BLOCK_CACHE_KEYS: usize = 100_000;
 
@@ -317,6 +334,9 @@ impl Config {
 /// The policies of the three limited routes, each checked.
 struct Policies {
     telemetry: PolicySpec,
+    /// What the telemetry policy charges a batch: the handler holds the
+    /// body to it.
+    telemetry_cost: BatchCost,
     login: PolicySpec,
     dashboard: PolicySpec,
 }
@@ -372,7 +392,7 @@ impl Policies {
             .algorithm(algorithm)
             // Agent tokens are credentials: only their hash reaches Redis.
             .key(Key::header("X-Agent-Token").secret())
-            .cost(Cost::header(EVENT_COUNT_HEADER))
+            .cost(Cost::header(EVENT_COUNT_HEADER.as_str()))
             .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
             // Losing the agents' events to a Redis outage is worse than
             // limiting each instance alone for a while; letting every agent
@@ -418,6 +438,7 @@ impl Policies {
         let dashboard = PolicySpec::from_env(dashboard, "DASHBOARD_RATE", DASHBOARD_VARS)?;
         Ok(Self {
             telemetry,
+            telemetry_cost: BatchCost::Header(EVENT_COUNT_HEADER),
             login,
             dashboard,
         })
@@ -452,7 +473,11 @@ impl Policies {
             let ignored: Vec<&str> = (slot.vars.iter().copied())
                 .filter(|v| matches!(var(v), Ok(Some(_))))
                 .collect();
+            let cost = config.cost.clone();
             *slot = PolicySpec::from_file(config, path)?;
+            if name == "telemetry" {
+                self.telemetry_cost = BatchCost::from_config(cost, path)?;
+            }
             if !ignored.is_empty() {
                 tracing::warn!(
                     policy = name,
@@ -622,6 +647,7 @@ impl fmt::Display for StartupError {
 #[derive(Clone)]
 struct AppState {
     queue: Option<EventQueue>,
+    batch_cost: BatchCost,
 }
 
 /// The routes, each behind its policy's limiter counting in `counters`, or
@@ -658,7 +684,10 @@ fn app<St: Store>(
                 .route_layer(middleware::from_fn(require_user)),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(AppState { queue }))
+        .with_state(AppState {
+            queue,
+            batch_cost: policies.telemetry_cost.clone(),
+        }))
 }
 
 fn json_error(status: StatusCode, error: &str) -> Response {
@@ -666,8 +695,51 @@ fn json_error(status: StatusCode, error: &str) -> Response {
 }
 
 /// Runs only once the limiter has let the request through, so the body of a
-/// refused request is never read.
-async fn telemetry_handler(State(state): State<AppState>, body: Bytes) -> Response {
+/// refused request is never read. The limiter charged what the head
+/// declares; only a batch that holds exactly that many events goes on.
+async fn telemetry_handler(State(state): State<AppState>, request: Request) -> Response {
+    // Refused before a byte of it is read: a client that waits for
+    // `100 Continue` never sends it.
+    let length = (request.headers().get(header::CONTENT_LENGTH))
+        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+    if length.is_some_and(|length| length > MAX_TELEMETRY_BYTES as u64) {
+        return batch_too_large();
+    }
+    let declared = match state.batch_cost.of(request.headers()) {
+        Ok(declared) => declared,
+        Err(detail) => return bad_batch(json!({ "error": "bad batch", "detail": detail })),
+    };
+    // Bytes reads at most MAX_TELEMETRY_BYTES (the route's DefaultBodyLimit).
+    let body = match Bytes::from_request(request, &state).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return batch_too_large();
+        }
+        Err(rejection) => return json_error(rejection.status(), "cannot read the body"),
+    };
+    let events = match count_events(&body) {
+        Ok(events) => events,
+        Err(detail) => return bad_batch(json!({ "error": "bad batch", "detail": detail })),
+    };
+    if events != declared {
+        let detail = match &state.batch_cost {
+            _ if events == 0 => "an empty batch: a batch holds at least one event".to_owned(),
+            BatchCost::Header(name) => {
+                format!("{name} says {declared} (no {name}: 1) but the batch holds {events}")
+            }
+            BatchCost::Fixed(_) => format!(
+                "every batch is charged {declared} and must hold as many events; this one \
+                 holds {events}"
+            ),
+        };
+        return bad_batch(json!({
+            "error": "bad batch",
+            "detail": detail,
+            "events": events,
+            "declared": declared,
+        }));
+    }
+
     // Without a queue nothing is queued, and the answer must not say so.
     let Some(queue) = &state.queue else {
         return (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response();
@@ -677,6 +749,17 @@ async fn telemetry_handler(State(state): State<AppState>, body: Bytes) -> Respon
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "queue unavailable");
     }
     (StatusCode::ACCEPTED, Json(json!({ "status": "queued" }))).into_response()
+}
+
+/// `413`: the batch is refused, and not queued.
+fn batch_too_large() -> Response {
+    let error = json!({ "error": "batch too large", "max_bytes": MAX_TELEMETRY_BYTES });
+    (StatusCode::PAYLOAD_TOO_LARGE, Json(error)).into_response()
+}
+
+/// `400`: the batch is refused, and not queued.
+fn bad_batch(body: serde_json::Value) -> Response {
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 /// A toy: the point is the limit in front of it.
@@ -710,6 +793,104 @@ fn bearer_user(header: Option<&HeaderValue>) -> Option<String> {
     let (scheme, user) = value.split_once(' ')?;
     let user = user.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !user.is_empty()).then(|| user.to_owned())
+}
+
+// ---------------------------------------------------------------- batches
+
+/// The number of events in a batch: a UTF-8 JSON array of objects, counted
+/// without building them. The message never quotes the body.
+fn count_events(body: &[u8]) -> Result<u64, String> {
+    const FORMAT: &str = "a batch is a JSON array of event objects";
+    let text = std::str::from_utf8(body).map_err(|e| {
+        format!(
+            "the body is not UTF-8 (at byte {}): {FORMAT}",
+            e.valid_up_to()
+        )
+    })?;
+    let events: Vec<Event> = serde_json::from_str(text).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "not an array of event objects",
+            serde_json::error::Category::Eof => "JSON that ends too early",
+            _ => "not JSON",
+        };
+        format!(
+            "the body is {what} (line {}, column {}): {FORMAT}",
+            e.line(),
+            e.column()
+        )
+    })?;
+    Ok(events.len() as u64)
+}
+
+/// One event: any JSON object, skipped. (Zero-sized, so a `Vec` of them
+/// allocates nothing.)
+struct Event;
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Event;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Event)
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+/// What the telemetry policy charges a batch, in requests: the number of
+/// events its body must hold.
+#[derive(Clone)]
+enum BatchCost {
+    /// Every batch (a policy file's `cost = N`, or no `cost`: 1).
+    Fixed(u64),
+    /// The number in this header, 1 without it.
+    Header(HeaderName),
+}
+
+impl BatchCost {
+    /// What a policy file's telemetry `cost` charges.
+    fn from_config(cost: Option<CostConfig>, path: &str) -> Result<Self, StartupError> {
+        Ok(match cost {
+            None => Self::Fixed(1),
+            Some(CostConfig::Fixed(cost)) => Self::Fixed(cost),
+            Some(CostConfig::Header { header }) => {
+                Self::Header(HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                    StartupError::new(
+                        "POLICY_FILE",
+                        format!("{path:?}: {header:?} is not a valid header name"),
+                    )
+                })?)
+            }
+        })
+    }
+
+    /// The charge, read as the limiter reads it (`Cost::header`): one line
+    /// of at most 10 ASCII digits, from 1 to `MAX_COST`. The limiter has
+    /// already refused any other value, unless there is no limiter.
+    fn of(&self, headers: &HeaderMap) -> Result<u64, String> {
+        let name = match self {
+            Self::Fixed(cost) => return Ok(*cost),
+            Self::Header(name) => name,
+        };
+        let mut values = headers.get_all(name).iter();
+        let value = match (values.next(), values.next()) {
+            (None, _) => return Ok(1),
+            (Some(value), None) => Some(value.as_bytes())
+                .filter(|digits| digits.len() <= 10 && digits.iter().all(u8::is_ascii_digit))
+                .and_then(|digits| std::str::from_utf8(digits).ok()?.parse().ok())
+                .filter(|count| (1..=MAX_COST).contains(count)),
+            (Some(_), Some(_)) => None,
+        };
+        value.ok_or_else(|| format!("{name} must be one whole number from 1 to {MAX_COST}"))
+    }
 }
 
 // ---------------------------------------------------------------- queue
