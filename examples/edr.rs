@@ -41,6 +41,7 @@
 //! ```sh
 //! REDIS_URL=redis://127.0.0.1:6379/1 cargo run --example edr
 //! curl -i -X POST -H 'X-Agent-Token: AGENT-1' -H 'X-Event-Count: 3' \
+//!     -H 'X-Batch-Id: 2f1c9a5e-0001' \
 //!     -d '[{"event":1},{"event":2},{"event":3}]' localhost:3000/api/v1/telemetry/
 //! curl -i -H 'Authorization: Bearer alice' localhost:3000/api/v1/dashboard/
 //! ```
@@ -50,11 +51,38 @@
 //! answered `202 {"status":"queued"}`; without a queue (no `REDIS_URL`, or
 //! `QUEUE_URL=off`) it is `202 {"status":"accepted"}`, as nothing is queued.
 //!
+//! The hand-off is idempotent, so that agents can retry. An agent names each
+//! batch with `X-Batch-Id` (1 to 128 visible ASCII characters, such as a
+//! UUID; ids are per `X-Agent-Token`); without one, a batch is known by its
+//! bytes. One Lua script pushes a batch and marks it for
+//! `QUEUE_DEDUP_SECONDS`, or, if it is marked already, does neither. The
+//! guarantee: each batch is queued at most once per window (counted from its
+//! first push), and
+//! - `202 {"status":"queued"}` means it is queued, by this attempt or an
+//!   earlier one;
+//! - `503 {"error":"queue unavailable","retry_after":1}`, with
+//!   `Retry-After: 1`, after waiting at most 250 ms for Redis, means it may or
+//!   may not be queued (a push that timed out can still run later): retry
+//!   with the same `X-Batch-Id` and the same bytes within the window, and it
+//!   is queued exactly once;
+//! - `409 {"error":"batch id reused",…}` means the id was given to other bytes
+//!   within the window; nothing is queued.
+//!
+//! Two byte-identical batches without an id from one agent within the
+//! window are one batch: an agent that may send the same bytes twice (a
+//! heartbeat) gives each batch an id, or a timestamp in its events. The
+//! marks are ordinary keys with a TTL in the queue's database: a Redis that
+//! forgets them (restarted without persistence, or evicting under a
+//! `volatile-*` or `allkeys-*` `maxmemory-policy`) forgets the window too.
+//!
 //! Environment (empty counts as unset):
 //! - `LISTEN_ADDR`: default `127.0.0.1:3000`.
 //! - `REDIS_URL`: rate-limit counters, e.g. `redis://:password@host:6379/1`.
 //! - `QUEUE_URL`: where telemetry goes; default database 0 of `REDIS_URL`;
 //!   `off` accepts telemetry without queueing it (to measure the limiter alone).
+//! - `QUEUE_DEDUP_SECONDS` (`600`): how long a queued batch's id is
+//!   remembered, so that retries within it are not queued again; longer than
+//!   agents keep retrying a batch. A whole number from 1 to 604800 (a week).
 //! - `TELEMETRY_RATE` (`1000/m`): one rate or a comma-separated list, such as
 //!   `10/s,1000/m`; a request must fit every one of them, each with its own
 //!   window. `LOGIN_RATE` (`10/h`), `DASHBOARD_RATE` (`60/m`): one rate each.
@@ -94,7 +122,15 @@
 //! file overrides. The log says which store holds the counters and, for each
 //! policy, its algorithm, its limits and where they came from.
 
-use std::{env, fmt, io::IsTerminal, net::SocketAddr, process::ExitCode, time::Duration};
+use std::{
+    env,
+    fmt::{self, Write as _},
+    io::IsTerminal,
+    net::SocketAddr,
+    process::ExitCode,
+    sync::LazyLock,
+    time::Duration,
+};
 
 use axum::{
     Extension, Json, Router,
@@ -121,6 +157,7 @@ use serde::{
     de::{IgnoredAny, MapAccess, Visitor},
 };
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tracing_subscriber::EnvFilter;
 
 /// The list the seed's workers consume.
@@ -131,6 +168,17 @@ const MAX_TELEMETRY_BYTES: usize = 1024 * 1024;
 const EVENT_COUNT_HEADER: HeaderName = HeaderName::from_static("x-event-count");
 /// How many denied agents each instance remembers.
 const BLOCK_CACHE_KEYS: usize = 100_000;
+/// Whom telemetry is counted by, and whose batch ids are whose.
+const AGENT_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-agent-token");
+/// An agent's name for a batch, so that its retries are known as retries.
+const BATCH_ID_HEADER: HeaderName = HeaderName::from_static("x-batch-id");
+/// Queued batches are marked under `<prefix><hash>` for the dedup window.
+const BATCH_MARK_PREFIX: &str = "edr:telemetry:batch:";
+/// Longest a batch waits for the queue before its agent is told to retry.
+const QUEUE_TIMEOUT: Duration = Duration::from_millis(250);
+/// `QUEUE_DEDUP_SECONDS`: its default, and its largest value (a week).
+const DEFAULT_DEDUP_SECONDS: u64 = 600;
+const MAX_DEDUP_SECONDS: u64 = 7 * 24 * 3600;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -204,7 +252,9 @@ async fn run() -> Result<(), StartupError> {
             );
             None
         }
-        QueueTarget::Redis { var, info } => Some(EventQueue::connect(var, info).await?),
+        QueueTarget::Redis { var, info } => {
+            Some(EventQueue::connect(var, info, config.dedup_window).await?)
+        }
     };
     // The policies were checked when read, so this cannot fail on them.
     let policies = &config.policies;
@@ -255,6 +305,8 @@ struct Config {
     rate_limit: bool,
     redis: Option<RedisTarget>,
     queue: QueueTarget,
+    /// How long a queued batch's id is remembered.
+    dedup_window: Duration,
     policies: Policies,
 }
 
@@ -321,11 +373,28 @@ impl Config {
                 None => QueueTarget::Off,
             },
         };
+        let dedup_seconds = match var("QUEUE_DEDUP_SECONDS")? {
+            None => DEFAULT_DEDUP_SECONDS,
+            Some(text) => text
+                .parse()
+                .ok()
+                .filter(|s| (1..=MAX_DEDUP_SECONDS).contains(s) && !text.starts_with('+'))
+                .ok_or_else(|| {
+                    StartupError::new(
+                        "QUEUE_DEDUP_SECONDS",
+                        format!(
+                            "{text:?} is not a whole number of seconds from 1 to \
+                             {MAX_DEDUP_SECONDS}"
+                        ),
+                    )
+                })?,
+        };
         Ok(Self {
             listen,
             rate_limit,
             redis,
             queue,
+            dedup_window: Duration::from_secs(dedup_seconds),
             policies,
         })
     }
@@ -391,7 +460,7 @@ impl Policies {
         let mut telemetry = Policy::new("telemetry")
             .algorithm(algorithm)
             // Agent tokens are credentials: only their hash reaches Redis.
-            .key(Key::header("X-Agent-Token").secret())
+            .key(Key::header(AGENT_TOKEN_HEADER.as_str()).secret())
             .cost(Cost::header(EVENT_COUNT_HEADER.as_str()))
             .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
             // Losing the agents' events to a Redis outage is worse than
@@ -705,8 +774,14 @@ async fn telemetry_handler(State(state): State<AppState>, request: Request) -> R
     if length.is_some_and(|length| length > MAX_TELEMETRY_BYTES as u64) {
         return batch_too_large();
     }
-    let declared = match state.batch_cost.of(request.headers()) {
+    // The body is read into `request`: keep what is needed of the head.
+    let headers = request.headers().clone();
+    let declared = match state.batch_cost.of(&headers) {
         Ok(declared) => declared,
+        Err(detail) => return bad_batch(json!({ "error": "bad batch", "detail": detail })),
+    };
+    let batch_id = match batch_id(&headers) {
+        Ok(id) => id,
         Err(detail) => return bad_batch(json!({ "error": "bad batch", "detail": detail })),
     };
     // Bytes reads at most MAX_TELEMETRY_BYTES (the route's DefaultBodyLimit).
@@ -744,11 +819,39 @@ async fn telemetry_handler(State(state): State<AppState>, request: Request) -> R
     let Some(queue) = &state.queue else {
         return (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response();
     };
-    if let Err(err) = queue.push(&body).await {
-        tracing::error!(%err, bytes = body.len(), "telemetry not queued");
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "queue unavailable");
+    let mark = BatchMark::new(
+        &headers,
+        batch_id.as_ref().map(HeaderValue::as_bytes),
+        &body,
+    );
+    match queue.enqueue(&mark, &body).await {
+        // A retry of a batch already queued is told what its first attempt
+        // may never have heard.
+        Ok(Enqueued::Queued | Enqueued::AlreadyQueued) => {
+            (StatusCode::ACCEPTED, Json(json!({ "status": "queued" }))).into_response()
+        }
+        Ok(Enqueued::IdReused) => {
+            let detail = format!(
+                "{BATCH_ID_HEADER} names another batch of this agent's, queued within the \
+                 last {} s",
+                queue.window.as_secs()
+            );
+            let error = json!({ "error": "batch id reused", "detail": detail });
+            (StatusCode::CONFLICT, Json(error)).into_response()
+        }
+        // The push may still run once Redis answers: the agent's retry, with
+        // the same id or bytes, is then acknowledged without a second one.
+        Err(err) => {
+            tracing::error!(%err, bytes = body.len(), "telemetry not queued");
+            let error = json!({ "error": "queue unavailable", "retry_after": 1 });
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(error)).into_response();
+            let retry_after = HeaderValue::from_static("1");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
+            response
+        }
     }
-    (StatusCode::ACCEPTED, Json(json!({ "status": "queued" }))).into_response()
 }
 
 /// `413`: the batch is refused, and not queued.
@@ -895,38 +998,162 @@ impl BatchCost {
 
 // ---------------------------------------------------------------- queue
 
+/// The agent's name for its batch, if it gives one: one line of 1 to 128
+/// visible ASCII characters (a UUID, a sequence number…).
+fn batch_id(headers: &HeaderMap) -> Result<Option<HeaderValue>, String> {
+    let mut values = headers.get_all(BATCH_ID_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(id), None)
+            if (1..=128).contains(&id.len()) && id.as_bytes().iter().all(u8::is_ascii_graphic) =>
+        {
+            Ok(Some(id.clone()))
+        }
+        _ => Err(format!(
+            "{BATCH_ID_HEADER} must be one line of 1 to 128 visible ASCII characters"
+        )),
+    }
+}
+
+/// A batch as the dedup window knows it: its `X-Batch-Id`, or without one
+/// its bytes, within its agent's namespace (the `X-Agent-Token` lines), so
+/// that no agent can pass its batch off as another's. Only hashes reach
+/// Redis.
+struct BatchMark {
+    /// `edr:telemetry:batch:<hash of the token lines and the id or bytes>`.
+    key: String,
+    /// A hash of the bytes: tells a retry from another batch under the
+    /// same id.
+    digest: String,
+}
+
+impl BatchMark {
+    fn new(headers: &HeaderMap, id: Option<&[u8]>, body: &[u8]) -> Self {
+        let body_hash = Sha256::digest(body);
+        // Every part is length-prefixed, so no two inputs hash the same bytes.
+        let mut hash = Sha256::new();
+        let tokens = headers.get_all(AGENT_TOKEN_HEADER);
+        hash.update((tokens.iter().count() as u64).to_le_bytes());
+        for part in tokens.iter().map(HeaderValue::as_bytes) {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+        match id {
+            Some(id) => {
+                hash.update(b"id");
+                hash.update((id.len() as u64).to_le_bytes());
+                hash.update(id);
+            }
+            None => {
+                hash.update(b"body");
+                hash.update(body_hash);
+            }
+        }
+        // 128 bits, as the limiter's keys.
+        Self {
+            key: format!("{BATCH_MARK_PREFIX}{}", hex(&hash.finalize()[..16])),
+            digest: hex(&body_hash[..16]),
+        }
+    }
+}
+
+/// Lowercase hexadecimal.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut text, byte| {
+        let _ = write!(text, "{byte:02x}");
+        text
+    })
+}
+
+/// What became of a batch handed to the queue.
+enum Enqueued {
+    /// Pushed now.
+    Queued,
+    /// Pushed by an earlier attempt within the window, so not again.
+    AlreadyQueued,
+    /// Another batch was queued under its id within the window.
+    IdReused,
+}
+
+/// Pushes a batch unless it is marked, and marks it for the window, in one
+/// script: the mark and the push happen together or not at all, so each
+/// batch is pushed at most once per window however its attempts fare. (The
+/// push comes first: a script is not rolled back, and a push that fails,
+/// say on a key that holds no list, must leave no mark.)
+/// KEYS: the mark, the list. ARGV: the message, the batch's digest, the
+/// window in ms. Returns 1 (queued), 0 (queued already) or -1 (id reused).
+static ENQUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local seen = redis.call('GET', KEYS[1])
+if seen then
+  if seen == ARGV[2] then return 0 end
+  return -1
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+",
+    )
+});
+
 /// The hand-off to the workers: one multiplexed connection shared by all
 /// requests, reconnecting by itself.
 #[derive(Clone)]
 struct EventQueue {
     connection: ConnectionManager,
+    /// How long a batch stays marked once queued.
+    window: Duration,
 }
 
 impl EventQueue {
-    async fn connect(var: &'static str, info: &ConnectionInfo) -> Result<Self, StartupError> {
+    async fn connect(
+        var: &'static str,
+        info: &ConnectionInfo,
+        window: Duration,
+    ) -> Result<Self, StartupError> {
         let shown = format!("{}, db {}", info.addr(), info.redis_settings().db());
         let client = redis::Client::open(info.clone()).map_err(|e| StartupError::new(var, e))?;
         // Bounded, so that a dead queue turns into a quick 503 rather than
         // agents waiting on a hung request.
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_connection_timeout(Some(QUEUE_TIMEOUT))
+            .set_response_timeout(Some(QUEUE_TIMEOUT))
             .set_number_of_retries(2);
         let connection = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| StartupError::new(var, format!("telemetry queue at {shown}: {e}")))?;
-        tracing::info!(queue = %shown, list = QUEUE_KEY, "telemetry queued in Redis");
-        Ok(Self { connection })
+        tracing::info!(
+            queue = %shown,
+            list = QUEUE_KEY,
+            dedup_seconds = window.as_secs(),
+            "telemetry queued in Redis"
+        );
+        Ok(Self { connection, window })
     }
 
-    async fn push(&self, event: &[u8]) -> redis::RedisResult<()> {
+    /// Queues `batch` at most once per window, within `QUEUE_TIMEOUT`. The
+    /// message is the batch as posted; a change of format (say, to Celery's
+    /// task messages) belongs here.
+    async fn enqueue(&self, mark: &BatchMark, batch: &[u8]) -> redis::RedisResult<Enqueued> {
         let mut connection = self.connection.clone();
-        redis::cmd("RPUSH")
-            .arg(QUEUE_KEY)
-            .arg(event)
-            .query_async::<i64>(&mut connection)
-            .await
-            .map(drop)
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let mut call = ENQUEUE.key(&mark.key);
+        call.key(QUEUE_KEY)
+            .arg(batch)
+            .arg(&mark.digest)
+            .arg(window_ms);
+        let outcome =
+            tokio::time::timeout(QUEUE_TIMEOUT, call.invoke_async::<i64>(&mut connection))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the queue")
+                })??;
+        Ok(match outcome {
+            1 => Enqueued::Queued,
+            0 => Enqueued::AlreadyQueued,
+            _ => Enqueued::IdReused,
+        })
     }
 }
 

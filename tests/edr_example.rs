@@ -29,6 +29,7 @@ const EXAMPLE_VARS: &[&str] = &[
     "LISTEN_ADDR",
     "REDIS_URL",
     "QUEUE_URL",
+    "QUEUE_DEDUP_SECONDS",
     "TELEMETRY_RATE",
     "TELEMETRY_ALGORITHM",
     "TELEMETRY_BURST",
@@ -328,6 +329,186 @@ async fn telemetry_is_limited_per_agent_and_queued_in_db0_with_counters_in_db1()
     assert!(pttl > 0 && pttl <= 60_000, "counter TTL {pttl} ms");
 }
 
+/// The queued batches, in order.
+async fn queued(server: &RedisServer) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg("edr:telemetry")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut queue_db(server).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_is_queued_once_per_id_and_a_reused_id_is_refused() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[("REDIS_URL", server.url())]).await;
+    let agent1 = ("x-agent-token", &b"AGENT-1"[..]);
+    let agent2 = ("x-agent-token", &b"AGENT-2"[..]);
+    let first = r#"[{"event":"first"}]"#;
+    let second = r#"[{"event":"second"}]"#;
+
+    // A retry of a batch that is queued already is acknowledged, not
+    // queued again.
+    for _ in 0..2 {
+        let reply = edr
+            .post_bytes(&[agent1, ("x-batch-id", b"batch-1")], first)
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    }
+    // Another batch under the same id is refused rather than dropped.
+    let reply = edr
+        .post_bytes(&[agent1, ("x-batch-id", b"batch-1")], second)
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{reply:?}");
+    assert_eq!(json(&reply)["error"], "batch id reused", "{reply:?}");
+    // Ids are the agent's own: another agent's batch-1 is another batch.
+    let reply = edr
+        .post_bytes(&[agent2, ("x-batch-id", b"batch-1")], second)
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    // Without an id, a batch is known by its bytes.
+    for _ in 0..2 {
+        let reply = edr.post_bytes(&[agent1], second).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    }
+    assert_eq!(queued(&server).await, [first, second, second]);
+
+    // Ids that are not 1 to 128 visible ASCII characters, or two of them.
+    let long = [b'x'; 129];
+    let bad_ids: [&[(&str, &[u8])]; 5] = [
+        &[agent1, ("x-batch-id", b"")],
+        &[agent1, ("x-batch-id", &long)],
+        &[agent1, ("x-batch-id", b"batch 2")],
+        &[agent1, ("x-batch-id", b"caf\xc3\xa9")],
+        &[
+            agent1,
+            ("x-batch-id", b"batch-2"),
+            ("x-batch-id", b"batch-3"),
+        ],
+    ];
+    for headers in bad_ids {
+        let reply = edr.post_bytes(headers, r#"[{"event":"bad id"}]"#).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{headers:?}: {reply:?}"
+        );
+        let detail = json(&reply)["detail"].to_string();
+        assert!(detail.contains("x-batch-id"), "{headers:?}: {reply:?}");
+    }
+    assert_eq!(queued(&server).await.len(), 3);
+
+    // One mark per batch queued, hashed, and gone after the window.
+    let mut db0 = queue_db(&server).await;
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg("edr:telemetry:batch:*")
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    assert_eq!(marks.len(), 3, "{marks:?}");
+    for mark in &marks {
+        assert!(
+            !mark.contains("AGENT") && !mark.contains("batch-1"),
+            "{mark}"
+        );
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(mark)
+            .query_async(&mut db0)
+            .await
+            .unwrap();
+        assert!(pttl > 0 && pttl <= 600_000, "{mark}: PTTL {pttl} ms");
+    }
+
+    // A push that fails leaves no mark, so the retry is queued.
+    let _: () = redis::cmd("SET")
+        .arg("edr:telemetry")
+        .arg("not a list")
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    let retried = [agent1, ("x-batch-id", &b"batch-9"[..])];
+    let reply = edr.post_bytes(&retried, first).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
+    let _: () = redis::cmd("DEL")
+        .arg("edr:telemetry")
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    let reply = edr.post_bytes(&retried, first).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(queued(&server).await, [first]);
+}
+
+/// Posts one of `batches_answered_503_…`'s batches: its id, if any, and body.
+async fn post_batch(edr: &Edr, (id, body): &(Option<String>, String)) -> Reply {
+    let mut headers = vec![("x-agent-token", &b"AGENT-1"[..])];
+    if let Some(id) = id {
+        headers.push(("x-batch-id", id.as_bytes()));
+    }
+    edr.post_bytes(&headers, body.as_str()).await
+}
+
+#[tokio::test]
+async fn batches_answered_503_while_the_queue_is_paused_are_queued_once_after_retries() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[("REDIS_URL", server.url())]).await;
+    let before = (None, events(1));
+    assert_eq!(post_batch(&edr, &before).await.status, StatusCode::ACCEPTED);
+    // Half carry an id; the others are known by their bytes.
+    let batches: Vec<(Option<String>, String)> = (0..8)
+        .map(|i| {
+            let id = (i % 2 == 0).then(|| format!("batch-{i}"));
+            (id, format!(r#"[{{"event":{i}}}]"#))
+        })
+        .collect();
+
+    server.pause();
+    let replies = futures::future::join_all(batches.iter().map(|b| post_batch(&edr, b))).await;
+    server.resume();
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+        assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
+        assert_eq!(json(reply)["error"], "queue unavailable", "{reply:?}");
+    }
+
+    // What a timeout cannot undo: Redis runs the pushes it received while
+    // paused, so every batch answered 503 is queued all the same.
+    eventually(Duration::from_secs(10), || async {
+        queued(&server).await.len() == batches.len() + 1
+    })
+    .await;
+
+    // The agents retry each batch as it was, until it is acknowledged:
+    // retries of batches queued already are acknowledged without a push.
+    for batch in &batches {
+        common::within(Duration::from_secs(10), async {
+            loop {
+                let reply = post_batch(&edr, batch).await;
+                if reply.status == StatusCode::ACCEPTED {
+                    break;
+                }
+                assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+            }
+        })
+        .await;
+    }
+    let mut queued = queued(&server).await;
+    let mut expected: Vec<String> = batches.iter().map(|(_, body)| body.clone()).collect();
+    expected.push(before.1);
+    queued.sort();
+    expected.sort();
+    assert_eq!(queued, expected, "each batch exactly once");
+}
+
 #[tokio::test]
 async fn dashboard_is_limited_per_user_after_authentication() {
     let edr = Edr::start(&[("DASHBOARD_RATE", "2/m")]).await;
@@ -615,6 +796,8 @@ fn bad_configuration_stops_startup_naming_the_variable() {
         ("TRUSTED_PROXIES", "10.0.0.0/8, not-a-cidr"),
         ("LISTEN_ADDR", "localhost"),
         ("QUEUE_URL", "rabbit://queue"),
+        ("QUEUE_DEDUP_SECONDS", "0"),
+        ("QUEUE_DEDUP_SECONDS", "a minute"),
         ("REDIS_URL", "http://127.0.0.1/1"),
     ] {
         let (status, output) = run_to_exit(&[(var, value)]);
