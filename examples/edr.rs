@@ -774,7 +774,7 @@ async fn telemetry_handler(State(state): State<AppState>, request: Request) -> R
     if length.is_some_and(|length| length > MAX_TELEMETRY_BYTES as u64) {
         return batch_too_large();
     }
-    // The body is read into `request`: keep what is needed of the head.
+    // Reading the body consumes `request`: keep its headers.
     let headers = request.headers().clone();
     let declared = match state.batch_cost.of(&headers) {
         Ok(declared) => declared,
