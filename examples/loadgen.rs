@@ -7,11 +7,13 @@
 //! `--timeout-ms`, so the program always ends by itself, at most
 //! `duration + timeout` after it started.
 //!
-//! Each request POSTs a small JSON batch to the target with an
-//! `X-Agent-Token` drawn from a pool of `--tokens` agents, or, for a
-//! `--flood` fraction of requests, from a single flooding agent; with
-//! `--event-count MIN-MAX` it also sends `X-Event-Count` (uniform in the
-//! range) and as many events in the body.
+//! Each request POSTs a batch, as the EDR example defines it (a JSON array
+//! of event objects), to the target with an `X-Agent-Token` drawn from a
+//! pool of `--tokens` agents, or, for a `--flood` fraction of requests, from
+//! a single flooding agent. The batch holds one event; with `--event-count
+//! MIN-MAX` it also sends `X-Event-Count` (uniform in the range) and as many
+//! events in the body, since the example refuses a batch whose body and
+//! header disagree.
 //!
 //! ```sh
 //! cargo run --release --example loadgen -- \
@@ -87,7 +89,8 @@ options (each also as LOADGEN_<NAME>, e.g. LOADGEN_SLOW_MS=300):
   --rate RPS             total requests per second at most; 0: as fast as answered [0]
   --tokens N             agents in the token pool [2000]
   --flood FRACTION       share of requests from one flooding agent, 0 to 1 [0.1]
-  --event-count MIN-MAX  send X-Event-Count, uniform in MIN..=MAX (or N) [not sent]
+  --event-count MIN-MAX  send X-Event-Count, uniform in MIN..=MAX (or N), at most
+                         10000, and as many events [not sent: one event]
   --timeout-ms MS        a request not answered in this time counts as no answer [5000]
   --slow-ms MS           answers slower than this are counted as slow [250]
   --threads N            runtime worker threads of the load generator [1]
@@ -273,11 +276,15 @@ fn seconds(text: &str, name: &str, max: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Most events in one batch: its body (about 70 bytes an event) stays under
+/// the EDR example's 1 MiB.
+const MAX_EVENTS: u64 = 10_000;
+
 /// `MIN-MAX` or `N`.
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
     let (lo, hi) = text.split_once('-').unwrap_or((text, text));
-    let lo = number(lo, "event-count", 1, u64::from(u32::MAX))?;
-    let hi = number(hi, "event-count", 1, u64::from(u32::MAX))?;
+    let lo = number(lo, "event-count", 1, MAX_EVENTS)?;
+    let hi = number(hi, "event-count", 1, MAX_EVENTS)?;
     if lo > hi {
         return Err(format!(
             "--event-count: {text:?}: the minimum exceeds the maximum"
@@ -590,9 +597,8 @@ async fn work(shared: &Shared, worker: u64) {
         };
         let events = o.event_count.map(|(lo, hi)| lo + rng.below(hi - lo + 1));
         body.clear();
-        body.push_str("{\"events\":[");
-        // The body stays small whatever the count: at most 8 events in it.
-        for i in 0..events.unwrap_or(1).min(8) {
+        body.push('[');
+        for i in 0..events.unwrap_or(1) {
             if i > 0 {
                 body.push(',');
             }
@@ -601,7 +607,7 @@ async fn work(shared: &Shared, worker: u64) {
                 rng.below(65_536)
             ));
         }
-        body.push_str("]}");
+        body.push(']');
 
         let mut request = Request::builder()
             .method(Method::POST)
@@ -925,6 +931,7 @@ mod tests {
         assert_eq!(parse_range("1-4").unwrap(), (1, 4));
         assert!(parse_range("4-1").is_err());
         assert!(parse_range("0-2").is_err());
+        assert!(parse_range("1-10001").is_err());
         assert!(parse_range("x").is_err());
     }
 

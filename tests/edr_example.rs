@@ -29,6 +29,7 @@ const EXAMPLE_VARS: &[&str] = &[
     "LISTEN_ADDR",
     "REDIS_URL",
     "QUEUE_URL",
+    "QUEUE_DEDUP_SECONDS",
     "TELEMETRY_RATE",
     "TELEMETRY_ALGORITHM",
     "TELEMETRY_BURST",
@@ -174,6 +175,51 @@ impl Edr {
             .send_body(Method::POST, path, &headers, body)
             .await
     }
+
+    /// Any bytes as a telemetry body.
+    async fn post_bytes(&self, headers: &[(&str, &[u8])], body: impl Into<Vec<u8>>) -> Reply {
+        self.http
+            .send_body(Method::POST, TELEMETRY, headers, body.into())
+            .await
+    }
+
+    /// Writes `request` on a connection of its own and reads until the
+    /// server closes it: the status and the body.
+    async fn raw(&self, request: &[u8]) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.strip_prefix("http://").expect("an http:// base");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut answer = Vec::new();
+        common::within(Duration::from_secs(10), async {
+            stream.write_all(request).await.expect("write the request");
+            stream
+                .read_to_end(&mut answer)
+                .await
+                .expect("read the answer");
+        })
+        .await;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole response");
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+        (status.expect("a status line"), body.to_owned())
+    }
+
+    /// Telemetry as an honest agent posts it: as many events as its
+    /// `X-Event-Count` says, one without it.
+    async fn telemetry(&self, headers: &[(&str, &[u8])]) -> Reply {
+        let declared = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("x-event-count"))
+            .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+            .unwrap_or(1);
+        self.post_bytes(headers, events(declared)).await
+    }
+}
+
+/// A batch as the example defines it: a JSON array of `count` event objects.
+fn events(count: usize) -> String {
+    let events: Vec<String> = (0..count).map(|i| format!(r#"{{"event":{i}}}"#)).collect();
+    format!("[{}]", events.join(","))
 }
 
 impl Drop for Edr {
@@ -214,12 +260,12 @@ async fn telemetry_is_limited_per_agent_and_queued_in_db0_with_counters_in_db1()
     };
     let edr = Edr::start(&[("REDIS_URL", server.url()), ("TELEMETRY_RATE", "3/m")]).await;
 
-    let reply = edr.post_body(TELEMETRY, &[], r#"{"event":0}"#).await;
+    let reply = edr.post_body(TELEMETRY, &[], r#"[{"event":0}]"#).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
 
     let token = ("X-Agent-Token", "AGENT-ABC123");
     let events: Vec<String> = (1..=3)
-        .map(|i| format!(r#"{{"event":{i},"host":"ws-{i}"}}"#))
+        .map(|i| format!(r#"[{{"event":{i},"host":"ws-{i}"}}]"#))
         .collect();
     for event in &events {
         let reply = edr.post_body(TELEMETRY, &[token], event).await;
@@ -227,7 +273,7 @@ async fn telemetry_is_limited_per_agent_and_queued_in_db0_with_counters_in_db1()
         assert_eq!(reply.header("content-type"), Some("application/json"));
         assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
     }
-    let reply = edr.post_body(TELEMETRY, &[token], r#"{"event":4}"#).await;
+    let reply = edr.post_body(TELEMETRY, &[token], r#"[{"event":4}]"#).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
     let retry_after: u64 = reply
         .header("retry-after")
@@ -281,6 +327,186 @@ async fn telemetry_is_limited_per_agent_and_queued_in_db0_with_counters_in_db1()
         .await
         .unwrap();
     assert!(pttl > 0 && pttl <= 60_000, "counter TTL {pttl} ms");
+}
+
+/// The queued batches, in order.
+async fn queued(server: &RedisServer) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg("edr:telemetry")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut queue_db(server).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_is_queued_once_per_id_and_a_reused_id_is_refused() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[("REDIS_URL", server.url())]).await;
+    let agent1 = ("x-agent-token", &b"AGENT-1"[..]);
+    let agent2 = ("x-agent-token", &b"AGENT-2"[..]);
+    let first = r#"[{"event":"first"}]"#;
+    let second = r#"[{"event":"second"}]"#;
+
+    // A retry of a batch that is queued already is acknowledged, not
+    // queued again.
+    for _ in 0..2 {
+        let reply = edr
+            .post_bytes(&[agent1, ("x-batch-id", b"batch-1")], first)
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    }
+    // Another batch under the same id is refused rather than dropped.
+    let reply = edr
+        .post_bytes(&[agent1, ("x-batch-id", b"batch-1")], second)
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{reply:?}");
+    assert_eq!(json(&reply)["error"], "batch id reused", "{reply:?}");
+    // Ids are the agent's own: another agent's batch-1 is another batch.
+    let reply = edr
+        .post_bytes(&[agent2, ("x-batch-id", b"batch-1")], second)
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    // Without an id, a batch is known by its bytes.
+    for _ in 0..2 {
+        let reply = edr.post_bytes(&[agent1], second).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    }
+    assert_eq!(queued(&server).await, [first, second, second]);
+
+    // Ids that are not 1 to 128 visible ASCII characters, or two of them.
+    let long = [b'x'; 129];
+    let bad_ids: [&[(&str, &[u8])]; 5] = [
+        &[agent1, ("x-batch-id", b"")],
+        &[agent1, ("x-batch-id", &long)],
+        &[agent1, ("x-batch-id", b"batch 2")],
+        &[agent1, ("x-batch-id", b"caf\xc3\xa9")],
+        &[
+            agent1,
+            ("x-batch-id", b"batch-2"),
+            ("x-batch-id", b"batch-3"),
+        ],
+    ];
+    for headers in bad_ids {
+        let reply = edr.post_bytes(headers, r#"[{"event":"bad id"}]"#).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{headers:?}: {reply:?}"
+        );
+        let detail = json(&reply)["detail"].to_string();
+        assert!(detail.contains("x-batch-id"), "{headers:?}: {reply:?}");
+    }
+    assert_eq!(queued(&server).await.len(), 3);
+
+    // One mark per batch queued, hashed, and gone after the window.
+    let mut db0 = queue_db(&server).await;
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg("edr:telemetry:batch:*")
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    assert_eq!(marks.len(), 3, "{marks:?}");
+    for mark in &marks {
+        assert!(
+            !mark.contains("AGENT") && !mark.contains("batch-1"),
+            "{mark}"
+        );
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(mark)
+            .query_async(&mut db0)
+            .await
+            .unwrap();
+        assert!(pttl > 0 && pttl <= 600_000, "{mark}: PTTL {pttl} ms");
+    }
+
+    // A push that fails leaves no mark, so the retry is queued.
+    let _: () = redis::cmd("SET")
+        .arg("edr:telemetry")
+        .arg("not a list")
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    let retried = [agent1, ("x-batch-id", &b"batch-9"[..])];
+    let reply = edr.post_bytes(&retried, first).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
+    let _: () = redis::cmd("DEL")
+        .arg("edr:telemetry")
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    let reply = edr.post_bytes(&retried, first).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(queued(&server).await, [first]);
+}
+
+/// Posts one of `batches_answered_503_…`'s batches: its id, if any, and body.
+async fn post_batch(edr: &Edr, (id, body): &(Option<String>, String)) -> Reply {
+    let mut headers = vec![("x-agent-token", &b"AGENT-1"[..])];
+    if let Some(id) = id {
+        headers.push(("x-batch-id", id.as_bytes()));
+    }
+    edr.post_bytes(&headers, body.as_str()).await
+}
+
+#[tokio::test]
+async fn batches_answered_503_while_the_queue_is_paused_are_queued_once_after_retries() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[("REDIS_URL", server.url())]).await;
+    let before = (None, events(1));
+    assert_eq!(post_batch(&edr, &before).await.status, StatusCode::ACCEPTED);
+    // Half carry an id; the others are known by their bytes.
+    let batches: Vec<(Option<String>, String)> = (0..8)
+        .map(|i| {
+            let id = (i % 2 == 0).then(|| format!("batch-{i}"));
+            (id, format!(r#"[{{"event":{i}}}]"#))
+        })
+        .collect();
+
+    server.pause();
+    let replies = futures::future::join_all(batches.iter().map(|b| post_batch(&edr, b))).await;
+    server.resume();
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+        assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
+        assert_eq!(json(reply)["error"], "queue unavailable", "{reply:?}");
+    }
+
+    // What a timeout cannot undo: Redis runs the pushes it received while
+    // paused, so every batch answered 503 is queued all the same.
+    eventually(Duration::from_secs(10), || async {
+        queued(&server).await.len() == batches.len() + 1
+    })
+    .await;
+
+    // The agents retry each batch as it was, until it is acknowledged:
+    // retries of batches queued already are acknowledged without a push.
+    for batch in &batches {
+        common::within(Duration::from_secs(10), async {
+            loop {
+                let reply = post_batch(&edr, batch).await;
+                if reply.status == StatusCode::ACCEPTED {
+                    break;
+                }
+                assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+            }
+        })
+        .await;
+    }
+    let mut queued = queued(&server).await;
+    let mut expected: Vec<String> = batches.iter().map(|(_, body)| body.clone()).collect();
+    expected.push(before.1);
+    queued.sort();
+    expected.sort();
+    assert_eq!(queued, expected, "each batch exactly once");
 }
 
 #[tokio::test]
@@ -351,19 +577,16 @@ async fn login_fails_closed_and_telemetry_falls_back_when_redis_dies() {
     let reply = edr.post(LOGIN, &[]).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(json(&reply), serde_json::json!({"status": "ok"}));
-    assert_eq!(
-        edr.post(TELEMETRY, &token).await.status,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(edr.telemetry(&token).await.status, StatusCode::ACCEPTED);
 
     server.kill();
 
     let reply = edr.post(LOGIN, &[]).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
     assert_eq!(reply.header("retry-after"), Some("1"));
-    let reply = edr.post(TELEMETRY, &token).await;
+    let reply = edr.telemetry(&token).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
-    assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
 }
 
 #[tokio::test]
@@ -378,9 +601,7 @@ async fn telemetry_stays_limited_per_instance_while_redis_is_down() {
     ])
     .await;
     // Counted in Redis while it is there…
-    let reply = edr
-        .post(TELEMETRY, &[("x-agent-token", &b"AGENT-1"[..])])
-        .await;
+    let reply = edr.telemetry(&[("x-agent-token", &b"AGENT-1"[..])]).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     let mut db1 = server.connection().await;
     let counters: Vec<String> = redis::cmd("KEYS")
@@ -397,10 +618,10 @@ async fn telemetry_stays_limited_per_instance_while_redis_is_down() {
     for agent in [&b"AGENT-1"[..], b"AGENT-2"] {
         let token = [("x-agent-token", agent)];
         for _ in 0..2 {
-            let reply = edr.post(TELEMETRY, &token).await;
+            let reply = edr.telemetry(&token).await;
             assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
         }
-        let reply = edr.post(TELEMETRY, &token).await;
+        let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
         assert!(reply.header("retry-after").is_some(), "{reply:?}");
         let ratelimit = reply.header("ratelimit").expect("RateLimit on a 429");
@@ -420,9 +641,9 @@ async fn rate_limit_off_serves_the_routes_unlimited() {
     let token = [("x-agent-token", &b"AGENT-1"[..])];
     let alice = [("authorization", &b"Bearer alice"[..])];
     for _ in 0..10 {
-        let reply = edr.post(TELEMETRY, &token).await;
+        let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
-        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+        assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
         assert_eq!(reply.header("ratelimit"), None, "{reply:?}");
         assert_eq!(reply.header("ratelimit-policy"), None, "{reply:?}");
         let reply = edr.post(LOGIN, &[]).await;
@@ -434,7 +655,7 @@ async fn rate_limit_off_serves_the_routes_unlimited() {
     }
     // Nothing checks the agent token without the limiter; authentication
     // still guards the dashboard.
-    let reply = edr.post(TELEMETRY, &[]).await;
+    let reply = edr.telemetry(&[]).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     let reply = edr.get(DASHBOARD, &[]).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
@@ -464,12 +685,12 @@ async fn the_block_cache_answers_a_flooding_agent_without_redis() {
         .await;
         let agent = format!("AGENT-{block_cache}");
         let token = [("x-agent-token", agent.as_bytes())];
-        let reply = edr.post(TELEMETRY, &token).await;
+        let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
         // The first denial is Redis's; with the cache, the only one.
         let before = command_calls(&mut db1).await;
         for _ in 0..19 {
-            let reply = edr.post(TELEMETRY, &token).await;
+            let reply = edr.telemetry(&token).await;
             assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
             assert!(reply.header("retry-after").is_some(), "{reply:?}");
         }
@@ -487,10 +708,10 @@ async fn memory_mode_starts_without_redis_and_limits() {
     let edr = Edr::start(&[("TELEMETRY_RATE", "2/m")]).await;
     let token = [("x-agent-token", &b"AGENT-1"[..])];
     for _ in 0..2 {
-        let reply = edr.post(TELEMETRY, &token).await;
+        let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     }
-    let reply = edr.post(TELEMETRY, &token).await;
+    let reply = edr.telemetry(&token).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
     assert!(reply.header("retry-after").is_some());
     // Login and dashboard limits work without Redis too.
@@ -499,6 +720,32 @@ async fn memory_mode_starts_without_redis_and_limits() {
         .get(DASHBOARD, &[("authorization", &b"Bearer u1"[..])])
         .await;
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_a_queue_telemetry_is_accepted_not_queued() {
+    let token = ("x-agent-token", "AGENT-1");
+    // The in-memory store has no queue at all…
+    let edr = Edr::start(&[]).await;
+    let reply = edr.post_body(TELEMETRY, &[token], r#"[{"event":1}]"#).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
+    drop(edr);
+
+    // …and QUEUE_URL=off turns it off with Redis holding the counters.
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[("REDIS_URL", server.url()), ("QUEUE_URL", "off")]).await;
+    let reply = edr.post_body(TELEMETRY, &[token], r#"[{"event":1}]"#).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
+    let len: usize = redis::cmd("LLEN")
+        .arg("edr:telemetry")
+        .query_async(&mut queue_db(&server).await)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "QUEUE_URL=off queued telemetry");
 }
 
 /// Runs the example with `env` and returns its exit status and all it
@@ -549,6 +796,8 @@ fn bad_configuration_stops_startup_naming_the_variable() {
         ("TRUSTED_PROXIES", "10.0.0.0/8, not-a-cidr"),
         ("LISTEN_ADDR", "localhost"),
         ("QUEUE_URL", "rabbit://queue"),
+        ("QUEUE_DEDUP_SECONDS", "0"),
+        ("QUEUE_DEDUP_SECONDS", "a minute"),
         ("REDIS_URL", "http://127.0.0.1/1"),
     ] {
         let (status, output) = run_to_exit(&[(var, value)]);
@@ -579,13 +828,13 @@ async fn gcra_admits_a_burst_at_once_within_every_telemetry_limit() {
     // The burst of 3 stretches the 2/s limit's quota to 4 per 2 s.
     let policy = r#""telemetry-1s";q=4;w=2, "telemetry-60s";q=5;w=60"#;
     for _ in 0..3 {
-        let reply = edr.post(TELEMETRY, &token).await;
+        let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
         assert_eq!(reply.header("ratelimit-policy"), Some(policy), "{reply:?}");
     }
     // The 5/m limit with a burst of 3 frees one request every 12 s: far
     // longer than these requests take, however slow the machine.
-    let reply = edr.post(TELEMETRY, &token).await;
+    let reply = edr.telemetry(&token).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
     assert_eq!(reply.header("ratelimit-policy"), Some(policy), "{reply:?}");
     let ratelimit = reply.header("ratelimit").expect("RateLimit on a 429");
@@ -602,10 +851,7 @@ async fn gcra_admits_a_burst_at_once_within_every_telemetry_limit() {
 
     // Another agent has a burst of its own.
     let other = [("x-agent-token", &b"AGENT-2"[..])];
-    assert_eq!(
-        edr.post(TELEMETRY, &other).await.status,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(edr.telemetry(&other).await.status, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]
@@ -617,9 +863,9 @@ async fn every_algorithm_name_starts_and_limits() {
         ])
         .await;
         let token = [("x-agent-token", &b"AGENT-1"[..])];
-        let reply = edr.post(TELEMETRY, &token).await;
+        let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{algorithm}: {reply:?}");
-        let reply = edr.post(TELEMETRY, &token).await;
+        let reply = edr.telemetry(&token).await;
         assert_eq!(
             reply.status,
             StatusCode::TOO_MANY_REQUESTS,
@@ -638,16 +884,16 @@ async fn a_batch_costs_its_event_count() {
         ]
     };
 
-    let reply = edr.post(TELEMETRY, &batch("4")).await;
+    let reply = edr.telemetry(&batch("4")).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     let ratelimit = reply.header("ratelimit").expect("RateLimit on a 202");
     assert!(ratelimit.starts_with(r#""telemetry";r=6;"#), "{ratelimit}");
 
-    let reply = edr.post(TELEMETRY, &batch("abc")).await;
+    let reply = edr.telemetry(&batch("abc")).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
     assert!(reply.body.contains("x-event-count"), "{reply:?}");
 
-    let reply = edr.post(TELEMETRY, &batch("11")).await;
+    let reply = edr.telemetry(&batch("11")).await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{reply:?}");
     assert_eq!(json(&reply)["cost"], 11, "{reply:?}");
     assert_eq!(json(&reply)["capacity"], 10, "{reply:?}");
@@ -655,17 +901,117 @@ async fn a_batch_costs_its_event_count() {
     assert_eq!(reply.header("retry-after"), None, "{reply:?}");
 
     // Neither refused batch was counted; no header counts as one event.
-    let reply = edr
-        .post(TELEMETRY, &[("x-agent-token", &b"AGENT-1"[..])])
-        .await;
+    let reply = edr.telemetry(&[("x-agent-token", &b"AGENT-1"[..])]).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     let ratelimit = reply.header("ratelimit").expect("RateLimit on a 202");
     assert!(ratelimit.starts_with(r#""telemetry";r=5;"#), "{ratelimit}");
 
-    let reply = edr.post(TELEMETRY, &batch("6")).await;
+    let reply = edr.telemetry(&batch("6")).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
-    let reply = edr.post(TELEMETRY, &batch("5")).await;
+    let reply = edr.telemetry(&batch("5")).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_batch_must_hold_exactly_the_events_it_is_charged_for() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let edr = Edr::start(&[("REDIS_URL", server.url()), ("TELEMETRY_RATE", "100/m")]).await;
+    let token = ("x-agent-token", &b"AGENT-1"[..]);
+
+    // The rogue agent: 5,000 events, no X-Event-Count. The limiter charges
+    // the 1 it declares; the handler counts 5,000 and refuses the batch.
+    let reply = edr.post_bytes(&[token], events(5000)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    assert_eq!(json(&reply)["error"], "bad batch", "{reply:?}");
+    assert_eq!(json(&reply)["events"], 5000, "{reply:?}");
+    assert_eq!(json(&reply)["declared"], 1, "{reply:?}");
+    let ratelimit = reply.header("ratelimit").expect("RateLimit on a 400");
+    assert!(ratelimit.starts_with(r#""telemetry";r=99;"#), "{ratelimit}");
+
+    // Under- and over-declared batches.
+    for (declared, held) in [(2, 50), (5, 2)] {
+        let count = declared.to_string();
+        let headers = [token, ("x-event-count", count.as_bytes())];
+        let reply = edr.post_bytes(&headers, events(held)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{declared}: {reply:?}"
+        );
+        assert_eq!(json(&reply)["events"], held, "{reply:?}");
+        assert_eq!(json(&reply)["declared"], declared, "{reply:?}");
+    }
+
+    // Not a batch at all: a clear 400, never an echo of what was sent.
+    let not_batches: Vec<(&str, Vec<u8>)> = vec![
+        ("text", b"hello, workers".to_vec()),
+        ("binary", b"\xff\x00\x01binary\xfe".to_vec()),
+        (
+            "invalid UTF-8 in an event",
+            b"[{\"host\":\"\xff\"}]".to_vec(),
+        ),
+        ("an object", br#"{"events":[{"event":1}]}"#.to_vec()),
+        ("a number as event", b"[1]".to_vec()),
+        ("an array as event", b"[[]]".to_vec()),
+        ("truncated", br#"[{"event":1}"#.to_vec()),
+        (
+            "trailing bytes",
+            br#"[{"event":1}] hello, workers"#.to_vec(),
+        ),
+        ("deep nesting", "[".repeat(100_000).into_bytes()),
+        (
+            "deep nesting in an event",
+            format!(r#"[{{"a":{}"#, "[".repeat(100_000)).into_bytes(),
+        ),
+        ("empty body", Vec::new()),
+        ("empty batch", b"[]".to_vec()),
+    ];
+    for (what, body) in not_batches {
+        let reply = edr.post_bytes(&[token], body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{what}: {reply:?}");
+        assert_eq!(json(&reply)["error"], "bad batch", "{what}: {reply:?}");
+        assert!(json(&reply)["detail"].is_string(), "{what}: {reply:?}");
+        assert!(!reply.body.contains("hello"), "{what}: echoed: {reply:?}");
+    }
+
+    // Above the 1 MiB a batch may be: refused on its Content-Length before
+    // a byte of it is sent, or once 1 MiB and one byte of a chunked body
+    // have been read. (Over a raw socket that sends no more than that, as
+    // bytes left unread when the server closes would reset the connection
+    // and could destroy the answer.)
+    let head = "POST /api/v1/telemetry/ HTTP/1.1\r\nHost: edr\r\nX-Agent-Token: AGENT-1\r\n\
+                Connection: close\r\n";
+    let declared = format!("{head}Content-Length: {}\r\n\r\n", 2 << 20);
+    let mut chunked = format!(
+        "{head}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        (1 << 20) + 1
+    );
+    chunked.push_str(&"x".repeat((1 << 20) + 1));
+    for (what, request) in [("Content-Length", declared), ("chunked", chunked)] {
+        let (status, body) = edr.raw(request.as_bytes()).await;
+        assert_eq!(status, 413, "{what}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(body["error"], "batch too large", "{what}: {body}");
+        assert_eq!(body["max_bytes"], 1 << 20, "{what}: {body}");
+    }
+
+    // Honest batches are queued; none of the refused ones was.
+    let reply = edr.post_bytes(&[token], events(1)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    let reply = edr
+        .post_bytes(&[token, ("x-event-count", b"3")], events(3))
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    let queued: Vec<String> = redis::cmd("LRANGE")
+        .arg("edr:telemetry")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut queue_db(&server).await)
+        .await
+        .unwrap();
+    assert_eq!(queued, [events(1), events(3)]);
 }
 
 /// Variables to run the example with.
@@ -735,10 +1081,10 @@ async fn a_policy_file_replaces_the_environment_and_keeps_the_routes() {
     // The file's telemetry policy wins over the variable.
     let edr = Edr::start(&[("POLICY_FILE", SAMPLE_POLICIES), ("TELEMETRY_RATE", "2/m")]).await;
 
-    let reply = edr.post(TELEMETRY, &[]).await;
+    let reply = edr.telemetry(&[]).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
     let token = ("x-agent-token", &b"AGENT-1"[..]);
-    let reply = edr.post(TELEMETRY, &[token]).await;
+    let reply = edr.telemetry(&[token]).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     assert_eq!(
         reply.header("ratelimit-policy"),
@@ -746,9 +1092,7 @@ async fn a_policy_file_replaces_the_environment_and_keeps_the_routes() {
         "{reply:?}"
     );
     // The file's burst of 20 is the largest batch it can ever admit.
-    let reply = edr
-        .post(TELEMETRY, &[token, ("x-event-count", &b"21"[..])])
-        .await;
+    let reply = edr.telemetry(&[token, ("x-event-count", &b"21"[..])]).await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{reply:?}");
     assert_eq!(json(&reply)["capacity"], 20, "{reply:?}");
 
@@ -806,9 +1150,7 @@ async fn policies_left_out_of_the_file_keep_their_environment_settings() {
     );
     let edr = Edr::start(&[("POLICY_FILE", file.path()), ("TELEMETRY_RATE", "3/m")]).await;
 
-    let reply = edr
-        .post(TELEMETRY, &[("x-agent-token", &b"AGENT-1"[..])])
-        .await;
+    let reply = edr.telemetry(&[("x-agent-token", &b"AGENT-1"[..])]).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     assert_eq!(
         reply.header("ratelimit-policy"),
@@ -823,6 +1165,37 @@ async fn policies_left_out_of_the_file_keep_their_environment_settings() {
     );
     let reply = edr.get(DASHBOARD, &alice).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_policy_files_telemetry_cost_is_what_a_batch_must_hold() {
+    let token = ("x-agent-token", &b"AGENT-1"[..]);
+    let telemetry = "[[policies]]\nname = \"telemetry\"\nrate = \"100/m\"\n\
+                     key = { type = \"header\", name = \"X-Agent-Token\" }\n";
+    // A fixed cost of 2: every batch holds two events, whatever it says.
+    let file = TempFile::new("cost-2.toml", &format!("{telemetry}cost = 2\n"));
+    let edr = Edr::start(&[("POLICY_FILE", file.path())]).await;
+    let reply = edr.post_bytes(&[token], events(1)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    assert_eq!(json(&reply)["declared"], 2, "{reply:?}");
+    let reply = edr
+        .post_bytes(&[token, ("x-event-count", b"3")], events(3))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    let reply = edr.post_bytes(&[token], events(2)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    drop(edr);
+
+    // No cost at all: every batch is charged 1, so holds one event.
+    let file = TempFile::new("no-cost.toml", telemetry);
+    let edr = Edr::start(&[("POLICY_FILE", file.path())]).await;
+    let reply = edr
+        .post_bytes(&[token, ("x-event-count", b"2")], events(2))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    assert_eq!(json(&reply)["declared"], 1, "{reply:?}");
+    let reply = edr.post_bytes(&[token], events(1)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
 }
 
 #[test]

@@ -13,7 +13,7 @@ local flood
 function init(args)
   -- Each thread draws its own sequence.
   math.randomseed(os.time() + tonumber(tostring(requests):match("0x(%x+)") or "0", 16))
-  local body = '{"event":"process_start","host":"ws-0001","pid":4242}'
+  local body = '[{"event":"process_start","host":"ws-0001","pid":4242}]'
   local function format(token)
     return wrk.format("POST", nil, {
       ["Content-Type"] = "application/json",
