@@ -2,7 +2,7 @@
 //! crate replaces, as a baseline for `scripts/loadbench.py`.
 //!
 //! The EDR example's telemetry route, `POST /api/v1/telemetry/` answering
-//! `202 {"status":"queued"}`, behind an axum middleware that does what the
+//! `202 {"status":"accepted"}` (nothing is queued), behind an axum middleware that does what the
 //! seed's limiter does for every request, in three round trips on one shared
 //! connection:
 //!
@@ -92,7 +92,7 @@ async fn run() -> Result<(), String> {
 }
 
 async fn telemetry(_body: Bytes) -> Response {
-    (StatusCode::ACCEPTED, Json(json!({ "status": "queued" }))).into_response()
+    (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response()
 }
 
 fn json_error(status: StatusCode, error: &str) -> Response {
