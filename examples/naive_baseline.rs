@@ -2,9 +2,9 @@
 //! crate replaces, as a baseline for `scripts/loadbench.py`.
 //!
 //! The EDR example's telemetry route, `POST /api/v1/telemetry/` answering
-//! `202 {"status":"accepted"}` (nothing is queued), behind an axum middleware that does what the
-//! seed's limiter does for every request, in three round trips on one shared
-//! connection:
+//! `202 {"status":"accepted"}` (nothing is queued), behind an axum
+//! middleware that does what the seed's limiter does for every request, in
+//! three round trips on one shared connection:
 //!
 //! ```text
 //! count = GET key;  if count >= limit: 429;  INCR key;  EXPIRE key <window>
