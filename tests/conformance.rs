@@ -55,6 +55,23 @@ impl Pair {
         self.now_us += by.as_micros() as u64;
     }
 
+    /// `key` under this pair's prefix, at this pair's time.
+    fn check_of<'a>(
+        &self,
+        key: &'a str,
+        algorithm: Algorithm,
+        limits: &'a [Limit],
+        cost: u64,
+    ) -> Check<'a> {
+        Check {
+            key,
+            limits,
+            algorithm,
+            cost,
+            now_us: Some(self.now_us),
+        }
+    }
+
     /// Asks both stores; they must agree exactly.
     async fn check(
         &self,
@@ -64,13 +81,7 @@ impl Pair {
         cost: u64,
     ) -> Decision {
         let key = format!("{}{{{key}}}", self.prefix);
-        let check = Check {
-            key: &key,
-            limits,
-            algorithm,
-            cost,
-            now_us: Some(self.now_us),
-        };
+        let check = self.check_of(&key, algorithm, limits, cost);
         let memory = self.memory.check(check).await.unwrap();
         let redis = self.redis.check(check).await.unwrap();
         assert_eq!(
@@ -80,19 +91,11 @@ impl Pair {
         );
         memory
     }
-}
 
-impl Pair {
     /// Refunds in both stores.
     async fn refund(&self, key: &str, algorithm: Algorithm, limits: &[Limit], cost: u64) {
         let key = format!("{}{{{key}}}", self.prefix);
-        let check = Check {
-            key: &key,
-            limits,
-            algorithm,
-            cost,
-            now_us: Some(self.now_us),
-        };
+        let check = self.check_of(&key, algorithm, limits, cost);
         self.memory.refund(check).await.unwrap();
         self.redis.refund(check).await.unwrap();
     }

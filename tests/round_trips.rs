@@ -49,16 +49,7 @@ async fn a_decision_with_three_limits_is_one_command() {
         // Everything else was run by the script inside that one EVALSHA (or
         // is this test's own bookkeeping): no second round trip.
         let inside_scripts = [
-            "incrby",
-            "hincrby",
-            "time",
-            "get",
-            "set",
-            "pttl",
-            "pexpire",
-            "del",
-            "hmget",
-            "hset",
+            "incrby", "hincrby", "time", "get", "set", "pttl", "pexpire", "del", "hmget", "hset",
         ];
         let own = ["config|resetstat", "info", "evalsha"];
         for name in calls.keys() {
