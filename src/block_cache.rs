@@ -17,16 +17,14 @@
 //! is trusted for at most [`MAX_BLOCK`], which bounds how long a counter reset
 //! by hand in Redis goes unseen.
 //!
-//! Memory is bounded; expired entries go first, then those that expire
-//! soonest.
+//! Memory is bounded by the capacity. What to evict is `quick_cache`'s choice
+//! (a CLOCK-PRO / S3-FIFO policy, constant work per insert whatever the
+//! contents, and keys that keep being hit are kept over a flood of new ones);
+//! a denial that has run out is never served and is dropped when found.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, RandomState},
-    sync::{Mutex, PoisonError},
-    time::Duration,
-};
+use std::{hash::RandomState, time::Duration};
 
+use quick_cache::{OptionsBuilder, UnitWeighter, sync::Cache};
 use tokio::time::Instant;
 
 use crate::{Algorithm, Decision, algorithm::Limit};
@@ -38,17 +36,24 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// on how long a manual reset of a counter in Redis goes unseen.
 pub const MAX_BLOCK: Duration = Duration::from_secs(60);
 
+/// Shards of a large cache, each behind its own lock.
 const SHARDS: usize = 16;
 
-#[derive(Debug)]
 pub(crate) struct BlockCache {
-    shards: Box<[Mutex<Shard>]>,
-    per_shard: usize,
-    hasher: RandomState,
+    // SipHash (std's), not a fast unkeyed hash: the keys are the clients'.
+    entries: Cache<Box<str>, Block, UnitWeighter, RandomState>,
     other_costs: OtherCosts,
 }
 
-type Shard = HashMap<Box<str>, Block>;
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCache")
+            .field("len", &self.entries.len())
+            .field("capacity", &self.entries.capacity())
+            .field("other_costs", &self.other_costs)
+            .finish()
+    }
+}
 
 /// What a denial of one cost says about other costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,26 +89,33 @@ impl BlockCache {
             },
             _ => OtherCosts::Ask,
         };
+        // quick_cache gives each shard the capacity divided by their number,
+        // rounded up; a multiple of that number keeps the total within it.
+        let shards = if capacity >= SHARDS * 32 { SHARDS } else { 1 };
+        let capacity = capacity - capacity % shards;
+        let options = OptionsBuilder::new()
+            .shards(shards)
+            .estimated_items_capacity(capacity)
+            .weight_capacity(capacity as u64)
+            .build()
+            .expect("every option is set");
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            per_shard: capacity.div_ceil(SHARDS).max(1),
-            hasher: RandomState::new(),
+            entries: Cache::with_options(
+                options,
+                UnitWeighter,
+                RandomState::new(),
+                Default::default(),
+            ),
             other_costs,
         }
-    }
-
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let index = self.hasher.hash_one(key) as usize % SHARDS;
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The denial in force for `key` at `cost`, with its times counted down
     /// to `now`; `None` when only the store can tell.
     pub(crate) fn get(&self, key: &str, cost: u64, now: Instant) -> Option<Decision> {
-        let block = *self.shard(key).get(key)?;
+        let block = self.entries.get(key)?;
         if block.trusted_until <= now {
+            self.entries.remove_if(key, |b| b.trusted_until <= now);
             return None;
         }
         let retry_at = block.retry_at_for(cost, self.other_costs)?;
@@ -122,7 +134,7 @@ impl BlockCache {
             .retry_after
             .filter(|d| !decision.allowed && !d.is_zero());
         let Some(retry_after) = wait else {
-            self.shard(key).remove(key);
+            self.entries.remove(key);
             return;
         };
         let block = Block {
@@ -132,33 +144,13 @@ impl BlockCache {
             reset_at: now + decision.reset_after,
             decision: *decision,
         };
-        let mut shard = self.shard(key);
-        if let Some(existing) = shard.get_mut(key) {
-            *existing = block;
-            return;
-        }
-        if shard.len() >= self.per_shard {
-            shard.retain(|_, b| b.trusted_until > now);
-        }
-        if shard.len() >= self.per_shard {
-            let soonest = shard
-                .iter()
-                .min_by_key(|(_, b)| b.trusted_until)
-                .map(|(k, _)| k.clone());
-            if let Some(soonest) = soonest {
-                shard.remove(&soonest);
-            }
-        }
-        shard.insert(key.into(), block);
+        self.entries.insert(key.into(), block);
     }
 
-    /// Keys held, expired ones included until they are swept.
+    /// Keys held, expired ones included until they are found or evicted.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.entries.len()
     }
 }
 
@@ -218,6 +210,7 @@ mod tests {
         assert_eq!(hit.retry_after, Some(ms(600)));
         assert_eq!(hit.reset_after, ms(1600));
         assert!(cache.get("k", 1, now + ms(1000)).is_none());
+        assert_eq!(cache.len(), 0, "found expired, dropped");
         assert!(cache.get("other", 1, later).is_none());
     }
 
@@ -290,19 +283,22 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded_with_a_million_keys() {
-        let cache = cache(1_000, Algorithm::FixedWindow, &[PER_MINUTE]);
-        let now = Instant::now();
-        for i in 0..1_000_000u64 {
-            cache.record(&format!("k{i}"), 1, &denied(1 + i % 5000), now);
+    fn a_full_cache_stays_within_its_capacity_and_serves_the_latest_denial() {
+        for capacity in [5, 1_000, 100_000] {
+            let cache = cache(capacity, Algorithm::FixedWindow, &[PER_MINUTE]);
+            let now = Instant::now();
+            for i in 0..(capacity as u64 * 3).max(200_000) {
+                let key = format!("k{i}");
+                cache.record(&key, 1, &denied(1 + i % 5000), now);
+                assert!(cache.get(&key, 1, now).is_some(), "{capacity}: {key}");
+                if i % 1000 == 0 {
+                    assert!(cache.len() <= capacity, "{capacity}: {}", cache.len());
+                }
+            }
+            assert!(cache.len() <= capacity, "{capacity}: {}", cache.len());
+            // Expired denials are never served, however full the cache.
+            cache.record("short", 1, &denied(1), now);
+            assert!(cache.get("short", 1, now + ms(1)).is_none());
         }
-        assert!(cache.len() <= 1_000 + SHARDS, "{}", cache.len());
-        // The survivors are those blocked longest.
-        let kept_short = (0..1_000_000u64)
-            .filter(|i| i % 5000 < 10)
-            .take(100)
-            .filter(|i| cache.get(&format!("k{i}"), 1, now).is_some())
-            .count();
-        assert_eq!(kept_short, 0);
     }
 }
