@@ -1,19 +1,26 @@
 //! Memory with a million distinct keys passing through: the memory store and
 //! the block cache stay within their capacity. Prints the process's resident
 //! memory (Linux `/proc/self/statm`) before and after, per configuration, each
-//! in a fresh child process so the figures do not mix:
+//! in a fresh child process so the figures do not mix.
+//!
+//! Then, with criterion, `block_cache/flood_into_full_1m`: the time per new
+//! key once a block cache of 1,000,000 is full, each request a denial of a
+//! key never seen (an attacker's flood of random tokens). The store denies
+//! every request at once, so the figure is the layer's and the cache's.
 //!
 //! ```text
-//! cargo bench --bench memory
+//! cargo bench --bench memory            # the table, then the flood
+//! cargo bench --bench memory -- flood   # the flood alone
 //! ```
 
-use std::process::Command;
+use std::{future::Ready, process::Command, time::Duration};
 
 use axum::{Router, body::Body, routing::post};
 use axum_redis_ratelimit::{
-    Algorithm, Key, Limit, MemoryStore, Policy, Rate, RateLimitLayer,
+    Algorithm, Decision, Error, Key, Limit, MemoryStore, Policy, Rate, RateLimitLayer,
     store::{Check, Store},
 };
+use criterion::Criterion;
 use http::Request;
 use tower::ServiceExt;
 
@@ -72,6 +79,56 @@ async fn block_cache(capacity: usize) -> String {
     )
 }
 
+/// Denies every request for an hour, without a round trip.
+#[derive(Clone)]
+struct DenyAll;
+
+impl Store for DenyAll {
+    type Future = Ready<Result<Decision, Error>>;
+
+    fn check(&self, _: Check<'_>) -> Self::Future {
+        const HOUR: Duration = Duration::from_secs(3600);
+        std::future::ready(Ok(Decision {
+            allowed: false,
+            limit: 1,
+            window: HOUR,
+            remaining: 0,
+            reset_after: HOUR,
+            retry_after: Some(HOUR),
+        }))
+    }
+}
+
+fn flood(c: &mut Criterion) {
+    const CAPACITY: usize = 1_000_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let policy = Policy::new("telemetry")
+        .rate(Rate::per_hour(1))
+        .key(Key::header("x-agent-token"))
+        .block_cache(CAPACITY);
+    let app = Router::new()
+        .route("/", post(|| async { "" }))
+        .layer(RateLimitLayer::new(policy, DenyAll).unwrap());
+    let mut next = 0u64;
+    let mut deny_new_key = || {
+        next += 1;
+        let request = Request::post("/")
+            .header("x-agent-token", format!("agent-{next}"))
+            .body(Body::empty())
+            .unwrap();
+        runtime.block_on(app.clone().oneshot(request)).unwrap()
+    };
+    for _ in 0..CAPACITY {
+        deny_new_key();
+    }
+    c.bench_function("block_cache/flood_into_full_1m", |b| {
+        b.iter(&mut deny_new_key)
+    });
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -93,7 +150,7 @@ fn main() {
                 rss_mib()
             );
         }
-        _ => {
+        None => {
             println!("| case | distinct keys | held | RSS before | RSS after |");
             println!("|---|---:|---|---:|---:|");
             let exe = std::env::current_exe().unwrap();
@@ -101,6 +158,18 @@ fn main() {
                 let out = Command::new(&exe).arg(case).output().unwrap();
                 print!("{}", String::from_utf8_lossy(&out.stdout));
             }
+            criterion(flood);
         }
+        // Anything else is for criterion (a filter, an option's value).
+        Some(_) => criterion(flood),
     }
+}
+
+fn criterion(bench: fn(&mut Criterion)) {
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(10))
+        .configure_from_args();
+    bench(&mut c);
+    c.final_summary();
 }

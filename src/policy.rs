@@ -395,7 +395,9 @@ impl Policy {
                 .collect(),
         });
         Ok(Compiled {
-            block_cache: self.block_cache.map(BlockCache::new),
+            block_cache: self
+                .block_cache
+                .map(|capacity| BlockCache::new(capacity, self.algorithm, &limits)),
             fallback,
             breaker: self.breaker,
             key_head: format!("{}{}:{{", self.prefix, self.name),

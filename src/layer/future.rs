@@ -141,13 +141,8 @@ impl Shared {
     /// Records a store decision (breaker, block cache).
     pub(super) fn decided(&self, key: &str, cost: u64, decision: &Decision) {
         self.stats.record_success(&self.policy.name);
-        if let Some(cache) = self
-            .policy
-            .block_cache
-            .as_ref()
-            .filter(|_| !decision.allowed)
-        {
-            cache.insert(key, cost, decision, Instant::now());
+        if let Some(cache) = &self.policy.block_cache {
+            cache.record(key, cost, decision, Instant::now());
         }
     }
 }

@@ -1,9 +1,18 @@
 //! Counters in Redis, shared by every app server.
 
-use std::{future::Future, pin::Pin, sync::LazyLock, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 use redis::{
-    Client, ErrorKind, Script, ServerErrorKind,
+    Client, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script,
+    ServerErrorKind,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
@@ -33,8 +42,13 @@ fn script(algorithm: Algorithm) -> &'static Script {
 /// concurrent decisions are pipelined) and that reconnects on its own after
 /// Redis restarts. Needs Redis 7 or later.
 ///
+/// After the connection has dropped, the next decision first sends a `PING`,
+/// twice if the first fails, so that a Redis that is back answers it; the
+/// script itself is never sent twice, since Redis may have run it.
+///
 /// The URL selects the database, as in `redis://127.0.0.1:6379/1`; `rediss://`
-/// needs the `redis` crate's TLS features.
+/// needs the `redis` crate's TLS features. The connection speaks RESP3
+/// whatever the URL's `protocol`, so that it learns of a drop as it happens.
 ///
 /// ```no_run
 /// use axum_redis_ratelimit::RedisStore;
@@ -46,6 +60,8 @@ fn script(algorithm: Algorithm) -> &'static Script {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
+    /// The connection dropped since the last decision that reached Redis.
+    dropped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -78,27 +94,50 @@ impl RedisStore {
     /// # Errors
     /// [`Error::Config`] naming `redis.url` for a malformed URL.
     pub fn connect_lazy(url: &str) -> Result<Self, Error> {
-        let client = Client::open(url).map_err(|e| {
+        let bad_url = |e: redis::RedisError| {
             Error::config("redis.url", format!("{e}; expected redis://host:6379/db"))
-        })?;
-        let connection = ConnectionManager::new_lazy_with_config(client, Self::manager_config())?;
-        Ok(Self::from_connection(connection))
+        };
+        let info = url.into_connection_info().map_err(bad_url)?;
+        // Over RESP3 the connection reports its own drop as it happens, so
+        // the manager reconnects at once and the store knows to check the
+        // connection before the next decision.
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(resp3)).map_err(bad_url)?;
+        let dropped = Arc::new(AtomicBool::new(false));
+        let on_drop = dropped.clone();
+        let config = Self::manager_config().set_push_sender(move |push: PushInfo| {
+            if push.kind == PushKind::Disconnection {
+                on_drop.store(true, Relaxed);
+            }
+            Ok::<_, ()>(())
+        });
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            dropped,
+        })
     }
 
-    /// Uses a connection the application already has.
+    /// Uses a connection the application already has. Such a connection
+    /// tells the store of a drop only through a decision that fails.
     pub fn from_connection(connection: ConnectionManager) -> Self {
-        Self { connection }
+        Self {
+            connection,
+            dropped: Arc::default(),
+        }
     }
 
-    /// Reconnect fast and keep trying: a rate limiter wants Redis back
-    /// within about a second of it returning. Each request has its own
-    /// timeout in the policy, so the connection needs none.
+    /// One connection attempt per reconnect, without backoff, so that no
+    /// decision waits on a backoff's sleep while Redis is already back; while
+    /// it is down, the policy's breaker paces the attempts. Each request has
+    /// its own timeout in the policy, so the connection needs none.
     fn manager_config() -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(3)
+            .set_number_of_retries(0)
     }
 }
 
@@ -131,10 +170,26 @@ impl RedisStore {
     /// Runs `evalsha`, loading the script when Redis does not have it.
     async fn run(
         mut connection: ConnectionManager,
+        dropped: Arc<AtomicBool>,
         algorithm: Algorithm,
         evalsha: redis::Cmd,
     ) -> Result<Vec<i64>, Error> {
+        if dropped.load(Relaxed) {
+            // The script must not run twice, and once sent it cannot be
+            // known not to have run; a PING can be sent twice. The first
+            // one fails if the reconnection was refused or cut short, and
+            // has the manager connect again for the second.
+            let ping = redis::cmd("PING");
+            if ping.query_async::<()>(&mut connection).await.is_err() {
+                ping.query_async::<()>(&mut connection).await?;
+            }
+            dropped.store(false, Relaxed);
+        }
         let reply = match evalsha.query_async(&mut connection).await {
+            Err(e) if e.is_connection_dropped() => {
+                dropped.store(true, Relaxed);
+                Err(e)
+            }
             // Redis restarted or its script cache was flushed.
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 script(algorithm).load_async(&mut connection).await?;
@@ -154,14 +209,15 @@ impl Store for RedisStore {
             Ok(evalsha) => evalsha,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let (connection, algorithm) = (self.connection.clone(), check.algorithm);
+        let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
+        let algorithm = check.algorithm;
         // Copied onto the future's stack rather than into a Vec.
         let mut limits = [None; MAX_LIMITS];
         for (slot, limit) in limits.iter_mut().zip(check.limits) {
             *slot = Some(*limit);
         }
         Box::pin(async move {
-            let reply = Self::run(connection, algorithm, evalsha).await?;
+            let reply = Self::run(connection, dropped, algorithm, evalsha).await?;
             let limits = limits.iter().flatten();
             let verdicts = reply.get(1..).unwrap_or_default().chunks(4);
             if verdicts.len() != limits.clone().count() || verdicts.clone().any(|v| v.len() != 4) {
@@ -188,9 +244,10 @@ impl Store for RedisStore {
             Ok(evalsha) => evalsha,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let (connection, algorithm) = (self.connection.clone(), check.algorithm);
+        let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
+        let algorithm = check.algorithm;
         Box::pin(async move {
-            match Self::run(connection, algorithm, evalsha).await?[..] {
+            match Self::run(connection, dropped, algorithm, evalsha).await?[..] {
                 [1] => Ok(()),
                 ref reply => Err(Error::UnexpectedReply(format!("{reply:?}"))),
             }
