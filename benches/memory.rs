@@ -97,6 +97,13 @@ impl Store for DenyAll {
             retry_after: Some(HOUR),
         }))
     }
+
+    type Refund = Ready<Result<(), Error>>;
+
+    /// Nothing was counted, so nothing is given back.
+    fn refund(&self, _: Check<'_>) -> Self::Refund {
+        std::future::ready(Ok(()))
+    }
 }
 
 fn flood(c: &mut Criterion) {
