@@ -454,6 +454,38 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_bounded_where_both_stores_stop_being_exact() {
+        let field = |name: &str| name.to_owned();
+        // 1 s / 15,625 is exactly 64 µs, so a burst of 2^45 reaches 2^51.
+        let rate = Rate::per_second(15_625);
+        assert!(Limit::new(rate).burst(1 << 45).validate(&field).is_ok());
+        let err = Limit::new(rate).burst((1 << 45) + 1).validate(&field);
+        assert!(err.unwrap_err().to_string().contains("burst"));
+        assert!(Limit::new(rate).burst(0).validate(&field).is_err());
+        // A day is 86,400,000 ms: above 26,062,497 a day, limit × window > 2^51.
+        let err = Limit::new(Rate::per_day(26_062_498)).validate(&field);
+        assert!(err.unwrap_err().to_string().contains("rate"));
+        assert!(
+            Limit::new(Rate::per_day(26_062_497))
+                .validate(&field)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_quota_stretches_its_window_to_hold_a_burst() {
+        let rate = Rate::per_second(5);
+        assert_eq!(Limit::new(rate).quota(), (5, 1));
+        assert_eq!(Limit::new(rate).burst(3).quota(), (5, 1));
+        assert_eq!(Limit::new(rate).burst(5).quota(), (5, 1));
+        assert_eq!(Limit::new(rate).burst(6).quota(), (10, 2));
+        assert_eq!(
+            Limit::new(Rate::per_minute(60)).burst(121).quota(),
+            (180, 180)
+        );
+    }
+
+    #[test]
     fn the_most_restrictive_limit_is_reported() {
         let second = Limit::new(Rate::per_second(10));
         let minute = Limit::new(Rate::per_minute(100));
