@@ -677,6 +677,22 @@ mod tests {
     }
 
     #[test]
+    fn the_fallback_caps_a_cost_the_shared_limit_admits_but_not_one_it_never_would() {
+        let fallback = Fallback {
+            store: MemoryStore::new(),
+            limits: vec![Limit::new(Rate::per_minute(10)).divided_by(4)],
+        };
+        // 5 fits the shared 10/m but never the divided 2/m: counted as 2.
+        let capped = fallback.decide("a", 5, 10, Algorithm::FixedWindow).unwrap();
+        assert_eq!((capped.allowed, capped.remaining), (true, 0));
+        // 11 fits no limit: denied, not capped into an admission.
+        let over = fallback
+            .decide("b", 11, 10, Algorithm::FixedWindow)
+            .unwrap();
+        assert!(!over.allowed);
+    }
+
+    #[test]
     fn keys_are_precomputed_around_the_client_part() {
         let compiled = Policy::new("telemetry")
             .rate(Rate::per_minute(1000))

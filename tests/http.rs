@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     Router,
@@ -13,8 +16,8 @@ use axum::{
     routing::{get, post},
 };
 use axum_redis_ratelimit::{
-    Algorithm, ClientIp, Cost, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate, RateLimitLayer,
-    RateLimitStatus, RedisStore, store::Store,
+    Algorithm, ClientIp, Clock, Cost, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate,
+    RateLimitLayer, RateLimitStatus, RedisStore, store::Store,
 };
 use common::{HttpClient, RedisServer, Reply, serve, unique_prefix};
 use futures::future::join_all;
@@ -487,6 +490,55 @@ async fn policies_stack_and_apply_per_route() {
     }
 }
 
+/// `Clock::App` counts on the application's clock: here the system's, which
+/// a paused Tokio clock does not move, while the memory store's own clock
+/// follows Tokio's.
+#[tokio::test(start_paused = true)]
+async fn the_app_clock_is_the_one_windows_are_counted_on() {
+    for (clock, renewed) in [(Clock::Store, true), (Clock::App, false)] {
+        let app = app(telemetry("1/m").clock(clock), MemoryStore::new());
+        let send = || {
+            let request = Request::post("/t")
+                .header(TOKEN, "a")
+                .body(Body::empty())
+                .unwrap();
+            app.clone().oneshot(request)
+        };
+        assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            send().await.unwrap().status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        tokio::time::advance(Duration::from_secs(120)).await;
+        let third = send().await.unwrap().status();
+        assert_eq!(third == StatusCode::OK, renewed, "{clock:?}");
+    }
+}
+
+/// With `Clock::App` and Redis, the window's end stored in the counter is
+/// the app's time plus the window.
+#[tokio::test]
+async fn the_app_clock_is_what_redis_counters_hold() {
+    let prefix = unique_prefix();
+    let policy = telemetry("5/m").clock(Clock::App).prefix(&prefix);
+    let http = client(policy, redis().await).await;
+    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    http.post("/t", &[(TOKEN, b"a")]).await;
+    let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let mut conn = RedisServer::shared().connection().await;
+    let end: u128 = redis::cmd("HGET")
+        .arg(format!("{prefix}telemetry:{{{TOKEN}:a}}:60"))
+        .arg("e")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let window = Duration::from_secs(60);
+    assert!(
+        ((before + window).as_millis()..=(after + window).as_millis()).contains(&end),
+        "{end}"
+    );
+}
+
 /// `inner` inside `outer` on one route.
 fn stacked(inner: Policy, outer: Policy, store: impl Store) -> Router {
     Router::new()
@@ -552,16 +604,29 @@ async fn requests_an_inner_policy_refuses_cost_the_outer_one_nothing() {
             assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{case}");
             let repeated = http.post("/t", &[(TOKEN, b"b"), (TOKEN, b"c")]).await;
             assert_eq!(repeated.status, StatusCode::BAD_REQUEST, "{case}");
-            // Four other clients still fit in the global quota.
+            // Four other clients still fit in the global quota. The legacy
+            // trio is the per-key policy's (0 left), the last time on a tie.
             for token in [&b"b"[..], b"c", b"d", b"e"] {
                 let reply = http.post("/t", &[(TOKEN, token)]).await;
                 assert_eq!(reply.status, StatusCode::OK, "{case}: {reply:?}");
+                assert_eq!(reply.header("x-ratelimit-limit"), Some("1"), "{case}");
             }
             let sixth = http.post("/t", &[(TOKEN, b"f")]).await;
             assert_eq!(sixth.status, StatusCode::TOO_MANY_REQUESTS, "{case}");
             assert_eq!(sixth.header("x-ratelimit-limit"), Some("5"), "{case}");
         }
     }
+}
+
+/// The legacy trio is the policy's with the fewest remaining, inner or outer.
+#[tokio::test]
+async fn the_legacy_fields_report_the_policy_with_the_fewest_left() {
+    let per_key = telemetry("10/m").legacy_headers(true);
+    let global = telemetry("2/m").key(Key::global()).legacy_headers(true);
+    let http = HttpClient::new(&serve(stacked(per_key, global, MemoryStore::new())).await);
+    let reply = http.post("/t", &[(TOKEN, b"a")]).await;
+    assert_eq!(reply.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("1"));
 }
 
 #[tokio::test]
