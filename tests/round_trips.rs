@@ -130,3 +130,47 @@ async fn concurrent_decisions_share_one_connection() {
     // The store's one multiplexed connection, and this test's.
     assert_eq!(connected, "2");
 }
+
+/// Only `NOSCRIPT` is answered by loading the script and sending it again:
+/// any other error (here a counter key that holds the wrong type) is the
+/// decision's, after one `EVALSHA`, since a script that ran may not run twice.
+#[tokio::test]
+async fn an_error_other_than_noscript_is_not_sent_again() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let limits = [Limit::new(Rate::per_minute(5))];
+    let check = Check {
+        key: "rl:p:{k}",
+        limits: &limits,
+        algorithm: Algorithm::FixedWindow,
+        cost: 1,
+        now_us: None,
+    };
+    // Loaded once, on the first call, by its NOSCRIPT.
+    store
+        .check(Check {
+            key: "rl:p:{other}",
+            ..check
+        })
+        .await
+        .unwrap();
+    let mut conn = server.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg("rl:p:{k}:60")
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let error = store.check(check).await.unwrap_err();
+    assert!(error.to_string().contains("WRONGTYPE"), "{error}");
+    let calls = command_calls(&mut conn).await;
+    assert_eq!(calls.get("evalsha"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("script|load"), None, "{calls:?}");
+}
