@@ -32,8 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Algorithm, ClientIp, Clock, Cost, Error, FailMode, ForwardedHeader, Key, Limit, Mode,
     OnMissingKey, Policy, Rate,
-    layer::Breaker,
-    policy::{DEFAULT_PREFIX, DEFAULT_TIMEOUT},
+    policy::{Breaker, DEFAULT_PREFIX, DEFAULT_TIMEOUT},
 };
 
 /// Several policies, e.g. a TOML file of `[[policies]]` tables.
@@ -345,10 +344,11 @@ mod tests {
         let again: PolicyConfig =
             serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(again, config);
-        let compiled = config.into_policy().unwrap().compile().unwrap();
-        assert_eq!(compiled.methods, Some(vec![Method::POST]));
-        assert_eq!(compiled.on_store_error, FailMode::Closed);
-        assert_eq!(compiled.key_head, "app:rl:login:{");
+        let policy = config.into_policy().unwrap();
+        policy.validate().unwrap();
+        assert_eq!(policy.methods, Some(vec![Method::POST]));
+        assert_eq!(policy.on_store_error, FailMode::Closed);
+        assert_eq!(policy.prefix, "app:rl:");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, header::RETRY_AFTER};
 use crate::{
     Decision,
     algorithm::{Limit, whole_seconds},
-    policy::Compiled,
 };
 
 /// `RateLimit-Policy`: the quota, e.g. `"telemetry";q=1000;w=60`.
@@ -82,9 +81,14 @@ impl PolicyItems {
 /// reported limit is fully available again (the window's end for the fixed
 /// window, when the counted windows have passed for the sliding window,
 /// when the bucket is full for GCRA).
-pub(crate) fn insert(headers: &mut HeaderMap, policy: &Compiled, decision: &Decision) {
+pub(crate) fn insert(
+    headers: &mut HeaderMap,
+    items: &PolicyItems,
+    legacy: bool,
+    decision: &Decision,
+) {
     let t = whole_seconds(decision.retry_after.unwrap_or(decision.reset_after));
-    let item = policy.items.item(decision.window);
+    let item = items.item(decision.window);
     // Name (at most 64 + 10 bytes) and two u64s fit; no allocation to format.
     const LEN: usize = 160;
     let mut buf = [0u8; LEN];
@@ -92,7 +96,7 @@ pub(crate) fn insert(headers: &mut HeaderMap, policy: &Compiled, decision: &Deci
     let name = item.map_or("", |item| &item.name);
     let _ = write!(cursor, "\"{name}\";r={};t={t}", decision.remaining);
     let written = LEN - cursor.len();
-    headers.append(RATELIMIT_POLICY, policy.items.value.clone());
+    headers.append(RATELIMIT_POLICY, items.value.clone());
     if let Ok(value) = HeaderValue::from_bytes(&buf[..written]) {
         headers.append(RATELIMIT, value);
     }
@@ -102,7 +106,7 @@ pub(crate) fn insert(headers: &mut HeaderMap, policy: &Compiled, decision: &Deci
         let existing = existing.to_str().ok().and_then(|v| v.parse::<u64>().ok());
         existing.is_none_or(|existing| decision.remaining < existing)
     };
-    if policy.legacy_headers && headers.get(X_RATELIMIT_REMAINING).is_none_or(fewer) {
+    if legacy && headers.get(X_RATELIMIT_REMAINING).is_none_or(fewer) {
         let quota = item.map_or(decision.limit, |item| item.quota);
         headers.insert(X_RATELIMIT_LIMIT, quota.into());
         headers.insert(X_RATELIMIT_REMAINING, decision.remaining.into());

@@ -53,7 +53,7 @@ pub use self::{
     error::Error,
     key::{ClientIp, ForwardedHeader, Key, UserId},
     layer::{RateLimit, RateLimitLayer},
-    policy::{Clock, FailMode, Mode, OnMissingKey, Policy},
+    policy::{Breaker, Clock, FailMode, Mode, OnMissingKey, Policy},
     rate::Rate,
     response::{RateLimitInfo, RateLimitStatus},
     store::{MemoryStore, RedisStore},

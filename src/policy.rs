@@ -7,14 +7,10 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Algorithm, Cost, Decision, Error, Key, MemoryStore, Rate,
-    algorithm::Limit,
-    block_cache::BlockCache,
-    headers,
+    Algorithm, Cost, Error, Key, Rate,
+    algorithm::{Limit, MAX_LIMITS},
     key::encode,
-    layer::Breaker,
     response::RateLimitInfo,
-    store::{Check, MAX_LIMITS},
 };
 
 /// What the layer does with a request over the limit.
@@ -78,6 +74,32 @@ pub enum Clock {
     /// Redis offerings that refuse `TIME` in scripts. App servers' clocks
     /// must then agree (NTP); skew between them shifts windows by as much.
     App,
+}
+
+/// When to stop calling a failing store, and how often to try it again.
+///
+/// After `failures` store calls in a row fail or time out, the breaker
+/// opens: requests get the policy's fail mode at once, without waiting for
+/// the store. Every `cooldown` one request is let through as a probe; when it
+/// succeeds, the breaker closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// Consecutive failures that open the breaker (at least 1).
+    pub failures: u32,
+    /// Time between probes while open, in milliseconds.
+    pub cooldown_ms: u64,
+}
+
+impl Default for Breaker {
+    /// Three failures; a probe every 500 ms, so limiting resumes within
+    /// about half a second of the store returning.
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            cooldown_ms: 500,
+        }
+    }
 }
 
 /// Builds the response to a request over the limit.
@@ -313,11 +335,12 @@ impl Policy {
     /// # Errors
     /// [`Error::Config`] naming the first setting that is wrong.
     pub fn validate(&self) -> Result<(), Error> {
-        self.clone().compile().map(drop)
+        self.check().map(drop)
     }
 
-    /// Checks every setting; the error names the first one that is wrong.
-    pub(crate) fn compile(self) -> Result<Compiled, Error> {
+    /// Checks every setting and gives the limits as they will be counted;
+    /// the error names the first setting that is wrong.
+    pub(crate) fn check(&self) -> Result<Vec<Limit>, Error> {
         if !encode::is_valid_name(&self.name, false) {
             return Err(Error::config(
                 "policy.name",
@@ -338,7 +361,7 @@ impl Policy {
             ));
         }
         let limits = self.checked_limits()?;
-        let key = self.key.ok_or_else(|| {
+        let key = self.key.as_ref().ok_or_else(|| {
             Error::config(field("key"), "is required, e.g. a header or the client IP")
         })?;
         key.validate()?;
@@ -387,36 +410,7 @@ impl Policy {
                 format!("{cost} is above {capacity}, the most one request can be allowed"),
             ));
         }
-        let fallback = (self.on_store_error == FailMode::Fallback).then(|| Fallback {
-            store: MemoryStore::new(),
-            limits: limits
-                .iter()
-                .map(|l| l.divided_by(self.fallback_divisor))
-                .collect(),
-        });
-        Ok(Compiled {
-            block_cache: self
-                .block_cache
-                .map(|capacity| BlockCache::new(capacity, self.algorithm, &limits)),
-            fallback,
-            breaker: self.breaker,
-            key_head: format!("{}{}:{{", self.prefix, self.name),
-            items: headers::PolicyItems::new(&self.name, &limits),
-            capacity: capacity.unwrap_or(1),
-            name: self.name.into(),
-            limits,
-            algorithm: self.algorithm,
-            clock: self.clock,
-            key,
-            cost: self.cost,
-            on_missing_key: self.on_missing_key,
-            mode: self.mode,
-            on_store_error: self.on_store_error,
-            timeout: self.timeout,
-            methods: self.methods,
-            legacy_headers: self.legacy_headers,
-            on_rejected: self.on_rejected,
-        })
+        Ok(limits)
     }
 
     /// The limits with the policy's burst applied, checked for the bounds
@@ -485,83 +479,6 @@ impl fmt::Debug for Policy {
     }
 }
 
-/// A checked policy with everything the hot path needs precomputed.
-pub(crate) struct Compiled {
-    pub name: Arc<str>,
-    pub limits: Vec<Limit>,
-    pub algorithm: Algorithm,
-    pub clock: Clock,
-    pub key: Key,
-    pub cost: Cost,
-    /// The largest cost any request can be allowed.
-    pub capacity: u64,
-    pub on_missing_key: OnMissingKey,
-    pub mode: Mode,
-    pub on_store_error: FailMode,
-    pub timeout: Duration,
-    pub methods: Option<Vec<Method>>,
-    pub legacy_headers: bool,
-    pub on_rejected: Option<RejectionHook>,
-    /// `rl:telemetry:{`: the key up to the client's part.
-    pub key_head: String,
-    pub items: headers::PolicyItems,
-    pub block_cache: Option<BlockCache>,
-    pub fallback: Option<Fallback>,
-    pub breaker: Breaker,
-}
-
-/// The in-process limiter of [`FailMode::Fallback`].
-pub(crate) struct Fallback {
-    pub store: MemoryStore,
-    pub limits: Vec<Limit>,
-}
-
-impl Fallback {
-    /// Decides in-process. `capacity` is the shared limits' smallest: a cost
-    /// within it may exceed the divided limits, and is then counted as
-    /// their capacity rather than denied for good; a cost above it (forwarded
-    /// in annotate mode) stays denied.
-    pub(crate) fn decide(
-        &self,
-        key: &str,
-        cost: u64,
-        capacity: u64,
-        algorithm: Algorithm,
-    ) -> Option<Decision> {
-        let divided = self.limits.iter().map(|l| l.capacity(algorithm)).min();
-        let check = Check {
-            key,
-            limits: &self.limits,
-            algorithm,
-            cost: match divided {
-                Some(divided) if cost <= capacity => cost.min(divided),
-                _ => cost,
-            },
-            now_us: None,
-        };
-        self.store.decide(check).ok()
-    }
-}
-
-impl Compiled {
-    /// The time to send with a check: the app's for [`Clock::App`], else
-    /// none (the store reads its own).
-    pub fn now_us(&self) -> Option<u64> {
-        match self.clock {
-            Clock::Store => None,
-            Clock::App => Some(crate::algorithm::unix_now_us()),
-        }
-    }
-
-    /// Whether requests with `method` are limited. A `GET` filter covers
-    /// `HEAD` as well, since axum answers `HEAD` with the `GET` handler.
-    pub fn applies_to(&self, method: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|m| {
-            m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
-        })
-    }
-}
-
 /// By hand rather than derived: serde's enum forms differ between formats
 /// (YAML wants tags), while a string or a one-entry map reads the same in all.
 impl Serialize for OnMissingKey {
@@ -622,11 +539,7 @@ mod tests {
     use super::*;
 
     fn error(policy: Policy) -> String {
-        policy
-            .compile()
-            .err()
-            .expect("should be rejected")
-            .to_string()
+        policy.check().expect_err("should be rejected").to_string()
     }
 
     #[test]
@@ -636,7 +549,7 @@ mod tests {
                 .rate(Rate::per_minute(1))
                 .key(Key::global())
         };
-        assert!(ok().compile().is_ok());
+        assert!(ok().check().is_ok());
         assert!(error(Policy::new("a b")).contains("policy.name"));
         assert!(error(Policy::new("p").key(Key::global())).contains("policies.p.rate"));
         assert!(error(Policy::new("p").rate(Rate::per_minute(1))).contains("policies.p.key"));
@@ -652,11 +565,11 @@ mod tests {
         assert!(error(ok().breaker(no_failures)).contains("policies.p.breaker"));
         assert!(error(ok().burst(5)).contains("policies.p.burst"));
         let gcra = || ok().algorithm(Algorithm::Gcra);
-        assert!(gcra().burst(5).compile().is_ok());
+        assert!(gcra().burst(5).check().is_ok());
         assert!(error(gcra().burst(0)).contains("policies.p.burst"));
         assert!(error(ok().rate(Rate::per_minute(5))).contains("share the window"));
         assert!(error(ok().cost(Cost::fixed(0))).contains("policies.p.cost"));
-        assert!(ok().cost(Cost::fixed(1)).compile().is_ok());
+        assert!(ok().cost(Cost::fixed(1)).check().is_ok());
         let above = Policy::new("p")
             .rate(Rate::per_minute(3))
             .key(Key::global())
@@ -674,31 +587,5 @@ mod tests {
         assert!(error(ok().key(Key::header("x y"))).contains("key.header"));
         let ok_status = OnMissingKey::Reject(StatusCode::OK);
         assert!(error(ok().on_missing_key(ok_status)).contains("policies.p.on_missing_key"));
-    }
-
-    #[test]
-    fn the_fallback_caps_a_cost_the_shared_limit_admits_but_not_one_it_never_would() {
-        let fallback = Fallback {
-            store: MemoryStore::new(),
-            limits: vec![Limit::new(Rate::per_minute(10)).divided_by(4)],
-        };
-        // 5 fits the shared 10/m but never the divided 2/m: counted as 2.
-        let capped = fallback.decide("a", 5, 10, Algorithm::FixedWindow).unwrap();
-        assert_eq!((capped.allowed, capped.remaining), (true, 0));
-        // 11 fits no limit: denied, not capped into an admission.
-        let over = fallback
-            .decide("b", 11, 10, Algorithm::FixedWindow)
-            .unwrap();
-        assert!(!over.allowed);
-    }
-
-    #[test]
-    fn keys_are_precomputed_around_the_client_part() {
-        let compiled = Policy::new("telemetry")
-            .rate(Rate::per_minute(1000))
-            .key(Key::global())
-            .compile()
-            .unwrap();
-        assert_eq!(compiled.key_head, "rl:telemetry:{");
     }
 }

@@ -148,6 +148,9 @@ impl std::str::FromStr for Algorithm {
     }
 }
 
+/// Most limits one policy may have; stores keep per-limit state on the stack.
+pub const MAX_LIMITS: usize = 8;
+
 /// One limit of a policy: a rate and, for GCRA, a burst size.
 ///
 /// ```

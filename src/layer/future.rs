@@ -8,14 +8,13 @@ use std::{
 use axum::response::{IntoResponse, Response};
 use http::Request;
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Timeout};
+use tokio::time::Timeout;
 use tower::Service;
 
-use super::service::Shared;
+use super::state::{Next, Shared};
 use crate::{
-    Decision, Error, FailMode, Mode, headers,
+    Decision, Error, headers,
     key::KeyBuffer,
-    response::{self, RateLimitInfo, RateLimitStatus},
     store::{Check, Store},
 };
 
@@ -85,65 +84,6 @@ pin_project! {
         Done {
             response: Option<Response>,
         },
-    }
-}
-
-/// Where a request goes once its decision (if any) is known.
-pub(super) enum Next {
-    Respond(Response),
-    Forward(Option<Decision>),
-}
-
-impl Shared {
-    /// Block mode answers a denial here; annotate mode records the decision
-    /// for the handler; everything else is forwarded.
-    pub(super) fn next<B>(&self, decision: Option<Decision>, request: &mut Request<B>) -> Next {
-        let policy = &self.policy;
-        let Some(decision) = decision else {
-            return Next::Forward(None);
-        };
-        let info = || RateLimitInfo {
-            policy: policy.name.clone(),
-            decision,
-        };
-        match policy.mode {
-            Mode::Block if !decision.allowed => {
-                let info = info();
-                let mut response = match &policy.on_rejected {
-                    Some(hook) => hook(&info),
-                    None => response::too_many_requests(&info),
-                };
-                headers::insert(response.headers_mut(), policy, &decision);
-                headers::insert_retry_after(response.headers_mut(), &decision);
-                return Next::Respond(response);
-            }
-            Mode::Block => {}
-            Mode::Annotate => RateLimitStatus::record(request.extensions_mut(), info()),
-        }
-        Next::Forward(Some(decision))
-    }
-
-    /// The store failed, timed out or is skipped by the breaker: the fail
-    /// mode decides.
-    pub(super) fn unavailable<B>(&self, key: &str, cost: u64, request: &mut Request<B>) -> Next {
-        let mode = self.policy.on_store_error;
-        self.stats.record_fail_mode(mode);
-        let decision = match (mode, &self.policy.fallback) {
-            (FailMode::Closed, _) => return Next::Respond(response::store_unavailable()),
-            (FailMode::Fallback, Some(fallback)) => {
-                fallback.decide(key, cost, self.policy.capacity, self.policy.algorithm)
-            }
-            _ => None,
-        };
-        self.next(decision, request)
-    }
-
-    /// Records a store decision (breaker, block cache).
-    pub(super) fn decided(&self, key: &str, cost: u64, decision: &Decision) {
-        self.stats.record_success(&self.policy.name);
-        if let Some(cache) = &self.policy.block_cache {
-            cache.record(key, cost, decision, Instant::now());
-        }
     }
 }
 
@@ -256,7 +196,12 @@ where
                         if let Some(charge) = &refund {
                             decision.remaining = decision.remaining.saturating_add(charge.cost);
                         }
-                        headers::insert(response.headers_mut(), policy, &decision);
+                        headers::insert(
+                            response.headers_mut(),
+                            &policy.items,
+                            policy.legacy_headers,
+                            &decision,
+                        );
                     }
                     let Some(charge) = refund else {
                         return Poll::Ready(Ok(response));

@@ -7,36 +7,9 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{Error, FailMode};
-
-/// When to stop calling a failing store, and how often to try it again.
-///
-/// After `failures` store calls in a row fail or time out, the breaker
-/// opens: requests get the policy's fail mode at once, without waiting for
-/// the store. Every `cooldown` one request is let through as a probe; when it
-/// succeeds, the breaker closes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Breaker {
-    /// Consecutive failures that open the breaker (at least 1).
-    pub failures: u32,
-    /// Time between probes while open, in milliseconds.
-    pub cooldown_ms: u64,
-}
-
-impl Default for Breaker {
-    /// Three failures; a probe every 500 ms, so limiting resumes within
-    /// about half a second of the store returning.
-    fn default() -> Self {
-        Self {
-            failures: 3,
-            cooldown_ms: 500,
-        }
-    }
-}
+use crate::{Error, FailMode, policy::Breaker};
 
 /// Counters of one layer, shared by all its clones.
 ///

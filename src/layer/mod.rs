@@ -31,9 +31,10 @@
 mod future;
 mod health;
 mod service;
+mod state;
 
 pub use self::{
     future::ResponseFuture,
-    health::{Breaker, Stats},
+    health::Stats,
     service::{RateLimit, RateLimitLayer},
 };

@@ -8,15 +8,15 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::{
-    future::{Charge, Next, Pending, ResponseFuture},
+    future::{Charge, Pending, ResponseFuture},
     health::{Admit, Stats},
+    state::{Compiled, Next, Shared},
 };
 use tokio::time::Instant;
 
 use crate::{
     Error, Mode, OnMissingKey, Policy,
     key::{KeyBuffer, KeyError},
-    policy::Compiled,
     response,
     store::{Check, Store},
 };
@@ -28,19 +28,13 @@ pub struct RateLimitLayer<St> {
     store: St,
 }
 
-/// What every clone of the service shares: the policy and its counters.
-pub(crate) struct Shared {
-    pub policy: Compiled,
-    pub stats: Arc<Stats>,
-}
-
 impl<St: Store> RateLimitLayer<St> {
     /// Checks `policy` and binds it to `store`.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first setting that cannot work.
     pub fn new(policy: Policy, store: St) -> Result<Self, Error> {
-        let policy = policy.compile()?;
+        let policy = Compiled::new(policy)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 stats: Arc::new(Stats::new(policy.breaker)),

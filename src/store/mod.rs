@@ -11,6 +11,7 @@ mod redis;
 use std::future::Future;
 
 pub use self::{memory::MemoryStore, redis::RedisStore};
+pub use crate::algorithm::MAX_LIMITS;
 use crate::{Algorithm, Decision, Error, algorithm::Limit};
 
 /// One question to a store: may `cost` more requests be counted on `key`
@@ -73,9 +74,6 @@ impl Check<'_> {
         limit.push_key_suffix(self.algorithm, out);
     }
 }
-
-/// Most limits one policy may have; stores keep per-limit state on the stack.
-pub const MAX_LIMITS: usize = 8;
 
 /// Counter storage that decides [`Check`]s atomically.
 pub trait Store: Clone + Send + Sync + 'static {

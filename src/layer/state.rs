@@ -1,0 +1,236 @@
+//! What every clone of a layer's service shares: the checked policy with
+//! what the hot path needs precomputed (key head, header values, block
+//! cache, fallback limiter), its counters, and the rules that turn a
+//! decision into a response.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::response::Response;
+use http::{Method, Request};
+use tokio::time::Instant;
+
+use super::health::Stats;
+use crate::{
+    Algorithm, Clock, Cost, Decision, Error, FailMode, Key, MemoryStore, Mode, OnMissingKey,
+    Policy,
+    algorithm::Limit,
+    block_cache::BlockCache,
+    headers::{self, PolicyItems},
+    policy::{Breaker, RejectionHook},
+    response::{self, RateLimitInfo, RateLimitStatus},
+    store::Check,
+};
+
+/// What every clone of the service shares: the policy and its counters.
+pub(crate) struct Shared {
+    pub policy: Compiled,
+    pub stats: Arc<Stats>,
+}
+
+/// A checked policy with everything the hot path needs precomputed.
+pub(crate) struct Compiled {
+    pub name: Arc<str>,
+    pub limits: Vec<Limit>,
+    pub algorithm: Algorithm,
+    pub clock: Clock,
+    pub key: Key,
+    pub cost: Cost,
+    /// The largest cost any request can be allowed.
+    pub capacity: u64,
+    pub on_missing_key: OnMissingKey,
+    pub mode: Mode,
+    pub on_store_error: FailMode,
+    pub timeout: Duration,
+    pub methods: Option<Vec<Method>>,
+    pub legacy_headers: bool,
+    pub on_rejected: Option<RejectionHook>,
+    /// `rl:telemetry:{`: the key up to the client's part.
+    pub key_head: String,
+    pub items: PolicyItems,
+    pub block_cache: Option<BlockCache>,
+    pub fallback: Option<Fallback>,
+    pub breaker: Breaker,
+}
+
+/// The in-process limiter of [`FailMode::Fallback`].
+pub(crate) struct Fallback {
+    pub store: MemoryStore,
+    pub limits: Vec<Limit>,
+}
+
+impl Fallback {
+    /// Decides in-process. `capacity` is the shared limits' smallest: a cost
+    /// within it may exceed the divided limits, and is then counted as
+    /// their capacity rather than denied for good; a cost above it (forwarded
+    /// in annotate mode) stays denied.
+    pub(crate) fn decide(
+        &self,
+        key: &str,
+        cost: u64,
+        capacity: u64,
+        algorithm: Algorithm,
+    ) -> Option<Decision> {
+        let divided = self.limits.iter().map(|l| l.capacity(algorithm)).min();
+        let check = Check {
+            key,
+            limits: &self.limits,
+            algorithm,
+            cost: match divided {
+                Some(divided) if cost <= capacity => cost.min(divided),
+                _ => cost,
+            },
+            now_us: None,
+        };
+        self.store.decide(check).ok()
+    }
+}
+
+impl Compiled {
+    /// Checks `policy` and precomputes what the hot path needs.
+    pub(crate) fn new(policy: Policy) -> Result<Self, Error> {
+        let limits = policy.check()?;
+        let capacity = limits.iter().map(|l| l.capacity(policy.algorithm)).min();
+        let fallback = (policy.on_store_error == FailMode::Fallback).then(|| Fallback {
+            store: MemoryStore::new(),
+            limits: limits
+                .iter()
+                .map(|l| l.divided_by(policy.fallback_divisor))
+                .collect(),
+        });
+        Ok(Self {
+            block_cache: policy
+                .block_cache
+                .map(|capacity| BlockCache::new(capacity, policy.algorithm, &limits)),
+            fallback,
+            breaker: policy.breaker,
+            key_head: format!("{}{}:{{", policy.prefix, policy.name),
+            items: PolicyItems::new(&policy.name, &limits),
+            capacity: capacity.unwrap_or(1),
+            name: policy.name.into(),
+            limits,
+            algorithm: policy.algorithm,
+            clock: policy.clock,
+            key: policy.key.expect("check() requires a key"),
+            cost: policy.cost,
+            on_missing_key: policy.on_missing_key,
+            mode: policy.mode,
+            on_store_error: policy.on_store_error,
+            timeout: policy.timeout,
+            methods: policy.methods,
+            legacy_headers: policy.legacy_headers,
+            on_rejected: policy.on_rejected,
+        })
+    }
+
+    /// The time to send with a check: the app's for [`Clock::App`], else
+    /// none (the store reads its own).
+    pub fn now_us(&self) -> Option<u64> {
+        match self.clock {
+            Clock::Store => None,
+            Clock::App => Some(crate::algorithm::unix_now_us()),
+        }
+    }
+
+    /// Whether requests with `method` are limited. A `GET` filter covers
+    /// `HEAD` as well, since axum answers `HEAD` with the `GET` handler.
+    pub fn applies_to(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| {
+            m.contains(method) || (method == Method::HEAD && m.contains(&Method::GET))
+        })
+    }
+}
+
+/// Where a request goes once its decision (if any) is known.
+pub(super) enum Next {
+    Respond(Response),
+    Forward(Option<Decision>),
+}
+
+impl Shared {
+    /// Block mode answers a denial here; annotate mode records the decision
+    /// for the handler; everything else is forwarded.
+    pub(super) fn next<B>(&self, decision: Option<Decision>, request: &mut Request<B>) -> Next {
+        let policy = &self.policy;
+        let Some(decision) = decision else {
+            return Next::Forward(None);
+        };
+        let info = || RateLimitInfo {
+            policy: policy.name.clone(),
+            decision,
+        };
+        match policy.mode {
+            Mode::Block if !decision.allowed => {
+                let info = info();
+                let mut response = match &policy.on_rejected {
+                    Some(hook) => hook(&info),
+                    None => response::too_many_requests(&info),
+                };
+                headers::insert(
+                    response.headers_mut(),
+                    &policy.items,
+                    policy.legacy_headers,
+                    &decision,
+                );
+                headers::insert_retry_after(response.headers_mut(), &decision);
+                return Next::Respond(response);
+            }
+            Mode::Block => {}
+            Mode::Annotate => RateLimitStatus::record(request.extensions_mut(), info()),
+        }
+        Next::Forward(Some(decision))
+    }
+
+    /// The store failed, timed out or is skipped by the breaker: the fail
+    /// mode decides.
+    pub(super) fn unavailable<B>(&self, key: &str, cost: u64, request: &mut Request<B>) -> Next {
+        let mode = self.policy.on_store_error;
+        self.stats.record_fail_mode(mode);
+        let decision = match (mode, &self.policy.fallback) {
+            (FailMode::Closed, _) => return Next::Respond(response::store_unavailable()),
+            (FailMode::Fallback, Some(fallback)) => {
+                fallback.decide(key, cost, self.policy.capacity, self.policy.algorithm)
+            }
+            _ => None,
+        };
+        self.next(decision, request)
+    }
+
+    /// Records a store decision (breaker, block cache).
+    pub(super) fn decided(&self, key: &str, cost: u64, decision: &Decision) {
+        self.stats.record_success(&self.policy.name);
+        if let Some(cache) = &self.policy.block_cache {
+            cache.record(key, cost, decision, Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rate;
+
+    #[test]
+    fn the_fallback_caps_a_cost_the_shared_limit_admits_but_not_one_it_never_would() {
+        let fallback = Fallback {
+            store: MemoryStore::new(),
+            limits: vec![Limit::new(Rate::per_minute(10)).divided_by(4)],
+        };
+        // 5 fits the shared 10/m but never the divided 2/m: counted as 2.
+        let capped = fallback.decide("a", 5, 10, Algorithm::FixedWindow).unwrap();
+        assert_eq!((capped.allowed, capped.remaining), (true, 0));
+        // 11 fits no limit: denied, not capped into an admission.
+        let over = fallback
+            .decide("b", 11, 10, Algorithm::FixedWindow)
+            .unwrap();
+        assert!(!over.allowed);
+    }
+
+    #[test]
+    fn keys_are_precomputed_around_the_client_part() {
+        let policy = Policy::new("telemetry")
+            .rate(Rate::per_minute(1000))
+            .key(Key::global());
+        let compiled = Compiled::new(policy).unwrap();
+        assert_eq!(compiled.key_head, "rl:telemetry:{");
+    }
+}
