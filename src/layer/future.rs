@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Timeout;
 use tower::Service;
 
-use super::state::{Next, Shared};
+use super::state::{Outcome, Shared};
 use crate::{
     Decision, Error, headers,
     key::KeyBuffer,
@@ -28,6 +28,18 @@ pin_project! {
         #[pin]
         state: State<S, S::Future, St, B>,
         shared: Arc<Shared>,
+    }
+}
+
+impl<S, St, B> std::fmt::Debug for ResponseFuture<S, St, B>
+where
+    S: Service<Request<B>>,
+    St: Store,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("policy", &self.shared.policy.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,7 +163,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Checking { check, pending } => {
-                    let outcome =
+                    let answer =
                         ready!(check.poll(cx)).unwrap_or(Err(Error::Timeout(policy.timeout)));
                     let Pending {
                         mut inner,
@@ -159,20 +171,22 @@ where
                         charge,
                     } = pending.take().expect("polled after completion");
                     let (key, cost) = (&charge.key, charge.cost);
-                    let (next, counted) = match outcome {
+                    let (outcome, counted) = match answer {
                         Ok(decision) => {
-                            shared.decided(key, cost, &decision);
-                            (shared.next(Some(decision), &mut request), decision.allowed)
+                            shared.record_decision(key, cost, &decision);
+                            (
+                                shared.outcome(Some(decision), &mut request),
+                                decision.allowed,
+                            )
                         }
                         Err(error) => {
-                            let mode = policy.on_store_error;
-                            shared.stats.record_error(&policy.name, &error, mode);
-                            (shared.unavailable(key, cost, &mut request), false)
+                            shared.store_failed(&error);
+                            (shared.fail_mode(key, cost, &mut request), false)
                         }
                     };
-                    match next {
-                        Next::Respond(response) => return Poll::Ready(Ok(refused(response))),
-                        Next::Forward(decision) => {
+                    match outcome {
+                        Outcome::Respond(response) => return Poll::Ready(Ok(refused(response))),
+                        Outcome::Forward(decision) => {
                             let future = inner.call(request);
                             let charge = counted.then_some(charge);
                             this.state.set(State::Calling {

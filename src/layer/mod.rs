@@ -28,13 +28,14 @@
 //! # app().unwrap();
 //! ```
 
+mod breaker;
 mod future;
-mod health;
 mod service;
 mod state;
+mod stats;
 
 pub use self::{
     future::ResponseFuture,
-    health::Stats,
     service::{RateLimit, RateLimitLayer},
+    stats::Stats,
 };

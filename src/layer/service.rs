@@ -1,4 +1,5 @@
 use std::{
+    fmt,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -8,9 +9,10 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::{
+    breaker::CircuitBreaker,
     future::{Charge, Pending, ResponseFuture},
-    health::{Admit, Stats},
-    state::{Compiled, Next, Shared},
+    state::{Compiled, Outcome, Shared},
+    stats::Stats,
 };
 use tokio::time::Instant;
 
@@ -37,7 +39,8 @@ impl<St: Store> RateLimitLayer<St> {
         let policy = Compiled::new(policy)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                stats: Arc::new(Stats::new(policy.breaker)),
+                stats: Arc::new(Stats::new()),
+                breaker: CircuitBreaker::new(policy.breaker),
                 policy,
             }),
             store,
@@ -77,6 +80,42 @@ pub struct RateLimit<S, St> {
     inner: S,
     shared: Arc<Shared>,
     store: St,
+}
+
+impl<S, St> RateLimit<S, St> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for RateLimit<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.policy.name)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: fmt::Debug> fmt::Debug for RateLimitLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("policy", &self.shared.policy.name)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: Clone, St: Clone> Clone for RateLimit<S, St> {
@@ -144,12 +183,12 @@ where
             .and_then(|c| c.get(&key, cost, Instant::now()));
         if let Some(decision) = cached {
             self.shared.stats.record_block_cache_hit();
-            let next = self.shared.next(Some(decision), &mut request);
-            return self.finish(next, request);
+            let outcome = self.shared.outcome(Some(decision), &mut request);
+            return self.finish(outcome, request);
         }
-        if self.shared.stats.admit() == Admit::Skip {
-            let next = self.shared.unavailable(&key, cost, &mut request);
-            return self.finish(next, request);
+        if !self.shared.may_call_store() {
+            let outcome = self.shared.fail_mode(&key, cost, &mut request);
+            return self.finish(outcome, request);
         }
         let check = self.store.check(Check {
             key: &key,
@@ -181,16 +220,69 @@ where
 
 impl<S, St> RateLimit<S, St> {
     /// Answers or forwards a request decided without waiting for the store.
-    fn finish<B>(&mut self, next: Next, request: Request<B>) -> ResponseFuture<S, St, B>
+    fn finish<B>(&mut self, outcome: Outcome, request: Request<B>) -> ResponseFuture<S, St, B>
     where
         S: Service<Request<B>>,
         St: Store,
     {
-        match next {
-            Next::Respond(response) => ResponseFuture::respond(response, &self.shared),
-            Next::Forward(decision) => {
+        match outcome {
+            Outcome::Respond(response) => ResponseFuture::respond(response, &self.shared),
+            Outcome::Forward(decision) => {
                 ResponseFuture::forward(self.inner.call(request), decision, &self.shared)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        future::{Ready, ready},
+        sync::atomic::{AtomicBool, Ordering::Relaxed},
+        task::Waker,
+    };
+
+    use super::*;
+    use crate::{Key, MemoryStore, Rate};
+
+    /// A service that is ready only once its gate is open.
+    #[derive(Clone, Debug)]
+    struct Gate(Arc<AtomicBool>);
+
+    impl Service<Request<()>> for Gate {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Ready<Result<Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            match self.0.load(Relaxed) {
+                true => Poll::Ready(Ok(())),
+                false => Poll::Pending,
+            }
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            ready(Ok(Response::default()))
+        }
+    }
+
+    #[test]
+    fn the_middleware_is_ready_when_its_service_is_and_gives_it_back() {
+        let policy = Policy::new("gate")
+            .rate(Rate::per_minute(1))
+            .key(Key::global());
+        let layer = RateLimitLayer::new(policy, MemoryStore::new()).unwrap();
+        assert!(format!("{layer:?}").contains("\"gate\""));
+        let open = Arc::new(AtomicBool::new(false));
+        let mut service = layer.layer(Gate(open.clone()));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(service.poll_ready(&mut cx).is_pending());
+        open.store(true, Relaxed);
+        assert!(service.poll_ready(&mut cx).is_ready());
+        assert!(format!("{service:?}").contains("Gate"));
+        assert!(service.get_ref().0.load(Relaxed));
+        service.get_mut().0.store(false, Relaxed);
+        assert!(!service.into_inner().0.load(Relaxed));
     }
 }

@@ -9,7 +9,10 @@ use axum::response::Response;
 use http::{Method, Request};
 use tokio::time::Instant;
 
-use super::health::Stats;
+use super::{
+    breaker::{Admit, CircuitBreaker},
+    stats::Stats,
+};
 use crate::{
     Algorithm, Clock, Cost, Decision, Error, FailMode, Key, MemoryStore, Mode, OnMissingKey,
     Policy,
@@ -21,10 +24,12 @@ use crate::{
     store::Check,
 };
 
-/// What every clone of the service shares: the policy and its counters.
+/// What every clone of the service shares: the policy, its counters and
+/// its circuit breaker.
 pub(crate) struct Shared {
     pub policy: Compiled,
     pub stats: Arc<Stats>,
+    pub breaker: CircuitBreaker,
 }
 
 /// A checked policy with everything the hot path needs precomputed.
@@ -141,7 +146,7 @@ impl Compiled {
 }
 
 /// Where a request goes once its decision (if any) is known.
-pub(super) enum Next {
+pub(super) enum Outcome {
     Respond(Response),
     Forward(Option<Decision>),
 }
@@ -149,10 +154,14 @@ pub(super) enum Next {
 impl Shared {
     /// Block mode answers a denial here; annotate mode records the decision
     /// for the handler; everything else is forwarded.
-    pub(super) fn next<B>(&self, decision: Option<Decision>, request: &mut Request<B>) -> Next {
+    pub(super) fn outcome<B>(
+        &self,
+        decision: Option<Decision>,
+        request: &mut Request<B>,
+    ) -> Outcome {
         let policy = &self.policy;
         let Some(decision) = decision else {
-            return Next::Forward(None);
+            return Outcome::Forward(None);
         };
         let info = || RateLimitInfo {
             policy: policy.name.clone(),
@@ -172,31 +181,50 @@ impl Shared {
                     &decision,
                 );
                 headers::insert_retry_after(response.headers_mut(), &decision);
-                return Next::Respond(response);
+                return Outcome::Respond(response);
             }
             Mode::Block => {}
             Mode::Annotate => RateLimitStatus::record(request.extensions_mut(), info()),
         }
-        Next::Forward(Some(decision))
+        Outcome::Forward(Some(decision))
     }
 
     /// The store failed, timed out or is skipped by the breaker: the fail
     /// mode decides.
-    pub(super) fn unavailable<B>(&self, key: &str, cost: u64, request: &mut Request<B>) -> Next {
+    pub(super) fn fail_mode<B>(&self, key: &str, cost: u64, request: &mut Request<B>) -> Outcome {
         let mode = self.policy.on_store_error;
         self.stats.record_fail_mode(mode);
         let decision = match (mode, &self.policy.fallback) {
-            (FailMode::Closed, _) => return Next::Respond(response::store_unavailable()),
+            (FailMode::Closed, _) => return Outcome::Respond(response::store_unavailable()),
             (FailMode::Fallback, Some(fallback)) => {
                 fallback.decide(key, cost, self.policy.capacity, self.policy.algorithm)
             }
             _ => None,
         };
-        self.next(decision, request)
+        self.outcome(decision, request)
     }
 
-    /// Records a store decision (breaker, block cache).
-    pub(super) fn decided(&self, key: &str, cost: u64, decision: &Decision) {
+    /// Whether to call the store now: not while the breaker is open, but
+    /// for its probes.
+    pub(super) fn may_call_store(&self) -> bool {
+        let admit = self.breaker.admit();
+        if admit == Admit::Skip {
+            self.stats.record_short_circuit();
+        }
+        admit == Admit::Call
+    }
+
+    /// Records a store call that failed or timed out.
+    pub(super) fn store_failed(&self, error: &Error) {
+        self.breaker.failure();
+        let policy = &self.policy;
+        self.stats
+            .record_error(&policy.name, error, policy.on_store_error);
+    }
+
+    /// Records a store decision (breaker, counters, block cache).
+    pub(super) fn record_decision(&self, key: &str, cost: u64, decision: &Decision) {
+        self.breaker.success();
         self.stats.record_success(&self.policy.name);
         if let Some(cache) = &self.policy.block_cache {
             cache.record(key, cost, decision, Instant::now());
