@@ -8,7 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::ConnectInfo;
 use http::{HeaderName, HeaderValue, Request, request::Parts};
 
-use crate::{ClientIp, Cost, ForwardedHeader, Key, key::encode};
+use crate::{
+    ClientIp, Cost, ForwardedHeader, Key,
+    key::{encode, layout},
+};
 
 /// The head of a request carrying `headers`, in order (a repeated name is a
 /// repeated header), as hyper hands it to the layer; `None` when a name or a
@@ -67,9 +70,8 @@ pub fn client_ip(
 /// between the policy's `<prefix><name>:` and the window suffix. `None` is
 /// a missing or a repeated key (both refused).
 pub fn storage_key(key: &Key, parts: &Parts) -> Option<String> {
-    let mut out = String::from("{");
-    key.write(parts, &mut out).ok()?;
-    out.push('}');
+    let mut out = String::new();
+    layout::client_key("{", key, parts, &mut out).ok()?;
     Some(out)
 }
 

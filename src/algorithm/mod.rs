@@ -20,7 +20,7 @@ mod fixed_window;
 mod gcra;
 mod sliding_window;
 
-use std::{fmt::Write as _, time::Duration};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,16 +70,6 @@ impl Algorithm {
                 )
             }
             Self::Gcra => concat!(include_str!("gcra.lua"), include_str!("driver.lua")),
-        }
-    }
-
-    /// Each algorithm keeps its own kind of value, so switching a policy's
-    /// algorithm never reads another's state.
-    fn key_suffix(self) -> &'static str {
-        match self {
-            Self::FixedWindow => "",
-            Self::SlidingWindow => ":sliding",
-            Self::Gcra => ":gcra",
         }
     }
 
@@ -253,16 +243,6 @@ impl Limit {
     /// so exact GCRA would admit at most one more request every 333 s.
     pub(crate) fn interval_us(&self) -> u64 {
         (self.rate.window_ms() * 1000).div_ceil(self.rate.limit())
-    }
-
-    /// Appends this limit's part of the key: `:60`, `:60:gcra`…
-    pub(crate) fn push_key_suffix(&self, algorithm: Algorithm, out: &mut String) {
-        let _ = write!(
-            out,
-            ":{}{}",
-            self.rate.window().as_secs(),
-            algorithm.key_suffix()
-        );
     }
 }
 

@@ -8,6 +8,7 @@
 mod buffer;
 mod client_ip;
 pub(crate) mod encode;
+pub(crate) mod layout;
 
 use std::{fmt, sync::Arc};
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::{
     Error, Mode, OnMissingKey, Policy,
-    key::{KeyBuffer, KeyError},
+    key::{KeyBuffer, KeyError, layout},
     response,
     store::{Check, Store},
 };
@@ -149,8 +149,7 @@ where
         }
         let (parts, body) = request.into_parts();
         let mut key = KeyBuffer::take();
-        key.push_str(&policy.key_head);
-        if let Err(error) = policy.key.write(&parts, &mut key) {
+        if let Err(error) = layout::client_key(&policy.key_head, &policy.key, &parts, &mut key) {
             let request = Request::from_parts(parts, body);
             return match (error, policy.on_missing_key) {
                 (KeyError::Missing(_), OnMissingKey::Allow) => {
@@ -164,7 +163,6 @@ where
                 }
             };
         }
-        key.push('}');
         let cost = match policy.cost.of(&parts) {
             // Annotate mode forwards it too, as a denial the store reports.
             Ok(cost) if cost <= policy.capacity || policy.mode == Mode::Annotate => cost,

@@ -12,7 +12,7 @@ use std::future::Future;
 
 pub use self::{memory::MemoryStore, redis::RedisStore};
 pub use crate::algorithm::MAX_LIMITS;
-use crate::{Algorithm, Decision, Error, algorithm::Limit};
+use crate::{Algorithm, Decision, Error, algorithm::Limit, key::layout};
 
 /// One question to a store: may `cost` more requests be counted on `key`
 /// under every one of `limits`?
@@ -69,9 +69,7 @@ impl Check<'_> {
 
     /// The counter key of `limit` in `out` (cleared first).
     pub(crate) fn counter_key(&self, limit: &Limit, out: &mut String) {
-        out.clear();
-        out.push_str(self.key);
-        limit.push_key_suffix(self.algorithm, out);
+        layout::counter_key(self.key, limit, self.algorithm, out);
     }
 }
 

@@ -1,0 +1,84 @@
+//! The Redis key layout, written in one place:
+//!
+//! ```text
+//! rl:telemetry:{x-agent-token:AGENT-1}:60:gcra
+//! └─ head ────┘└─ client's hash tag ─┘└ counter ┘
+//! ```
+//!
+//! The head is the policy's prefix and name; the hash tag holds the key's
+//! label and the client's value (encoded, see [`encode`](super::encode)), so
+//! that every counter of one client lands in one Redis Cluster slot; each
+//! limit then names its counter by its window in seconds and, for the
+//! sliding window and GCRA, the algorithm, so that switching a policy's
+//! algorithm never reads another's state.
+
+use std::fmt::Write as _;
+
+use http::request::Parts;
+
+use super::{Key, KeyError};
+use crate::{Algorithm, algorithm::Limit};
+
+/// `<prefix><policy>:{`: every client key of a policy starts so.
+pub(crate) fn head(prefix: &str, policy: &str) -> String {
+    format!("{prefix}{policy}:{{")
+}
+
+/// Writes the client key of a request to `out` (cleared first): `head`, the
+/// key's `label:value` for this request, and the closing brace.
+pub(crate) fn client_key(
+    head: &str,
+    key: &Key,
+    parts: &Parts,
+    out: &mut String,
+) -> Result<(), KeyError> {
+    out.clear();
+    out.push_str(head);
+    key.write(parts, out)?;
+    out.push('}');
+    Ok(())
+}
+
+/// Writes the counter of `limit` under `client_key` to `out` (cleared
+/// first): `:60`, `:60:sliding`, `:60:gcra`.
+pub(crate) fn counter_key(client_key: &str, limit: &Limit, algorithm: Algorithm, out: &mut String) {
+    let suffix = match algorithm {
+        Algorithm::FixedWindow => "",
+        Algorithm::SlidingWindow => ":sliding",
+        Algorithm::Gcra => ":gcra",
+    };
+    out.clear();
+    out.push_str(client_key);
+    let _ = write!(out, ":{}{suffix}", limit.rate().window().as_secs());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rate;
+
+    #[test]
+    fn keys_are_laid_out_head_tag_counter() {
+        let mut request = http::Request::new(());
+        request
+            .headers_mut()
+            .insert("x-agent-token", "AGENT-1".parse().unwrap());
+        let parts = request.into_parts().0;
+        let mut client = String::from("stale");
+        let head = head("rl:", "telemetry");
+        client_key(&head, &Key::header("X-Agent-Token"), &parts, &mut client).unwrap();
+        assert_eq!(client, "rl:telemetry:{x-agent-token:AGENT-1}");
+        let limit = Limit::new(Rate::per_minute(5));
+        let mut counter = String::new();
+        for (algorithm, expected) in [
+            (Algorithm::FixedWindow, ":60"),
+            (Algorithm::SlidingWindow, ":60:sliding"),
+            (Algorithm::Gcra, ":60:gcra"),
+        ] {
+            counter_key(&client, &limit, algorithm, &mut counter);
+            assert_eq!(counter, format!("{client}{expected}"));
+        }
+        let missing = client_key(&head, &Key::user(), &parts, &mut client);
+        assert_eq!(missing, Err(KeyError::Missing("user".into())));
+    }
+}
