@@ -55,7 +55,7 @@ pub use self::{
     layer::{RateLimit, RateLimitLayer},
     policy::{Breaker, Clock, FailMode, Mode, OnMissingKey, Policy},
     rate::Rate,
-    response::{RateLimitInfo, RateLimitStatus},
+    response::{RateLimitInfo, RateLimitStatus, Rejection},
     store::{MemoryStore, RedisStore},
 };
 

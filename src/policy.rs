@@ -10,7 +10,7 @@ use crate::{
     Algorithm, Cost, Error, Key, Rate,
     algorithm::{Limit, MAX_LIMITS},
     key::encode,
-    response::RateLimitInfo,
+    response::Rejection,
 };
 
 /// What the layer does with a request over the limit.
@@ -102,8 +102,8 @@ impl Default for Breaker {
     }
 }
 
-/// Builds the response to a request over the limit.
-pub type RejectionHook = Arc<dyn Fn(&RateLimitInfo) -> Response + Send + Sync>;
+/// Builds the response to a request the layer refuses.
+pub type RejectionHook = Arc<dyn Fn(&Rejection) -> Response + Send + Sync>;
 
 /// A named rate-limit policy. Build one, then hand it to
 /// [`RateLimitLayer::new`](crate::RateLimitLayer::new), which checks it.
@@ -299,11 +299,26 @@ impl Policy {
         self
     }
 
-    /// Builds the `429` response instead of the default JSON body. The
-    /// layer adds `Retry-After` and the `RateLimit` headers to it.
+    /// Builds the response to every request the layer refuses (over the
+    /// limit, no key, a bad cost, the store unavailable…) instead of the
+    /// default JSON bodies, which [`Rejection::default_response`] gives.
+    /// The layer adds `Retry-After` and the `RateLimit` fields to it.
+    ///
+    /// ```
+    /// use axum::response::IntoResponse;
+    /// use axum_redis_ratelimit::{Key, Policy, Rate, response::Rejection};
+    ///
+    /// let policy = Policy::new("api")
+    ///     .rate(Rate::per_minute(60))
+    ///     .key(Key::client_ip())
+    ///     .on_rejected(|rejection| match rejection {
+    ///         Rejection::TooManyRequests(_) => (rejection.status(), "slow down").into_response(),
+    ///         other => other.default_response(),
+    ///     });
+    /// ```
     pub fn on_rejected<F>(mut self, hook: F) -> Self
     where
-        F: Fn(&RateLimitInfo) -> Response + Send + Sync + 'static,
+        F: Fn(&Rejection) -> Response + Send + Sync + 'static,
     {
         self.on_rejected = Some(Arc::new(hook));
         self

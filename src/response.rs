@@ -1,13 +1,15 @@
 //! What the layer tells handlers and clients: [`RateLimitInfo`],
-//! [`RateLimitStatus`] and the default error responses.
+//! [`RateLimitStatus`], and [`Rejection`] with its default responses.
 
 use std::{convert::Infallible, sync::Arc};
 
 use axum::{
+    Json,
     extract::FromRequestParts,
     response::{IntoResponse, Response},
 };
-use http::{StatusCode, header, request::Parts};
+use http::{StatusCode, request::Parts};
+use serde::Serialize;
 
 use crate::{Decision, algorithm::whole_seconds};
 
@@ -80,84 +82,127 @@ impl<S: Send + Sync> FromRequestParts<S> for RateLimitStatus {
     }
 }
 
-fn json(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+/// Why the layer answered a request itself instead of forwarding it, handed
+/// to [`Policy::on_rejected`](crate::Policy::on_rejected) so that one hook
+/// can shape every refusal. The layer adds the `RateLimit` fields and
+/// `Retry-After` to whatever the hook returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Over the limit: `429 Too Many Requests`.
+    TooManyRequests(RateLimitInfo),
+    /// The key was not found and the policy rejects such requests
+    /// ([`OnMissingKey::Reject`](crate::OnMissingKey::Reject)).
+    MissingKey {
+        /// The policy's name.
+        policy: Arc<str>,
+        /// The label of the first key tried, e.g. `x-agent-token`.
+        label: Arc<str>,
+        /// The status the policy answers with.
+        status: StatusCode,
+    },
+    /// A key header was sent more than once: `400`.
+    RepeatedKey {
+        /// The policy's name.
+        policy: Arc<str>,
+        /// The header's label, e.g. `x-agent-token`.
+        label: Arc<str>,
+    },
+    /// The request's cost could not be read: `400`.
+    BadCost {
+        /// The policy's name.
+        policy: Arc<str>,
+        /// Why, as the cost's source says it.
+        reason: String,
+    },
+    /// The request costs more than a limit can ever admit: `413`, and no
+    /// `Retry-After`, since waiting would not help.
+    CostTooLarge {
+        /// The policy's name.
+        policy: Arc<str>,
+        /// The request's cost.
+        cost: u64,
+        /// The most one request can be allowed.
+        capacity: u64,
+    },
+    /// The store is unavailable and the policy fails closed: `503`.
+    StoreUnavailable {
+        /// The policy's name.
+        policy: Arc<str>,
+    },
 }
 
-/// `429 {"error":"Too many requests","retry_after":N}`; the layer adds the
-/// headers.
-pub(crate) fn too_many_requests(info: &RateLimitInfo) -> Response {
-    let retry_after = info.retry_after_secs().unwrap_or(1);
-    json(
-        StatusCode::TOO_MANY_REQUESTS,
-        format!(r#"{{"error":"Too many requests","retry_after":{retry_after}}}"#),
-    )
-}
-
-/// `503` for a policy that fails closed while its store is unavailable.
-pub(crate) fn store_unavailable() -> Response {
-    let mut response = json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        r#"{"error":"Rate limiter unavailable","retry_after":1}"#.to_owned(),
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-    response
-}
-
-/// `400` for a request whose cost cannot be read.
-pub(crate) fn bad_cost(reason: &str) -> Response {
-    json(
-        StatusCode::BAD_REQUEST,
-        format!(
-            r#"{{"error":"Bad Request","detail":"{}"}}"#,
-            json_escape(reason)
-        ),
-    )
-}
-
-/// The inside of a JSON string: `Cost::from_fn` messages are the
-/// application's and may quote what the client sent.
-fn json_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
+impl Rejection {
+    /// The name of the policy that refused the request.
+    pub fn policy(&self) -> &str {
+        match self {
+            Self::TooManyRequests(info) => &info.policy,
+            Self::MissingKey { policy, .. }
+            | Self::RepeatedKey { policy, .. }
+            | Self::BadCost { policy, .. }
+            | Self::CostTooLarge { policy, .. }
+            | Self::StoreUnavailable { policy } => policy,
         }
     }
-    out
+
+    /// The status of the default response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::MissingKey { status, .. } => *status,
+            Self::RepeatedKey { .. } | Self::BadCost { .. } => StatusCode::BAD_REQUEST,
+            Self::CostTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The response the layer gives without a hook: the status and a small
+    /// JSON body, e.g. `{"error":"Too many requests","retry_after":17}`.
+    pub fn default_response(&self) -> Response {
+        let status = self.status();
+        let mut body = Body {
+            error: status.canonical_reason().unwrap_or("Rejected"),
+            ..Body::default()
+        };
+        match self {
+            Self::TooManyRequests(info) => {
+                body.error = "Too many requests";
+                body.retry_after = Some(info.retry_after_secs().unwrap_or(1));
+            }
+            Self::MissingKey { label, .. } => body.missing_key = Some(label),
+            Self::RepeatedKey { label, .. } => body.repeated_key = Some(label),
+            Self::BadCost { reason, .. } => body.detail = Some(reason),
+            Self::CostTooLarge { cost, capacity, .. } => {
+                body.error = "Request cost exceeds the rate limit";
+                (body.cost, body.capacity) = (Some(*cost), Some(*capacity));
+            }
+            Self::StoreUnavailable { .. } => {
+                body.error = "Rate limiter unavailable";
+                body.retry_after = Some(STORE_RETRY_AFTER_SECS);
+            }
+        }
+        (status, Json(body)).into_response()
+    }
 }
 
-/// `413` for a request that costs more than a limit can ever admit: waiting
-/// would not help, so there is no `Retry-After`.
-pub(crate) fn cost_exceeds_capacity(cost: u64, capacity: u64) -> Response {
-    json(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!(
-            r#"{{"error":"Request cost exceeds the rate limit","cost":{cost},"capacity":{capacity}}}"#
-        ),
-    )
-}
+/// What a client is told to wait when the store is unavailable.
+pub(crate) const STORE_RETRY_AFTER_SECS: u64 = 1;
 
-/// The configured status for a request without a key. `label` is a key
-/// label, validated to need no JSON escaping.
-pub(crate) fn missing_key(status: StatusCode, label: &str) -> Response {
-    let error = status.canonical_reason().unwrap_or("Rejected");
-    json(
-        status,
-        format!(r#"{{"error":"{error}","missing_key":"{label}"}}"#),
-    )
-}
-
-/// `400` for a request that sends a key header more than once. `label` is a
-/// key label, validated to need no JSON escaping.
-pub(crate) fn repeated_key(label: &str) -> Response {
-    json(
-        StatusCode::BAD_REQUEST,
-        format!(r#"{{"error":"Bad Request","repeated_key":"{label}"}}"#),
-    )
+/// The default JSON bodies; absent fields are left out, and the fields keep
+/// this order.
+#[derive(Default, Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeated_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }

@@ -447,10 +447,10 @@ async fn a_get_limit_also_counts_head_requests() {
 
 #[tokio::test]
 async fn a_custom_rejection_keeps_the_standard_headers() {
-    let policy = telemetry("1/m").on_rejected(|info| {
+    let policy = telemetry("1/m").on_rejected(|rejection| {
         (
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("slow down, {}", info.policy),
+            rejection.status(),
+            format!("slow down, {}", rejection.policy()),
         )
             .into_response()
     });

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::{
     Error, Mode, OnMissingKey, Policy,
     key::{KeyBuffer, KeyError, layout},
-    response,
+    response::Rejection,
     store::{Check, Store},
 };
 
@@ -151,27 +151,40 @@ where
         let mut key = KeyBuffer::take();
         if let Err(error) = layout::client_key(&policy.key_head, &policy.key, &parts, &mut key) {
             let request = Request::from_parts(parts, body);
-            return match (error, policy.on_missing_key) {
+            let policy_name = policy.name.clone();
+            let rejection = match (error, policy.on_missing_key) {
                 (KeyError::Missing(_), OnMissingKey::Allow) => {
-                    ResponseFuture::forward(self.inner.call(request), None, &self.shared)
+                    return ResponseFuture::forward(self.inner.call(request), None, &self.shared);
                 }
-                (KeyError::Missing(label), OnMissingKey::Reject(status)) => {
-                    ResponseFuture::respond(response::missing_key(status, &label), &self.shared)
-                }
-                (KeyError::Repeated(label), _) => {
-                    ResponseFuture::respond(response::repeated_key(&label), &self.shared)
-                }
+                (KeyError::Missing(label), OnMissingKey::Reject(status)) => Rejection::MissingKey {
+                    policy: policy_name,
+                    label,
+                    status,
+                },
+                (KeyError::Repeated(label), _) => Rejection::RepeatedKey {
+                    policy: policy_name,
+                    label,
+                },
             };
+            return ResponseFuture::respond(self.shared.reject(rejection), &self.shared);
         }
         let cost = match policy.cost.of(&parts) {
             // Annotate mode forwards it too, as a denial the store reports.
-            Ok(cost) if cost <= policy.capacity || policy.mode == Mode::Annotate => cost,
-            Ok(cost) => {
-                let response = response::cost_exceeds_capacity(cost, policy.capacity);
-                return ResponseFuture::respond(response, &self.shared);
-            }
-            Err(reason) => {
-                return ResponseFuture::respond(response::bad_cost(&reason), &self.shared);
+            Ok(cost) if cost <= policy.capacity || policy.mode == Mode::Annotate => Ok(cost),
+            Ok(cost) => Err(Rejection::CostTooLarge {
+                policy: policy.name.clone(),
+                cost,
+                capacity: policy.capacity,
+            }),
+            Err(reason) => Err(Rejection::BadCost {
+                policy: policy.name.clone(),
+                reason,
+            }),
+        };
+        let cost = match cost {
+            Ok(cost) => cost,
+            Err(rejection) => {
+                return ResponseFuture::respond(self.shared.reject(rejection), &self.shared);
             }
         };
         let mut request = Request::from_parts(parts, body);
@@ -263,6 +276,76 @@ mod tests {
         fn call(&mut self, _: Request<()>) -> Self::Future {
             ready(Ok(Response::default()))
         }
+    }
+
+    /// A store that is always down.
+    #[derive(Clone, Debug)]
+    struct Down;
+
+    impl Store for Down {
+        type Future = Ready<Result<crate::Decision, Error>>;
+        type Refund = Ready<Result<(), Error>>;
+
+        fn check(&self, _: Check<'_>) -> Self::Future {
+            ready(Err(Error::Timeout(std::time::Duration::ZERO)))
+        }
+
+        fn refund(&self, _: Check<'_>) -> Self::Refund {
+            ready(Ok(()))
+        }
+    }
+
+    async fn send<St: Store>(layer: &RateLimitLayer<St>, headers: &[(&str, &str)]) -> Response {
+        let mut request = Request::new(());
+        for (name, value) in headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            request.headers_mut().append(name, value.parse().unwrap());
+        }
+        let mut service = layer.layer(Gate(Arc::new(AtomicBool::new(true))));
+        service.call(request).await.unwrap()
+    }
+
+    /// One hook shapes every refusal; the layer still adds the fields that
+    /// go with each.
+    #[tokio::test]
+    async fn the_rejection_hook_answers_every_refusal() {
+        let policy = || {
+            Policy::new("p")
+                .rate(Rate::per_minute(2))
+                .key(Key::header("x-k"))
+                .cost(crate::Cost::header("x-c"))
+                .fail_closed()
+                .on_rejected(|rejection| {
+                    let body = format!("{} {}", rejection.policy(), rejection.status().as_u16());
+                    (rejection.status(), body).into_response()
+                })
+        };
+        let layer = RateLimitLayer::new(policy(), MemoryStore::new()).unwrap();
+        let cases: [(&[(&str, &str)], u16); 4] = [
+            (&[], 400),
+            (&[("x-k", "a"), ("x-k", "b")], 400),
+            (&[("x-k", "a"), ("x-c", "x")], 400),
+            (&[("x-k", "a"), ("x-c", "3")], 413),
+        ];
+        for (headers, status) in cases {
+            let response = send(&layer, headers).await;
+            assert_eq!(response.status().as_u16(), status, "{headers:?}");
+            assert!(response.headers().get("retry-after").is_none());
+        }
+        for _ in 0..2 {
+            assert_eq!(send(&layer, &[("x-k", "a")]).await.status(), 200);
+        }
+        let limited = send(&layer, &[("x-k", "a")]).await;
+        assert_eq!(limited.status(), 429);
+        assert!(limited.headers().contains_key("retry-after"));
+        assert!(limited.headers().contains_key("ratelimit"));
+        let down = RateLimitLayer::new(policy(), Down).unwrap();
+        let unavailable = send(&down, &[("x-k", "a")]).await;
+        assert_eq!(unavailable.status(), 503);
+        assert_eq!(unavailable.headers()["retry-after"], "1");
+        use http_body_util::BodyExt;
+        let body = unavailable.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"p 503");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::response::Response;
-use http::{Method, Request};
+use http::{Method, Request, header::RETRY_AFTER};
 use tokio::time::Instant;
 
 use super::{
@@ -21,7 +21,7 @@ use crate::{
     headers::{self, PolicyItems},
     key::layout,
     policy::{Breaker, RejectionHook},
-    response::{self, RateLimitInfo, RateLimitStatus},
+    response::{RateLimitInfo, RateLimitStatus, Rejection, STORE_RETRY_AFTER_SECS},
     store::Check,
 };
 
@@ -170,19 +170,7 @@ impl Shared {
         };
         match policy.mode {
             Mode::Block if !decision.allowed => {
-                let info = info();
-                let mut response = match &policy.on_rejected {
-                    Some(hook) => hook(&info),
-                    None => response::too_many_requests(&info),
-                };
-                headers::insert(
-                    response.headers_mut(),
-                    &policy.items,
-                    policy.legacy_headers,
-                    &decision,
-                );
-                headers::insert_retry_after(response.headers_mut(), &decision);
-                return Outcome::Respond(response);
+                return Outcome::Respond(self.reject(Rejection::TooManyRequests(info())));
             }
             Mode::Block => {}
             Mode::Annotate => RateLimitStatus::record(request.extensions_mut(), info()),
@@ -196,13 +184,39 @@ impl Shared {
         let mode = self.policy.on_store_error;
         self.stats.record_fail_mode(mode);
         let decision = match (mode, &self.policy.fallback) {
-            (FailMode::Closed, _) => return Outcome::Respond(response::store_unavailable()),
+            (FailMode::Closed, _) => {
+                let policy = self.policy.name.clone();
+                return Outcome::Respond(self.reject(Rejection::StoreUnavailable { policy }));
+            }
             (FailMode::Fallback, Some(fallback)) => {
                 fallback.decide(key, cost, self.policy.capacity, self.policy.algorithm)
             }
             _ => None,
         };
         self.outcome(decision, request)
+    }
+
+    /// The response to a request the layer refuses: the policy's hook or
+    /// the default, with the fields that go with the refusal.
+    pub(super) fn reject(&self, rejection: Rejection) -> Response {
+        let policy = &self.policy;
+        let mut response = match &policy.on_rejected {
+            Some(hook) => hook(&rejection),
+            None => rejection.default_response(),
+        };
+        let fields = response.headers_mut();
+        match &rejection {
+            Rejection::TooManyRequests(info) => {
+                let decision = &info.decision;
+                headers::insert(fields, &policy.items, policy.legacy_headers, decision);
+                headers::insert_retry_after(fields, decision);
+            }
+            Rejection::StoreUnavailable { .. } => {
+                fields.insert(RETRY_AFTER, STORE_RETRY_AFTER_SECS.into());
+            }
+            _ => {}
+        }
+        response
     }
 
     /// Whether to call the store now: not while the breaker is open, but
