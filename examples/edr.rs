@@ -568,16 +568,19 @@ impl PolicySpec {
         rate_vars: &'static str,
         vars: &'static [&'static str],
     ) -> Result<Self, StartupError> {
-        policy.validate().map_err(|err| match err {
-            axum_redis_ratelimit::Error::Config { field, reason } => {
-                let what = match field.rsplit('.').next() {
-                    Some("burst") => "TELEMETRY_BURST",
-                    Some("rate" | "limits") => rate_vars,
-                    _ => "policies",
-                };
-                StartupError::new(what, format!("{reason} (`{field}`)"))
+        policy.validate().map_err(|err| {
+            let path = err.config_path().unwrap_or_default();
+            match err {
+                axum_redis_ratelimit::Error::Config { field, reason, .. } => {
+                    let what = match field.as_str() {
+                        "burst" => "TELEMETRY_BURST",
+                        "rate" | "limits" => rate_vars,
+                        _ => "policies",
+                    };
+                    StartupError::new(what, format!("{reason} (`{path}`)"))
+                }
+                other => StartupError::new(rate_vars, other),
             }
-            other => StartupError::new(rate_vars, other),
         })?;
         Ok(Self {
             policy,

@@ -224,7 +224,11 @@ impl PolicyConfig {
     /// # Errors
     /// [`Error::Config`] naming the field that cannot be used.
     pub fn into_policy(self) -> Result<Policy, Error> {
-        let field = |name: &str| format!("policies.{}.{name}", self.name);
+        let name = self.name.clone();
+        self.build_policy().map_err(|error| error.in_policy(&name))
+    }
+
+    fn build_policy(self) -> Result<Policy, Error> {
         let mut policy = Policy::new(self.name.clone())
             .algorithm(self.algorithm)
             .clock(self.clock)
@@ -265,7 +269,7 @@ impl PolicyConfig {
                 .iter()
                 .map(|m| {
                     Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                        Error::config(field("methods"), format!("{m:?} is not an HTTP method"))
+                        Error::config("methods", format!("{m:?} is not an HTTP method"))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -15,11 +15,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A policy or store setting that cannot work; `field` names it as it is
-    /// spelled in a configuration file.
-    #[error("invalid `{field}`: {reason}")]
+    /// A policy or store setting that cannot work, named as a configuration
+    /// file spells it: `policies.<policy>.<field>` for a policy's setting,
+    /// else `<field>`.
+    #[error("invalid `{}`: {reason}", path(policy.as_deref(), field))]
     Config {
-        /// The setting, e.g. `policy.name` or `redis.url`.
+        /// The policy the setting belongs to, if any.
+        policy: Option<String>,
+        /// The setting within it, e.g. `rate`, `burst`, `key.header`; or
+        /// one outside any policy, e.g. `redis.url`.
         field: String,
         /// What is wrong and how to fix it.
         reason: String,
@@ -35,6 +39,13 @@ pub enum Error {
     Timeout(Duration),
 }
 
+fn path(policy: Option<&str>, field: &str) -> String {
+    match policy {
+        Some(policy) => format!("policies.{policy}.{field}"),
+        None => field.to_owned(),
+    }
+}
+
 impl Error {
     pub(crate) fn invalid_rate(input: impl Into<String>, reason: &'static str) -> Self {
         Self::InvalidRate {
@@ -45,8 +56,34 @@ impl Error {
 
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Config {
+            policy: None,
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// This error, as one of the settings of the policy called `name`.
+    pub(crate) fn in_policy(self, name: &str) -> Self {
+        match self {
+            Self::Config {
+                policy: None,
+                field,
+                reason,
+            } => Self::Config {
+                policy: Some(name.to_owned()),
+                field,
+                reason,
+            },
+            other => other,
+        }
+    }
+
+    /// For a configuration error, the setting's full name, e.g.
+    /// `policies.telemetry.burst`.
+    pub fn config_path(&self) -> Option<String> {
+        match self {
+            Self::Config { policy, field, .. } => Some(path(policy.as_deref(), field)),
+            _ => None,
         }
     }
 

@@ -356,19 +356,23 @@ impl Policy {
     /// Checks every setting and gives the limits as they will be counted;
     /// the error names the first setting that is wrong.
     pub(crate) fn check(&self) -> Result<Vec<Limit>, Error> {
+        self.check_settings()
+            .map_err(|error| error.in_policy(&self.name))
+    }
+
+    fn check_settings(&self) -> Result<Vec<Limit>, Error> {
         if !encode::is_valid_name(&self.name, false) {
             return Err(Error::config(
-                "policy.name",
+                "name",
                 format!(
                     "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
                     self.name
                 ),
             ));
         }
-        let field = |name: &str| format!("policies.{}.{name}", self.name);
         if !encode::is_valid_name(&self.prefix, true) {
             return Err(Error::config(
-                field("prefix"),
+                "prefix",
                 format!(
                     "{:?} must be 1 to 64 letters, digits, '-', '_', '.' or ':'",
                     self.prefix
@@ -376,43 +380,38 @@ impl Policy {
             ));
         }
         let limits = self.checked_limits()?;
-        let key = self.key.as_ref().ok_or_else(|| {
-            Error::config(field("key"), "is required, e.g. a header or the client IP")
-        })?;
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| Error::config("key", "is required, e.g. a header or the client IP"))?;
         key.validate()?;
-        self.cost.validate(&field("cost"))?;
+        self.cost.validate("cost")?;
         if self.timeout.is_zero() {
-            return Err(Error::config(field("timeout"), "must be above zero"));
+            return Err(Error::config("timeout", "must be above zero"));
         }
         if let OnMissingKey::Reject(status) = self.on_missing_key
             && !(status.is_client_error() || status.is_server_error())
         {
             return Err(Error::config(
-                field("on_missing_key"),
+                "on_missing_key",
                 format!("{status} is not an error status; use `allow` to let requests pass"),
             ));
         }
         if self.fallback_divisor == 0 {
-            return Err(Error::config(
-                field("fallback_divisor"),
-                "must be at least 1",
-            ));
+            return Err(Error::config("fallback_divisor", "must be at least 1"));
         }
         if self.block_cache == Some(0) {
-            return Err(Error::config(
-                field("block_cache"),
-                "must hold at least 1 key",
-            ));
+            return Err(Error::config("block_cache", "must hold at least 1 key"));
         }
         if self.breaker.failures == 0 || self.breaker.cooldown_ms == 0 {
             return Err(Error::config(
-                field("breaker"),
+                "breaker",
                 "failures and cooldown_ms must be at least 1",
             ));
         }
         if self.methods.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::config(
-                field("methods"),
+                "methods",
                 "is empty, so nothing would be limited",
             ));
         }
@@ -421,7 +420,7 @@ impl Policy {
             && cost > capacity
         {
             return Err(Error::config(
-                field("cost"),
+                "cost",
                 format!("{cost} is above {capacity}, the most one request can be allowed"),
             ));
         }
@@ -431,13 +430,12 @@ impl Policy {
     /// The limits with the policy's burst applied, checked for the bounds
     /// within which both stores compute exactly (integers below 2^53).
     fn checked_limits(&self) -> Result<Vec<Limit>, Error> {
-        let field = |name: &str| format!("policies.{}.{name}", self.name);
         if self.limits.is_empty() {
-            return Err(Error::config(field("rate"), "is required, e.g. \"1000/m\""));
+            return Err(Error::config("rate", "is required, e.g. \"1000/m\""));
         }
         if self.limits.len() > MAX_LIMITS {
             return Err(Error::config(
-                field("limits"),
+                "limits",
                 format!(
                     "at most {MAX_LIMITS} limits per policy, not {}",
                     self.limits.len()
@@ -446,21 +444,18 @@ impl Policy {
         }
         let bursts = self.burst.is_some() || self.limits.iter().any(|l| l.burst.is_some());
         if bursts && self.algorithm != Algorithm::Gcra {
-            return Err(Error::config(
-                field("burst"),
-                "applies only to the gcra algorithm",
-            ));
+            return Err(Error::config("burst", "applies only to the gcra algorithm"));
         }
         let limits: Vec<Limit> = self.limits().collect();
         for (i, limit) in limits.iter().enumerate() {
             let rate = limit.rate;
-            limit.validate(&field)?;
+            limit.validate("")?;
             if self.limits[..i]
                 .iter()
                 .any(|l| l.rate.window() == rate.window())
             {
                 return Err(Error::config(
-                    field("rate"),
+                    "rate",
                     format!("two limits share the window of {rate}"),
                 ));
             }
@@ -565,7 +560,7 @@ mod tests {
                 .key(Key::global())
         };
         assert!(ok().check().is_ok());
-        assert!(error(Policy::new("a b")).contains("policy.name"));
+        assert!(error(Policy::new("a b")).contains("policies.a b.name"));
         assert!(error(Policy::new("p").key(Key::global())).contains("policies.p.rate"));
         assert!(error(Policy::new("p").rate(Rate::per_minute(1))).contains("policies.p.key"));
         assert!(error(ok().prefix("r{l}")).contains("policies.p.prefix"));
@@ -599,7 +594,7 @@ mod tests {
             .rate(Rate::per_day(1 << 40))
             .key(Key::global());
         assert!(error(huge).contains("too large"));
-        assert!(error(ok().key(Key::header("x y"))).contains("key.header"));
+        assert!(error(ok().key(Key::header("x y"))).contains("policies.p.key.header"));
         let ok_status = OnMissingKey::Reject(StatusCode::OK);
         assert!(error(ok().on_missing_key(ok_status)).contains("policies.p.on_missing_key"));
     }

@@ -206,9 +206,10 @@ impl Limit {
     /// product stays below 2^51, far inside Lua's exact integers (2^53).
     ///
     /// # Errors
-    /// [`Error::Config`](crate::Error::Config) naming `field`.rate or
-    /// `field`.burst.
-    pub(crate) fn validate(&self, field: &dyn Fn(&str) -> String) -> Result<(), crate::Error> {
+    /// [`Error::Config`](crate::Error::Config) naming `<prefix>rate` or
+    /// `<prefix>burst`.
+    pub(crate) fn validate(&self, prefix: &str) -> Result<(), crate::Error> {
+        let field = |name: &str| format!("{prefix}{name}");
         let (rate, exact) = (self.rate, 1u128 << 51);
         if self.burst == Some(0) {
             return Err(crate::Error::config(field("burst"), "must be at least 1"));
@@ -438,21 +439,16 @@ mod tests {
 
     #[test]
     fn limits_are_bounded_where_both_stores_stop_being_exact() {
-        let field = |name: &str| name.to_owned();
         // 1 s / 15,625 is exactly 64 µs, so a burst of 2^45 reaches 2^51.
         let rate = Rate::per_second(15_625);
-        assert!(Limit::new(rate).burst(1 << 45).validate(&field).is_ok());
-        let err = Limit::new(rate).burst((1 << 45) + 1).validate(&field);
+        assert!(Limit::new(rate).burst(1 << 45).validate("").is_ok());
+        let err = Limit::new(rate).burst((1 << 45) + 1).validate("");
         assert!(err.unwrap_err().to_string().contains("burst"));
-        assert!(Limit::new(rate).burst(0).validate(&field).is_err());
+        assert!(Limit::new(rate).burst(0).validate("").is_err());
         // A day is 86,400,000 ms: above 26,062,497 a day, limit × window > 2^51.
-        let err = Limit::new(Rate::per_day(26_062_498)).validate(&field);
+        let err = Limit::new(Rate::per_day(26_062_498)).validate("");
         assert!(err.unwrap_err().to_string().contains("rate"));
-        assert!(
-            Limit::new(Rate::per_day(26_062_497))
-                .validate(&field)
-                .is_ok()
-        );
+        assert!(Limit::new(Rate::per_day(26_062_497)).validate("").is_ok());
     }
 
     #[test]

@@ -226,7 +226,9 @@ impl Key {
         while let Some(current) = key {
             if let Source::Invalid(err) = &current.source {
                 return Err(match &**err {
-                    Error::Config { field, reason } => Error::config(field.clone(), reason.clone()),
+                    Error::Config { field, reason, .. } => {
+                        Error::config(field.clone(), reason.clone())
+                    }
                     other => Error::config("key", other.to_string()),
                 });
             }

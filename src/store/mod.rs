@@ -51,7 +51,7 @@ impl Check<'_> {
             ));
         }
         for limit in self.limits {
-            limit.validate(&|field| format!("limits.{field}"))?;
+            limit.validate("limits.")?;
         }
         if self.cost == 0 {
             return Err(Error::config("cost", "must be at least 1"));
