@@ -67,13 +67,19 @@ impl Check<'_> {
         self.cost.min(capacity.unwrap_or(0).saturating_add(1))
     }
 
-    /// The counter key of `limit` in `out` (cleared first).
-    pub(crate) fn counter_key(&self, limit: &Limit, out: &mut String) {
+    /// The counter of `limit` for this check, written to `out` (cleared
+    /// first): the client key and the limit's part, as in
+    /// `rl:telemetry:{x-agent-token:AGENT-1}:60:gcra`. A store of your own
+    /// keeps one counter per key it gives.
+    pub fn counter_key(&self, limit: &Limit, out: &mut String) {
         layout::counter_key(self.key, limit, self.algorithm, out);
     }
 }
 
-/// Counter storage that decides [`Check`]s atomically.
+/// Counter storage that decides [`Check`]s atomically. Implemented by
+/// [`RedisStore`] and [`MemoryStore`]; another store (a database, a test
+/// double) implements it too, with [`Check::counter_key`] to name its
+/// counters and [`Decision`] to answer (`tests/custom_store.rs` shows one).
 pub trait Store: Clone + Send + Sync + 'static {
     /// The answer; stores that can answer at once use `std::future::Ready`.
     type Future: Future<Output = Result<Decision, Error>> + Send + 'static;
