@@ -24,16 +24,108 @@
 //!
 //! [`PolicyFile`] holds several, as `[[policies]]` tables in TOML.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
-use http::Method;
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Algorithm, ClientIp, Clock, Cost, Error, FailMode, ForwardedHeader, Key, Limit, Mode,
-    OnMissingKey, Policy, Rate,
-    policy::{Breaker, DEFAULT_PREFIX, DEFAULT_TIMEOUT},
-};
+use crate::{Algorithm, ClientIp, Error, ForwardedHeader, Key, Rate};
+
+/// What the layer does with a request over the limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Answer `429 Too Many Requests`.
+    #[default]
+    Block,
+    /// Forward every request; handlers read the decision with the
+    /// [`RateLimitStatus`](crate::RateLimitStatus) extractor and decide.
+    Annotate,
+}
+
+/// What the layer does when the store fails or does not answer in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Forward the request unlimited, log the outage once and count it.
+    /// The default: a limiter should not turn a Redis outage into an
+    /// outage of the whole API.
+    #[default]
+    Open,
+    /// Answer `503 Service Unavailable` with `Retry-After: 1`: for endpoints
+    /// such as login, where an unlimited window is worse than downtime.
+    Closed,
+    /// Keep limiting in this process with an in-memory store and the same
+    /// limits, each divided by [`Policy::fallback_divisor`] (say, the
+    /// number of app servers), until the store answers again.
+    Fallback,
+}
+
+/// What the layer does with a request whose key cannot be found (no agent
+/// token, no user). To try another key first, use [`Key::or`].
+///
+/// In a file: `"allow"`, or `{ reject = 401 }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMissingKey {
+    /// Answer with this status (default `400 Bad Request`), so that
+    /// omitting the key never escapes the limit.
+    Reject(StatusCode),
+    /// Forward the request without limiting it.
+    Allow,
+}
+
+impl Default for OnMissingKey {
+    fn default() -> Self {
+        Self::Reject(StatusCode::BAD_REQUEST)
+    }
+}
+
+/// Whose clock decides when windows open and close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clock {
+    /// The store's: Redis `TIME`, read inside the script, so every app
+    /// server counts on one clock whatever their own drift.
+    #[default]
+    Store,
+    /// The application's system clock, sent with each call: for managed
+    /// Redis offerings that refuse `TIME` in scripts. App servers' clocks
+    /// must then agree (NTP); skew between them shifts windows by as much.
+    App,
+}
+
+/// When to stop calling a failing store, and how often to try it again.
+///
+/// After `failures` store calls in a row fail or time out, the breaker
+/// opens: requests get the policy's fail mode at once, without waiting for
+/// the store. Every `cooldown` one request is let through as a probe; when it
+/// succeeds, the breaker closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// Consecutive failures that open the breaker (at least 1).
+    pub failures: u32,
+    /// Time between probes while open, in milliseconds.
+    pub cooldown_ms: u64,
+}
+
+impl Default for Breaker {
+    /// Three failures; a probe every 500 ms, so limiting resumes within
+    /// about half a second of the store returning.
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            cooldown_ms: 500,
+        }
+    }
+}
+
+/// Default bound on a store call: well above a healthy Redis round trip
+/// (well under 1 ms on a LAN), well below what a client notices.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Default start of every Redis key.
+pub const DEFAULT_PREFIX: &str = "rl:";
 
 /// Several policies, e.g. a TOML file of `[[policies]]` tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,71 +142,123 @@ impl PolicyFile {
     }
 }
 
-/// A [`Policy`] as a configuration file writes it.
+/// Every plain setting of a policy: what a configuration file writes, and
+/// what the [`Policy`](crate::Policy) builder writes into. A new setting is
+/// one field here, one builder method, and the code that uses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// See [`Policy::new`].
+    /// See [`Policy::new`](crate::Policy::new).
     pub name: String,
-    /// See [`Policy::rate`]: one rate (`"1000/m"`) or several
-    /// (`["10/s", "1000/m"]`).
+    /// See [`Policy::rate`](crate::Policy::rate): one rate (`"1000/m"`) or
+    /// several (`["10/s", "1000/m"]`).
     #[serde(default, with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
     pub rate: Vec<Rate>,
-    /// See [`Policy::limit`]: limits with a burst of their own.
+    /// See [`Policy::limit`](crate::Policy::limit): limits with a burst of
+    /// their own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitConfig>,
-    /// See [`Policy::burst`].
+    /// See [`Policy::burst`](crate::Policy::burst).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
-    /// See [`Policy::algorithm`].
+    /// See [`Policy::algorithm`](crate::Policy::algorithm).
     #[serde(default)]
     pub algorithm: Algorithm,
-    /// See [`Policy::clock`].
+    /// See [`Policy::clock`](crate::Policy::clock).
     #[serde(default)]
     pub clock: Clock,
-    /// See [`Policy::key`].
-    pub key: KeyConfig,
-    /// See [`Policy::cost`]; 1 when absent.
+    /// See [`Policy::key`](crate::Policy::key); required in a file, left out
+    /// when the builder is given a [`Key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyConfig>,
+    /// See [`Policy::cost`](crate::Policy::cost); 1 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<CostConfig>,
-    /// See [`Policy::on_missing_key`].
+    /// See [`Policy::on_missing_key`](crate::Policy::on_missing_key).
     #[serde(default)]
     pub on_missing_key: OnMissingKey,
-    /// See [`Policy::mode`].
+    /// See [`Policy::mode`](crate::Policy::mode).
     #[serde(default)]
     pub mode: Mode,
-    /// See [`Policy::on_store_error`].
+    /// See [`Policy::on_store_error`](crate::Policy::on_store_error).
     #[serde(default)]
     pub on_store_error: FailMode,
-    /// See [`Policy::timeout`], in milliseconds.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// See [`Policy::methods`]; empty means all methods.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// See [`Policy::prefix`].
+    /// See [`Policy::timeout`](crate::Policy::timeout); whole milliseconds
+    /// in a file, as `timeout_ms`.
+    #[serde(rename = "timeout_ms", with = "millis", default = "default_timeout")]
+    pub timeout: Duration,
+    /// See [`Policy::methods`](crate::Policy::methods); absent: all methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// See [`Policy::prefix`](crate::Policy::prefix).
     #[serde(default = "default_prefix")]
     pub prefix: String,
-    /// See [`Policy::legacy_headers`].
+    /// See [`Policy::legacy_headers`](crate::Policy::legacy_headers).
     #[serde(default)]
     pub legacy_headers: bool,
-    /// See [`Policy::block_cache`]: how many denied keys to remember.
+    /// See [`Policy::block_cache`](crate::Policy::block_cache): how many
+    /// denied keys to remember.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_cache: Option<usize>,
-    /// See [`Policy::fallback_divisor`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_divisor: Option<u64>,
-    /// See [`Policy::breaker`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<Breaker>,
+    /// See [`Policy::fallback_divisor`](crate::Policy::fallback_divisor).
+    #[serde(default = "one")]
+    pub fallback_divisor: u64,
+    /// See [`Policy::breaker`](crate::Policy::breaker).
+    #[serde(default)]
+    pub breaker: Breaker,
 }
 
-fn default_timeout_ms() -> u64 {
-    DEFAULT_TIMEOUT.as_millis() as u64
+impl PolicyConfig {
+    /// A policy called `name` with every setting at its default.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            rate: Vec::new(),
+            limits: Vec::new(),
+            burst: None,
+            algorithm: Algorithm::default(),
+            clock: Clock::default(),
+            key: None,
+            cost: None,
+            on_missing_key: OnMissingKey::default(),
+            mode: Mode::default(),
+            on_store_error: FailMode::default(),
+            timeout: DEFAULT_TIMEOUT,
+            methods: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            legacy_headers: false,
+            block_cache: None,
+            fallback_divisor: 1,
+            breaker: Breaker::default(),
+        }
+    }
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
 }
 
 fn default_prefix() -> String {
     DEFAULT_PREFIX.to_owned()
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// A duration as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 /// A [`Limit`] as a configuration file writes it: `{ rate = "10/s", burst = 20 }`.
@@ -217,65 +361,58 @@ impl KeyConfig {
     }
 }
 
-impl PolicyConfig {
-    /// The policy this describes; [`RateLimitLayer::new`](crate::RateLimitLayer::new)
-    /// checks the rest.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the field that cannot be used.
-    pub fn into_policy(self) -> Result<Policy, Error> {
-        let name = self.name.clone();
-        self.build_policy().map_err(|error| error.in_policy(&name))
+/// By hand rather than derived: serde's enum forms differ between formats
+/// (YAML wants tags), while a string or a one-entry map reads the same in all.
+impl Serialize for OnMissingKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Self::Allow => s.serialize_str("allow"),
+            Self::Reject(status) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("reject", &status.as_u16())?;
+                map.end()
+            }
+        }
     }
+}
 
-    fn build_policy(self) -> Result<Policy, Error> {
-        let mut policy = Policy::new(self.name.clone())
-            .algorithm(self.algorithm)
-            .clock(self.clock)
-            .key(self.key.into_key()?)
-            .on_missing_key(self.on_missing_key)
-            .mode(self.mode)
-            .on_store_error(self.on_store_error)
-            .timeout(Duration::from_millis(self.timeout_ms))
-            .prefix(self.prefix)
-            .legacy_headers(self.legacy_headers);
-        for rate in self.rate {
-            policy = policy.rate(rate);
+impl<'de> Deserialize<'de> for OnMissingKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+
+        struct OnMissing;
+
+        impl<'de> Visitor<'de> for OnMissing {
+            type Value = OnMissingKey;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""allow" or { reject = <HTTP status> }"#)
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                match text {
+                    "allow" => Ok(OnMissingKey::Allow),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(text), &self)),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (key, code): (String, u16) = map
+                    .next_entry()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                if key != "reject" || map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom(
+                        r#"expected only { reject = <HTTP status> }"#,
+                    ));
+                }
+                StatusCode::from_u16(code)
+                    .map(OnMissingKey::Reject)
+                    .map_err(|_| de::Error::custom(format!("{code} is not an HTTP status")))
+            }
         }
-        for limit in self.limits {
-            let with_burst = Limit::new(limit.rate);
-            policy = policy.limit(limit.burst.map_or(with_burst, |b| with_burst.burst(b)));
-        }
-        if let Some(burst) = self.burst {
-            policy = policy.burst(burst);
-        }
-        if let Some(capacity) = self.block_cache {
-            policy = policy.block_cache(capacity);
-        }
-        if let Some(divisor) = self.fallback_divisor {
-            policy = policy.fallback_divisor(divisor);
-        }
-        if let Some(breaker) = self.breaker {
-            policy = policy.breaker(breaker);
-        }
-        match self.cost {
-            Some(CostConfig::Fixed(cost)) => policy = policy.cost(Cost::fixed(cost)),
-            Some(CostConfig::Header { header }) => policy = policy.cost(Cost::header(&header)),
-            None => {}
-        }
-        if !self.methods.is_empty() {
-            let methods = self
-                .methods
-                .iter()
-                .map(|m| {
-                    Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                        Error::config("methods", format!("{m:?} is not an HTTP method"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            policy = policy.methods(methods);
-        }
-        Ok(policy)
+
+        d.deserialize_any(OnMissing)
     }
 }
 
@@ -348,11 +485,12 @@ mod tests {
         let again: PolicyConfig =
             serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(again, config);
-        let policy = config.into_policy().unwrap();
+        let policy = config.clone().into_policy().unwrap();
         policy.validate().unwrap();
-        assert_eq!(policy.methods, Some(vec![Method::POST]));
-        assert_eq!(policy.on_store_error, FailMode::Closed);
-        assert_eq!(policy.prefix, "app:rl:");
+        assert_eq!(policy.settings(), &config);
+        assert_eq!(config.methods, Some(vec!["post".to_owned()]));
+        assert_eq!(config.on_store_error, FailMode::Closed);
+        assert_eq!(config.timeout, Duration::from_millis(20));
     }
 
     #[test]
@@ -360,9 +498,13 @@ mod tests {
         let json = r#"{"name": "p", "rate": "5/s", "key": {"type": "user"}}"#;
         let config: PolicyConfig = serde_json::from_str(json).unwrap();
         let policy = config.into_policy().unwrap();
-        assert_eq!(policy.timeout, DEFAULT_TIMEOUT);
-        assert_eq!(policy.on_missing_key, OnMissingKey::default());
-        assert_eq!(policy.on_store_error, FailMode::Open);
+        let built = crate::Policy::new("p").rate(Rate::per_second(5));
+        // The same settings, but for the key, which the file gives.
+        let file = PolicyConfig {
+            key: None,
+            ..policy.settings().clone()
+        };
+        assert_eq!(&file, built.settings());
     }
 
     #[test]
@@ -397,6 +539,8 @@ mod tests {
         assert!(
             config
                 .into_policy()
+                .unwrap()
+                .validate()
                 .unwrap_err()
                 .to_string()
                 .contains("policies.p.methods")

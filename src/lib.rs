@@ -49,11 +49,12 @@ pub mod store;
 
 pub use self::{
     algorithm::{Algorithm, Decision, Limit},
+    config::{Breaker, Clock, FailMode, Mode, OnMissingKey},
     cost::Cost,
     error::Error,
     key::{ClientIp, ForwardedHeader, Key, UserId},
     layer::{RateLimit, RateLimitLayer},
-    policy::{Breaker, Clock, FailMode, Mode, OnMissingKey, Policy},
+    policy::Policy,
     rate::Rate,
     response::{RateLimitInfo, RateLimitStatus, Rejection},
     store::{MemoryStore, RedisStore},

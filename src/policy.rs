@@ -3,104 +3,15 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use axum::response::Response;
-use http::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
+use http::Method;
 
 use crate::{
     Algorithm, Cost, Error, Key, Rate,
     algorithm::{Limit, MAX_LIMITS},
+    config::{Breaker, Clock, CostConfig, FailMode, LimitConfig, Mode, OnMissingKey, PolicyConfig},
     key::encode,
     response::Rejection,
 };
-
-/// What the layer does with a request over the limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Answer `429 Too Many Requests`.
-    #[default]
-    Block,
-    /// Forward every request; handlers read the decision with the
-    /// [`RateLimitStatus`](crate::RateLimitStatus) extractor and decide.
-    Annotate,
-}
-
-/// What the layer does when the store fails or does not answer in time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailMode {
-    /// Forward the request unlimited, log the outage once and count it.
-    /// The default: a limiter should not turn a Redis outage into an
-    /// outage of the whole API.
-    #[default]
-    Open,
-    /// Answer `503 Service Unavailable` with `Retry-After: 1`: for endpoints
-    /// such as login, where an unlimited window is worse than downtime.
-    Closed,
-    /// Keep limiting in this process with an in-memory store and the same
-    /// limits, each divided by [`Policy::fallback_divisor`] (say, the
-    /// number of app servers), until the store answers again.
-    Fallback,
-}
-
-/// What the layer does with a request whose key cannot be found (no agent
-/// token, no user). To try another key first, use [`Key::or`].
-///
-/// In a file: `"allow"`, or `{ reject = 401 }`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnMissingKey {
-    /// Answer with this status (default `400 Bad Request`), so that
-    /// omitting the key never escapes the limit.
-    Reject(StatusCode),
-    /// Forward the request without limiting it.
-    Allow,
-}
-
-impl Default for OnMissingKey {
-    fn default() -> Self {
-        Self::Reject(StatusCode::BAD_REQUEST)
-    }
-}
-
-/// Whose clock decides when windows open and close.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Clock {
-    /// The store's: Redis `TIME`, read inside the script, so every app
-    /// server counts on one clock whatever their own drift.
-    #[default]
-    Store,
-    /// The application's system clock, sent with each call: for managed
-    /// Redis offerings that refuse `TIME` in scripts. App servers' clocks
-    /// must then agree (NTP); skew between them shifts windows by as much.
-    App,
-}
-
-/// When to stop calling a failing store, and how often to try it again.
-///
-/// After `failures` store calls in a row fail or time out, the breaker
-/// opens: requests get the policy's fail mode at once, without waiting for
-/// the store. Every `cooldown` one request is let through as a probe; when it
-/// succeeds, the breaker closes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Breaker {
-    /// Consecutive failures that open the breaker (at least 1).
-    pub failures: u32,
-    /// Time between probes while open, in milliseconds.
-    pub cooldown_ms: u64,
-}
-
-impl Default for Breaker {
-    /// Three failures; a probe every 500 ms, so limiting resumes within
-    /// about half a second of the store returning.
-    fn default() -> Self {
-        Self {
-            failures: 3,
-            cooldown_ms: 500,
-        }
-    }
-}
 
 /// Builds the response to a request the layer refuses.
 pub type RejectionHook = Arc<dyn Fn(&Rejection) -> Response + Send + Sync>;
@@ -124,89 +35,54 @@ pub type RejectionHook = Arc<dyn Fn(&Rejection) -> Response + Send + Sync>;
 /// ```
 #[derive(Clone)]
 pub struct Policy {
-    pub(crate) name: String,
-    pub(crate) limits: Vec<Limit>,
-    pub(crate) burst: Option<u64>,
-    pub(crate) algorithm: Algorithm,
-    pub(crate) clock: Clock,
+    /// Every plain setting, as a file writes it.
+    pub(crate) settings: PolicyConfig,
+    /// What only code can say: a key or a cost of its own, a response hook.
     pub(crate) key: Option<Key>,
     pub(crate) cost: Cost,
-    pub(crate) on_missing_key: OnMissingKey,
-    pub(crate) mode: Mode,
-    pub(crate) on_store_error: FailMode,
-    pub(crate) timeout: Duration,
-    pub(crate) methods: Option<Vec<Method>>,
-    pub(crate) prefix: String,
-    pub(crate) legacy_headers: bool,
     pub(crate) on_rejected: Option<RejectionHook>,
-    pub(crate) block_cache: Option<usize>,
-    pub(crate) fallback_divisor: u64,
-    pub(crate) breaker: Breaker,
 }
-
-/// Default bound on a store call: well above a healthy Redis round trip
-/// (well under 1 ms on a LAN), well below what a client notices.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// Default start of every Redis key.
-pub const DEFAULT_PREFIX: &str = "rl:";
 
 impl Policy {
     /// A policy called `name`; the name is part of every counter key and of
     /// the `RateLimit` headers, so two policies never share counters. It may
     /// hold letters, digits, `-`, `_` and `.`.
     pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            limits: Vec::new(),
-            burst: None,
-            algorithm: Algorithm::default(),
-            clock: Clock::default(),
-            key: None,
-            cost: Cost::default(),
-            on_missing_key: OnMissingKey::default(),
-            mode: Mode::default(),
-            on_store_error: FailMode::default(),
-            timeout: DEFAULT_TIMEOUT,
-            methods: None,
-            prefix: DEFAULT_PREFIX.to_owned(),
-            legacy_headers: false,
-            on_rejected: None,
-            block_cache: None,
-            fallback_divisor: 1,
-            breaker: Breaker::default(),
-        }
+        PolicyConfig::new(name).into()
     }
 
     /// Adds a rate to enforce (at least one is required). Several rates,
     /// such as `10/s` and `1000/m`, are all checked in one store call; a
     /// request must fit all of them and is counted by all or none.
-    pub fn rate(self, rate: Rate) -> Self {
-        self.limit(Limit::new(rate))
+    pub fn rate(mut self, rate: Rate) -> Self {
+        self.settings.rate.push(rate);
+        self
     }
 
-    /// Adds a limit with a burst size of its own (GCRA).
+    /// Adds a limit with a burst size of its own (GCRA). Limits are
+    /// counted in the order of the rates, then of these.
     pub fn limit(mut self, limit: Limit) -> Self {
-        self.limits.push(limit);
+        let (rate, burst) = (limit.rate(), limit.burst);
+        self.settings.limits.push(LimitConfig { rate, burst });
         self
     }
 
     /// For [`Algorithm::Gcra`]: the burst size of every limit that has none
     /// of its own (default: each limit's rate limit).
     pub fn burst(mut self, burst: u64) -> Self {
-        self.burst = Some(burst);
+        self.settings.burst = Some(burst);
         self
     }
 
     /// How to count (default [`Algorithm::FixedWindow`]).
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
-        self.algorithm = algorithm;
+        self.settings.algorithm = algorithm;
         self
     }
 
     /// Whose clock to use (default [`Clock::Store`]).
     pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
+        self.settings.clock = clock;
         self
     }
 
@@ -224,19 +100,19 @@ impl Policy {
 
     /// What to do when the key is missing (default: reject with 400).
     pub fn on_missing_key(mut self, action: OnMissingKey) -> Self {
-        self.on_missing_key = action;
+        self.settings.on_missing_key = action;
         self
     }
 
     /// Block (default) or annotate.
     pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
+        self.settings.mode = mode;
         self
     }
 
     /// What to do when the store fails (default [`FailMode::Open`]).
     pub fn on_store_error(mut self, mode: FailMode) -> Self {
-        self.on_store_error = mode;
+        self.settings.on_store_error = mode;
         self
     }
 
@@ -254,7 +130,7 @@ impl Policy {
     /// in-process (default 1), so that `n` app servers together stay near
     /// the shared limit. Limits never drop below 1.
     pub fn fallback_divisor(mut self, divisor: u64) -> Self {
-        self.fallback_divisor = divisor;
+        self.settings.fallback_divisor = divisor;
         self
     }
 
@@ -263,39 +139,39 @@ impl Policy {
     /// [`block_cache`](crate::block_cache)); at most `capacity` keys
     /// (default off).
     pub fn block_cache(mut self, capacity: usize) -> Self {
-        self.block_cache = Some(capacity);
+        self.settings.block_cache = Some(capacity);
         self
     }
 
     /// When to stop calling a failing store (default: after 3 failures in a
     /// row, probing every 500 ms).
     pub fn breaker(mut self, breaker: Breaker) -> Self {
-        self.breaker = breaker;
+        self.settings.breaker = breaker;
         self
     }
 
     /// The longest a request waits for the store (default 100 ms).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
     /// Limit only requests with these methods; others pass untouched.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.methods = Some(methods.into_iter().collect());
+        self.settings.methods = Some(methods.into_iter().map(|m| m.to_string()).collect());
         self
     }
 
     /// The start of every Redis key (default `rl:`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.settings.prefix = prefix.into();
         self
     }
 
     /// Also send `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
     /// `X-RateLimit-Reset` (seconds until reset), for older clients.
     pub fn legacy_headers(mut self, on: bool) -> Self {
-        self.legacy_headers = on;
+        self.settings.legacy_headers = on;
         self
     }
 
@@ -326,21 +202,29 @@ impl Policy {
 
     /// The policy's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.settings.name
     }
 
-    /// Its limits as they will be counted: in the order added, each with
-    /// its own burst or else the policy's.
+    /// Its limits as they will be counted: its rates, then the limits with
+    /// a burst of their own, each with its own burst or else the policy's.
     pub fn limits(&self) -> impl Iterator<Item = Limit> + '_ {
-        self.limits.iter().map(|limit| Limit {
-            burst: limit.burst.or(self.burst),
-            ..*limit
+        let s = &self.settings;
+        let rates = s.rate.iter().map(|&rate| LimitConfig { rate, burst: None });
+        rates.chain(s.limits.iter().copied()).map(|l| Limit {
+            rate: l.rate,
+            burst: l.burst.or(s.burst),
         })
     }
 
     /// Its algorithm.
     pub fn algorithm_kind(&self) -> Algorithm {
-        self.algorithm
+        self.settings.algorithm
+    }
+
+    /// Its settings, as a file would write them (a key or a cost given in
+    /// code is not among them).
+    pub fn settings(&self) -> &PolicyConfig {
+        &self.settings
     }
 
     /// Checks every setting as [`RateLimitLayer::new`](crate::RateLimitLayer::new)
@@ -353,29 +237,31 @@ impl Policy {
         self.check().map(drop)
     }
 
-    /// Checks every setting and gives the limits as they will be counted;
-    /// the error names the first setting that is wrong.
-    pub(crate) fn check(&self) -> Result<Vec<Limit>, Error> {
+    /// Checks every setting and gives the limits as they will be counted
+    /// and the methods limited; the error names the first setting that is
+    /// wrong.
+    pub(crate) fn check(&self) -> Result<Checked, Error> {
         self.check_settings()
-            .map_err(|error| error.in_policy(&self.name))
+            .map_err(|error| error.in_policy(&self.settings.name))
     }
 
-    fn check_settings(&self) -> Result<Vec<Limit>, Error> {
-        if !encode::is_valid_name(&self.name, false) {
+    fn check_settings(&self) -> Result<Checked, Error> {
+        let s = &self.settings;
+        if !encode::is_valid_name(&s.name, false) {
             return Err(Error::config(
                 "name",
                 format!(
                     "{:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
-                    self.name
+                    s.name
                 ),
             ));
         }
-        if !encode::is_valid_name(&self.prefix, true) {
+        if !encode::is_valid_name(&s.prefix, true) {
             return Err(Error::config(
                 "prefix",
                 format!(
                     "{:?} must be 1 to 64 letters, digits, '-', '_', '.' or ':'",
-                    self.prefix
+                    s.prefix
                 ),
             ));
         }
@@ -386,10 +272,10 @@ impl Policy {
             .ok_or_else(|| Error::config("key", "is required, e.g. a header or the client IP"))?;
         key.validate()?;
         self.cost.validate("cost")?;
-        if self.timeout.is_zero() {
-            return Err(Error::config("timeout", "must be above zero"));
+        if s.timeout.is_zero() {
+            return Err(Error::config("timeout_ms", "must be above zero"));
         }
-        if let OnMissingKey::Reject(status) = self.on_missing_key
+        if let OnMissingKey::Reject(status) = s.on_missing_key
             && !(status.is_client_error() || status.is_server_error())
         {
             return Err(Error::config(
@@ -397,25 +283,38 @@ impl Policy {
                 format!("{status} is not an error status; use `allow` to let requests pass"),
             ));
         }
-        if self.fallback_divisor == 0 {
+        if s.fallback_divisor == 0 {
             return Err(Error::config("fallback_divisor", "must be at least 1"));
         }
-        if self.block_cache == Some(0) {
+        if s.block_cache == Some(0) {
             return Err(Error::config("block_cache", "must hold at least 1 key"));
         }
-        if self.breaker.failures == 0 || self.breaker.cooldown_ms == 0 {
+        if s.breaker.failures == 0 || s.breaker.cooldown_ms == 0 {
             return Err(Error::config(
                 "breaker",
                 "failures and cooldown_ms must be at least 1",
             ));
         }
-        if self.methods.as_ref().is_some_and(Vec::is_empty) {
-            return Err(Error::config(
-                "methods",
-                "is empty, so nothing would be limited",
-            ));
-        }
-        let capacity = limits.iter().map(|l| l.capacity(self.algorithm)).min();
+        let methods = match &s.methods {
+            None => None,
+            Some(names) if names.is_empty() => {
+                return Err(Error::config(
+                    "methods",
+                    "is empty, so nothing would be limited",
+                ));
+            }
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|name| {
+                        Method::from_bytes(name.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                            Error::config("methods", format!("{name:?} is not an HTTP method"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let capacity = limits.iter().map(|l| l.capacity(s.algorithm)).min();
         if let (Some(cost), Some(capacity)) = (self.cost.fixed_value(), capacity)
             && cost > capacity
         {
@@ -424,36 +323,34 @@ impl Policy {
                 format!("{cost} is above {capacity}, the most one request can be allowed"),
             ));
         }
-        Ok(limits)
+        Ok(Checked { limits, methods })
     }
 
     /// The limits with the policy's burst applied, checked for the bounds
     /// within which both stores compute exactly (integers below 2^53).
     fn checked_limits(&self) -> Result<Vec<Limit>, Error> {
-        if self.limits.is_empty() {
+        let s = &self.settings;
+        let limits: Vec<Limit> = self.limits().collect();
+        if limits.is_empty() {
             return Err(Error::config("rate", "is required, e.g. \"1000/m\""));
         }
-        if self.limits.len() > MAX_LIMITS {
+        if limits.len() > MAX_LIMITS {
             return Err(Error::config(
                 "limits",
                 format!(
                     "at most {MAX_LIMITS} limits per policy, not {}",
-                    self.limits.len()
+                    limits.len()
                 ),
             ));
         }
-        let bursts = self.burst.is_some() || self.limits.iter().any(|l| l.burst.is_some());
-        if bursts && self.algorithm != Algorithm::Gcra {
+        let bursts = s.burst.is_some() || s.limits.iter().any(|l| l.burst.is_some());
+        if bursts && s.algorithm != Algorithm::Gcra {
             return Err(Error::config("burst", "applies only to the gcra algorithm"));
         }
-        let limits: Vec<Limit> = self.limits().collect();
         for (i, limit) in limits.iter().enumerate() {
             let rate = limit.rate;
             limit.validate("")?;
-            if self.limits[..i]
-                .iter()
-                .any(|l| l.rate.window() == rate.window())
-            {
+            if limits[..i].iter().any(|l| l.rate.window() == rate.window()) {
                 return Err(Error::config(
                     "rate",
                     format!("two limits share the window of {rate}"),
@@ -464,88 +361,69 @@ impl Policy {
     }
 }
 
+/// What [`Policy::check`] derives from the settings.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub limits: Vec<Limit>,
+    pub methods: Option<Vec<Method>>,
+}
+
+impl From<PolicyConfig> for Policy {
+    /// A policy with these settings; a file's key and cost still need
+    /// [`PolicyConfig::into_policy`], which reads them.
+    fn from(settings: PolicyConfig) -> Self {
+        Self {
+            settings,
+            key: None,
+            cost: Cost::default(),
+            on_rejected: None,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The policy this describes; [`RateLimitLayer::new`](crate::RateLimitLayer::new)
+    /// checks the rest.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the field that cannot be used.
+    pub fn into_policy(self) -> Result<Policy, Error> {
+        let key = match &self.key {
+            Some(key) => Some(
+                key.clone()
+                    .into_key()
+                    .map_err(|e| e.in_policy(&self.name))?,
+            ),
+            None => None,
+        };
+        let cost = match &self.cost {
+            Some(CostConfig::Fixed(cost)) => Cost::fixed(*cost),
+            Some(CostConfig::Header { header }) => Cost::header(header),
+            None => Cost::default(),
+        };
+        Ok(Policy {
+            key,
+            cost,
+            ..self.into()
+        })
+    }
+}
+
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
-            .field("name", &self.name)
-            .field("limits", &self.limits)
-            .field("burst", &self.burst)
-            .field("algorithm", &self.algorithm)
-            .field("clock", &self.clock)
+            .field("settings", &self.settings)
             .field("key", &self.key)
             .field("cost", &self.cost)
-            .field("on_missing_key", &self.on_missing_key)
-            .field("mode", &self.mode)
-            .field("on_store_error", &self.on_store_error)
-            .field("timeout", &self.timeout)
-            .field("methods", &self.methods)
-            .field("prefix", &self.prefix)
-            .field("legacy_headers", &self.legacy_headers)
-            .field("block_cache", &self.block_cache)
-            .field("fallback_divisor", &self.fallback_divisor)
-            .field("breaker", &self.breaker)
             .field("on_rejected", &self.on_rejected.as_ref().map(|_| "custom"))
             .finish()
     }
 }
 
-/// By hand rather than derived: serde's enum forms differ between formats
-/// (YAML wants tags), while a string or a one-entry map reads the same in all.
-impl Serialize for OnMissingKey {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        match self {
-            Self::Allow => s.serialize_str("allow"),
-            Self::Reject(status) => {
-                let mut map = s.serialize_map(Some(1))?;
-                map.serialize_entry("reject", &status.as_u16())?;
-                map.end()
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for OnMissingKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{self, MapAccess, Visitor};
-
-        struct OnMissing;
-
-        impl<'de> Visitor<'de> for OnMissing {
-            type Value = OnMissingKey;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#""allow" or { reject = <HTTP status> }"#)
-            }
-
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                match text {
-                    "allow" => Ok(OnMissingKey::Allow),
-                    _ => Err(E::invalid_value(de::Unexpected::Str(text), &self)),
-                }
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let (key, code): (String, u16) = map
-                    .next_entry()?
-                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                if key != "reject" || map.next_key::<String>()?.is_some() {
-                    return Err(de::Error::custom(
-                        r#"expected only { reject = <HTTP status> }"#,
-                    ));
-                }
-                StatusCode::from_u16(code)
-                    .map(OnMissingKey::Reject)
-                    .map_err(|_| de::Error::custom(format!("{code} is not an HTTP status")))
-            }
-        }
-
-        d.deserialize_any(OnMissing)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use http::StatusCode;
+
     use super::*;
 
     fn error(policy: Policy) -> String {

@@ -9,7 +9,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::policy::Breaker;
+use crate::config::Breaker;
 
 /// What the breaker says about calling the store now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -163,8 +163,8 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Checking { check, pending } => {
-                    let answer =
-                        ready!(check.poll(cx)).unwrap_or(Err(Error::Timeout(policy.timeout)));
+                    let answer = ready!(check.poll(cx))
+                        .unwrap_or(Err(Error::Timeout(policy.settings.timeout)));
                     let Pending {
                         mut inner,
                         mut request,
@@ -213,7 +213,7 @@ where
                         headers::insert(
                             response.headers_mut(),
                             &policy.items,
-                            policy.legacy_headers,
+                            policy.settings.legacy_headers,
                             &decision,
                         );
                     }
@@ -223,12 +223,12 @@ where
                     let refund = charge.store.refund(Check {
                         key: &charge.key,
                         limits: &policy.limits,
-                        algorithm: policy.algorithm,
+                        algorithm: policy.settings.algorithm,
                         cost: charge.cost,
                         now_us: policy.now_us(),
                     });
                     this.state.set(State::Refunding {
-                        refund: tokio::time::timeout(policy.timeout, refund),
+                        refund: tokio::time::timeout(policy.settings.timeout, refund),
                         response: Some(response),
                     });
                 }
@@ -236,7 +236,7 @@ where
                     // Best effort: a refund lost to an outage only leaves the
                     // quota as spent as it was.
                     if let Ok(Err(error)) | Err(error) =
-                        ready!(refund.poll(cx)).map_err(|_| Error::Timeout(policy.timeout))
+                        ready!(refund.poll(cx)).map_err(|_| Error::Timeout(policy.settings.timeout))
                     {
                         tracing::debug!(policy = %policy.name, %error, "refund not made");
                     }

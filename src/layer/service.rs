@@ -40,7 +40,7 @@ impl<St: Store> RateLimitLayer<St> {
         Ok(Self {
             shared: Arc::new(Shared {
                 stats: Arc::new(Stats::new()),
-                breaker: CircuitBreaker::new(policy.breaker),
+                breaker: CircuitBreaker::new(policy.settings.breaker),
                 policy,
             }),
             store,
@@ -152,7 +152,7 @@ where
         if let Err(error) = layout::client_key(&policy.key_head, &policy.key, &parts, &mut key) {
             let request = Request::from_parts(parts, body);
             let policy_name = policy.name.clone();
-            let rejection = match (error, policy.on_missing_key) {
+            let rejection = match (error, policy.settings.on_missing_key) {
                 (KeyError::Missing(_), OnMissingKey::Allow) => {
                     return ResponseFuture::forward(self.inner.call(request), None, &self.shared);
                 }
@@ -170,7 +170,9 @@ where
         }
         let cost = match policy.cost.of(&parts) {
             // Annotate mode forwards it too, as a denial the store reports.
-            Ok(cost) if cost <= policy.capacity || policy.mode == Mode::Annotate => Ok(cost),
+            Ok(cost) if cost <= policy.capacity || policy.settings.mode == Mode::Annotate => {
+                Ok(cost)
+            }
             Ok(cost) => Err(Rejection::CostTooLarge {
                 policy: policy.name.clone(),
                 cost,
@@ -204,7 +206,7 @@ where
         let check = self.store.check(Check {
             key: &key,
             limits: &policy.limits,
-            algorithm: policy.algorithm,
+            algorithm: policy.settings.algorithm,
             cost,
             now_us: policy.now_us(),
         });
@@ -222,7 +224,7 @@ where
             },
         };
         ResponseFuture::check(
-            tokio::time::timeout(policy.timeout, check),
+            tokio::time::timeout(policy.settings.timeout, check),
             pending,
             &self.shared,
         )

@@ -3,7 +3,7 @@
 //! cache, fallback limiter), its counters, and the rules that turn a
 //! decision into a response.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::response::Response;
 use http::{Method, Request, header::RETRY_AFTER};
@@ -14,13 +14,13 @@ use super::{
     stats::Stats,
 };
 use crate::{
-    Algorithm, Clock, Cost, Decision, Error, FailMode, Key, MemoryStore, Mode, OnMissingKey,
-    Policy,
+    Algorithm, Clock, Cost, Decision, Error, FailMode, Key, MemoryStore, Mode, Policy,
     algorithm::Limit,
     block_cache::BlockCache,
+    config::PolicyConfig,
     headers::{self, PolicyItems},
     key::layout,
-    policy::{Breaker, RejectionHook},
+    policy::{Checked, RejectionHook},
     response::{RateLimitInfo, RateLimitStatus, Rejection, STORE_RETRY_AFTER_SECS},
     store::Check,
 };
@@ -33,29 +33,22 @@ pub(crate) struct Shared {
     pub breaker: CircuitBreaker,
 }
 
-/// A checked policy with everything the hot path needs precomputed.
+/// A checked policy: its settings, and what the hot path needs precomputed.
 pub(crate) struct Compiled {
+    pub settings: PolicyConfig,
     pub name: Arc<str>,
     pub limits: Vec<Limit>,
-    pub algorithm: Algorithm,
-    pub clock: Clock,
-    pub key: Key,
-    pub cost: Cost,
     /// The largest cost any request can be allowed.
     pub capacity: u64,
-    pub on_missing_key: OnMissingKey,
-    pub mode: Mode,
-    pub on_store_error: FailMode,
-    pub timeout: Duration,
     pub methods: Option<Vec<Method>>,
-    pub legacy_headers: bool,
+    pub key: Key,
+    pub cost: Cost,
     pub on_rejected: Option<RejectionHook>,
     /// `rl:telemetry:{`: the key up to the client's part.
     pub key_head: String,
     pub items: PolicyItems,
     pub block_cache: Option<BlockCache>,
     pub fallback: Option<Fallback>,
-    pub breaker: Breaker,
 }
 
 /// The in-process limiter of [`FailMode::Fallback`].
@@ -94,44 +87,44 @@ impl Fallback {
 impl Compiled {
     /// Checks `policy` and precomputes what the hot path needs.
     pub(crate) fn new(policy: Policy) -> Result<Self, Error> {
-        let limits = policy.check()?;
-        let capacity = limits.iter().map(|l| l.capacity(policy.algorithm)).min();
-        let fallback = (policy.on_store_error == FailMode::Fallback).then(|| Fallback {
+        let Checked { limits, methods } = policy.check()?;
+        let Policy {
+            settings,
+            key,
+            cost,
+            on_rejected,
+        } = policy;
+        let algorithm = settings.algorithm;
+        let capacity = limits.iter().map(|l| l.capacity(algorithm)).min();
+        let fallback = (settings.on_store_error == FailMode::Fallback).then(|| Fallback {
             store: MemoryStore::new(),
             limits: limits
                 .iter()
-                .map(|l| l.divided_by(policy.fallback_divisor))
+                .map(|l| l.divided_by(settings.fallback_divisor))
                 .collect(),
         });
         Ok(Self {
-            block_cache: policy
+            block_cache: settings
                 .block_cache
-                .map(|capacity| BlockCache::new(capacity, policy.algorithm, &limits)),
+                .map(|capacity| BlockCache::new(capacity, algorithm, &limits)),
             fallback,
-            breaker: policy.breaker,
-            key_head: layout::head(&policy.prefix, &policy.name),
-            items: PolicyItems::new(&policy.name, &limits),
+            key_head: layout::head(&settings.prefix, &settings.name),
+            items: PolicyItems::new(&settings.name, &limits),
             capacity: capacity.unwrap_or(1),
-            name: policy.name.into(),
+            name: settings.name.as_str().into(),
             limits,
-            algorithm: policy.algorithm,
-            clock: policy.clock,
-            key: policy.key.expect("check() requires a key"),
-            cost: policy.cost,
-            on_missing_key: policy.on_missing_key,
-            mode: policy.mode,
-            on_store_error: policy.on_store_error,
-            timeout: policy.timeout,
-            methods: policy.methods,
-            legacy_headers: policy.legacy_headers,
-            on_rejected: policy.on_rejected,
+            methods,
+            key: key.expect("check() requires a key"),
+            cost,
+            on_rejected,
+            settings,
         })
     }
 
     /// The time to send with a check: the app's for [`Clock::App`], else
     /// none (the store reads its own).
     pub fn now_us(&self) -> Option<u64> {
-        match self.clock {
+        match self.settings.clock {
             Clock::Store => None,
             Clock::App => Some(crate::algorithm::unix_now_us()),
         }
@@ -168,7 +161,7 @@ impl Shared {
             policy: policy.name.clone(),
             decision,
         };
-        match policy.mode {
+        match policy.settings.mode {
             Mode::Block if !decision.allowed => {
                 return Outcome::Respond(self.reject(Rejection::TooManyRequests(info())));
             }
@@ -181,16 +174,19 @@ impl Shared {
     /// The store failed, timed out or is skipped by the breaker: the fail
     /// mode decides.
     pub(super) fn fail_mode<B>(&self, key: &str, cost: u64, request: &mut Request<B>) -> Outcome {
-        let mode = self.policy.on_store_error;
+        let mode = self.policy.settings.on_store_error;
         self.stats.record_fail_mode(mode);
         let decision = match (mode, &self.policy.fallback) {
             (FailMode::Closed, _) => {
                 let policy = self.policy.name.clone();
                 return Outcome::Respond(self.reject(Rejection::StoreUnavailable { policy }));
             }
-            (FailMode::Fallback, Some(fallback)) => {
-                fallback.decide(key, cost, self.policy.capacity, self.policy.algorithm)
-            }
+            (FailMode::Fallback, Some(fallback)) => fallback.decide(
+                key,
+                cost,
+                self.policy.capacity,
+                self.policy.settings.algorithm,
+            ),
             _ => None,
         };
         self.outcome(decision, request)
@@ -208,7 +204,12 @@ impl Shared {
         match &rejection {
             Rejection::TooManyRequests(info) => {
                 let decision = &info.decision;
-                headers::insert(fields, &policy.items, policy.legacy_headers, decision);
+                headers::insert(
+                    fields,
+                    &policy.items,
+                    policy.settings.legacy_headers,
+                    decision,
+                );
                 headers::insert_retry_after(fields, decision);
             }
             Rejection::StoreUnavailable { .. } => {
@@ -234,7 +235,7 @@ impl Shared {
         self.breaker.failure();
         let policy = &self.policy;
         self.stats
-            .record_error(&policy.name, error, policy.on_store_error);
+            .record_error(&policy.name, error, policy.settings.on_store_error);
     }
 
     /// Records a store decision (breaker, counters, block cache).
