@@ -1,7 +1,9 @@
-//! Policies from a configuration file, through serde.
+//! A policy's settings, as plain data that serde reads from a file.
 //!
-//! [`PolicyConfig`] is the file form of a [`Policy`]; everything a closure
-//! is needed for (custom keys, a custom 429 body) stays in code.
+//! [`PolicyConfig`] holds every plain setting of a
+//! [`Policy`](crate::Policy): a file writes it, and the builder writes into
+//! it. What needs a closure (a custom key or cost, the rejection hook) stays
+//! in code.
 //!
 //! ```
 //! use axum_redis_ratelimit::config::PolicyConfig;
