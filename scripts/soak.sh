@@ -2,7 +2,7 @@
 # Soak test of the EDR example (issue 4.6).
 #
 # Runs examples/edr.rs against a redis-server of its own (loopback, a free
-# port, no persistence) under constant load from examples/loadgen.rs for
+# port, no persistence) under constant load from tools/loadgen for
 # SOAK_SECONDS, while every RESTART_EVERY seconds Redis is killed (SIGKILL),
 # kept down for DOWN_SECONDS and restarted on the same port, and once per
 # cycle, halfway between restarts, paused (SIGSTOP) for PAUSE_SECONDS.
@@ -13,7 +13,7 @@
 #     within the load generator's 5 s timeout): must be 0, the server never
 #     goes down;
 #   - answers slower than SLOW_MS (250 ms: the limiter's 100 ms store
-#     timeout plus a margin for everything else; see examples/loadgen.rs):
+#     timeout plus a margin for everything else; see tools/loadgen):
 #     must be 0, the timeout must cut off every store call;
 #   - 5xx answers: must be 0 (telemetry never fails closed: it fails open
 #     or falls back to in-process limits, and QUEUE_URL=off, so nothing in
@@ -48,8 +48,8 @@
 #   QUIET_TAIL=10         no kill or pause in the last seconds of the load, so
 #                         that the end checks see a Redis that has been serving
 #   SOAK_DIR              where logs go (default: a new /tmp/soak.XXXXXX, kept)
-#   SKIP_BUILD=1          use EDR_BIN and LOADGEN_BIN (or target/release/examples)
-#                         instead of building
+#   SKIP_BUILD=1          use EDR_BIN and LOADGEN_BIN (default target/release/examples/edr
+#                         and target/release/loadgen) instead of building
 #
 # The example's other settings (TELEMETRY_ALGORITHM, TELEMETRY_BLOCK_CACHE,
 # TELEMETRY_FALLBACK_DIVISOR, POLICY_FILE, …) pass through from the
@@ -102,16 +102,16 @@ log() { printf 'soak: t=%4ds %s\n' "$((SECONDS - T0))" "$*"; }
 T0=$SECONDS
 
 # ------------------------------------------------------------------ build
-# Copies, so that another build of the examples during the run changes
-# nothing.
+# Copies, so that another build during the run changes nothing.
 if [[ ${SKIP_BUILD:-} == 1 ]]; then
     cp "${EDR_BIN:-$ROOT/target/release/examples/edr}" "$WORK/bin/edr"
-    cp "${LOADGEN_BIN:-$ROOT/target/release/examples/loadgen}" "$WORK/bin/loadgen"
+    cp "${LOADGEN_BIN:-$ROOT/target/release/loadgen}" "$WORK/bin/loadgen"
 else
-    echo "soak: building the examples (release)…"
-    (cd "$ROOT" && cargo build --release --quiet --example edr --example loadgen) ||
+    echo "soak: building the EDR example and the load generator (release)…"
+    (cd "$ROOT" && cargo build --release --quiet --example edr &&
+        cargo build --release --quiet -p loadgen) ||
         die "build failed"
-    cp "$ROOT/target/release/examples/edr" "$ROOT/target/release/examples/loadgen" "$WORK/bin/"
+    cp "$ROOT/target/release/examples/edr" "$ROOT/target/release/loadgen" "$WORK/bin/"
 fi
 EDR="$WORK/bin/edr"
 LOADGEN="$WORK/bin/loadgen"
