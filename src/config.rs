@@ -58,7 +58,7 @@ pub enum FailMode {
     /// such as login, where an unlimited window is worse than downtime.
     Closed,
     /// Keep limiting in this process with an in-memory store and the same
-    /// limits, each divided by [`Policy::fallback_divisor`] (say, the
+    /// limits, each divided by [`Policy::fallback_divisor`](crate::Policy::fallback_divisor) (say, the
     /// number of app servers), until the store answers again.
     Fallback,
 }
@@ -202,7 +202,7 @@ pub struct PolicyConfig {
     /// denied keys to remember.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_cache: Option<usize>,
-    /// See [`Policy::fallback_divisor`](crate::Policy::fallback_divisor).
+    /// See [`Policy::fallback_divisor`](crate::Policy::fallback_divisor)(crate::Policy::fallback_divisor).
     #[serde(default = "one")]
     pub fallback_divisor: u64,
     /// See [`Policy::breaker`](crate::Policy::breaker).
@@ -263,7 +263,7 @@ mod millis {
     }
 }
 
-/// A [`Limit`] as a configuration file writes it: `{ rate = "10/s", burst = 20 }`.
+/// A [`Limit`](crate::Limit) as a configuration file writes it: `{ rate = "10/s", burst = 20 }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
@@ -274,14 +274,14 @@ pub struct LimitConfig {
     pub burst: Option<u64>,
 }
 
-/// A [`Cost`] as a configuration file writes it: a number, or
+/// A [`Cost`](crate::Cost) as a configuration file writes it: a number, or
 /// `{ header = "X-Event-Count" }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum CostConfig {
-    /// See [`Cost::fixed`].
+    /// See [`Cost::fixed`](crate::Cost::fixed).
     Fixed(u64),
-    /// See [`Cost::header`].
+    /// See [`Cost::header`](crate::Cost::header).
     Header {
         /// The header's name.
         header: String,
