@@ -81,7 +81,9 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        *self.child.lock().unwrap() = Some(spawn_reaped(command));
+        let child = spawn_reaped(command)
+            .expect("redis-server must be installed (Debian package redis-server)");
+        *self.child.lock().unwrap() = Some(child);
         let client = redis::Client::open(self.url.as_str()).unwrap();
         for _ in 0..500 {
             if let Ok(mut conn) = client.get_connection()
@@ -137,10 +139,18 @@ impl Drop for RedisServer {
     }
 }
 
-/// Spawns from one long-lived thread with PR_SET_PDEATHSIG, so the servers
-/// die with the test binary even when it exits without dropping them (the
-/// death signal follows the spawning *thread*, hence the dedicated one).
-fn spawn_reaped(command: Command) -> Child {
+/// Spawns `command` so that the child is killed (SIGKILL) when this binary
+/// exits, even if what owns the child is never dropped (the shared server
+/// lives in a static, and statics are not dropped) or the binary is killed.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child exits,
+/// not when the whole process does (`man 2 prctl`: the "parent" is "the
+/// thread that created this process"). libtest runs a test on a thread that
+/// ends with the test, so a child spawned there, such as the `redis-server`
+/// later tests share, would be killed with the first test that used it.
+/// Every child is therefore spawned from one thread that lives as long as
+/// the process.
+pub fn spawn_reaped(command: Command) -> std::io::Result<Child> {
     type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -160,9 +170,7 @@ fn spawn_reaped(command: Command) -> Child {
     });
     let (tx, rx) = mpsc::channel();
     spawner.lock().unwrap().send((command, tx)).unwrap();
-    rx.recv()
-        .unwrap()
-        .expect("redis-server must be installed (Debian package redis-server)")
+    rx.recv().unwrap()
 }
 
 /// A port nothing listens on right now.
