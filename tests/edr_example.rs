@@ -18,7 +18,7 @@ use std::{
 };
 
 use axum::body::Body;
-use common::{HttpClient, RedisServer, Reply, command_calls, eventually, free_port, spawn_reaped};
+use common::{HttpClient, RedisServer, Reply, evalsha_calls, eventually, free_port, spawn_reaped};
 use http::{Method, Request, StatusCode};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
@@ -660,9 +660,6 @@ async fn the_block_cache_answers_a_flooding_agent_without_redis() {
         return;
     };
     let mut db1 = server.connection().await;
-    // The number of EVALSHA calls Redis has served so far.
-    let evalsha =
-        |calls: std::collections::HashMap<String, u64>| calls.get("evalsha").copied().unwrap_or(0);
     for (block_cache, expected) in [("on", 1), ("off", 19)] {
         let edr = Edr::start(&[
             ("REDIS_URL", server.url()),
@@ -676,14 +673,13 @@ async fn the_block_cache_answers_a_flooding_agent_without_redis() {
         let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
         // The first denial is Redis's; with the cache, the only one.
-        let before = command_calls(&mut db1).await;
+        let before = evalsha_calls(&mut db1).await;
         for _ in 0..19 {
             let reply = edr.telemetry(&token).await;
             assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
             assert!(reply.header("retry-after").is_some(), "{reply:?}");
         }
-        let after = command_calls(&mut db1).await;
-        let calls = evalsha(after) - evalsha(before);
+        let calls = evalsha_calls(&mut db1).await - before;
         assert_eq!(
             calls, expected,
             "TELEMETRY_BLOCK_CACHE={block_cache}: EVALSHA calls for 19 denied requests"

@@ -19,36 +19,13 @@ use axum_redis_ratelimit::{
     Algorithm, ClientIp, Clock, Cost, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate,
     RateLimitLayer, RateLimitStatus, RedisStore, store::Store,
 };
-use common::{HttpClient, RedisServer, Reply, serve, unique_prefix};
+use common::{
+    HttpClient, RedisServer, Reply, TOKEN, app, client, hget, keys_with_prefix, persist, pttl,
+    redis, serve, telemetry, unique_prefix,
+};
 use futures::future::join_all;
 use http::{Method, Request, StatusCode};
 use tower::{Service, ServiceExt};
-
-const TOKEN: &str = "x-agent-token";
-
-async fn redis() -> RedisStore {
-    RedisStore::connect(RedisServer::shared().url())
-        .await
-        .unwrap()
-}
-
-/// A policy keyed by agent token, with a prefix of this test's own.
-fn telemetry(rate: &str) -> Policy {
-    Policy::new("telemetry")
-        .rate(rate.parse().unwrap())
-        .key(Key::header(TOKEN))
-        .prefix(unique_prefix())
-}
-
-fn app(policy: Policy, store: impl Store) -> Router {
-    Router::new()
-        .route("/t", post(|| async { "queued" }).get(|| async { "read" }))
-        .layer(RateLimitLayer::new(policy, store).unwrap())
-}
-
-async fn client(policy: Policy, store: impl Store) -> HttpClient {
-    HttpClient::new(&serve(app(policy, store)).await)
-}
 
 fn statuses(replies: &[Reply]) -> (usize, usize) {
     let ok = replies
@@ -162,13 +139,8 @@ async fn every_key_has_a_ttl_after_a_load() {
     .await;
     let keys = keys_with_prefix(&prefix).await;
     assert_eq!(keys.len(), 100);
-    let mut conn = RedisServer::shared().connection().await;
     for key in keys {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let ttl = pttl(&key).await;
         assert!(ttl > 0 && ttl <= 60_000, "{key} has PTTL {ttl}");
     }
 }
@@ -180,33 +152,14 @@ async fn a_counter_that_lost_its_ttl_gets_it_back() {
     let http = client(policy, redis().await).await;
     http.post("/t", &[(TOKEN, b"a")]).await;
     let key = format!("{prefix}telemetry:{{{TOKEN}:a}}:60");
-    let mut conn = RedisServer::shared().connection().await;
-    let _: () = redis::cmd("PERSIST")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(ttl, -1);
+    persist(&key).await;
+    assert_eq!(pttl(&key).await, -1);
     let reply = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(reply.status, StatusCode::OK);
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl = pttl(&key).await;
     assert!(ttl > 0, "PTTL {ttl}");
-    let count: u64 = redis::cmd("HGET")
-        .arg(&key)
-        .arg("c")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(count, 2);
+    let mut conn = RedisServer::shared().connection().await;
+    assert_eq!(hget::<u64>(&mut conn, &key, "c").await, 2);
 }
 
 #[tokio::test]
@@ -534,12 +487,8 @@ async fn redis_counters_hold_the_chosen_clocks_time() {
         http.post("/t", &[(TOKEN, b"a")]).await;
         let after = now_ms();
         let mut conn = RedisServer::shared().connection().await;
-        let end: u128 = redis::cmd("HGET")
-            .arg(format!("{prefix}telemetry:{{{TOKEN}:a}}:60"))
-            .arg("e")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let key = format!("{prefix}telemetry:{{{TOKEN}:a}}:60");
+        let end: u128 = hget(&mut conn, &key, "e").await;
         let window = 60_000;
         assert!(
             (before + window - slack..=after + window + slack).contains(&end),
@@ -791,15 +740,4 @@ async fn misconfiguration_fails_when_the_layer_is_built() {
     assert!(err.to_string().contains("policies.p.rate"), "{err}");
     let err = RedisStore::connect("http://nope").await.unwrap_err();
     assert!(err.to_string().contains("redis.url"), "{err}");
-}
-
-async fn keys_with_prefix(prefix: &str) -> Vec<String> {
-    let mut conn = RedisServer::shared().connection().await;
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    keys.sort();
-    keys
 }

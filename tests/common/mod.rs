@@ -1,29 +1,43 @@
 //! Test harness: real `redis-server` processes on free ports, which tests can
 //! kill, pause (SIGSTOP) and restart; an HTTP server on 127.0.0.1:0 with
-//! `ConnectInfo`; a small HTTP client.
+//! `ConnectInfo`; a small HTTP client; the policy, app and Redis look-ups
+//! most tests share.
 //!
 //! With `REDIS_URL` set, tests use that server instead (and skip the tests
 //! that need to kill or pause it). Every test uses its own key prefix, so
 //! nothing is flushed and tests never see each other's counters.
+//!
+//! The benches include this module too.
+// Each test binary uses a part of the harness.
 #![allow(dead_code)]
 
 use std::{
+    collections::HashMap,
     future::Future,
     net::{SocketAddr, TcpListener},
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     sync::{
-        Mutex, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
     time::Duration,
 };
 
-use axum::{Router, body::Body};
+use axum::{Router, body::Body, routing::post};
+use axum_redis_ratelimit::{
+    Algorithm, Cost, Key, Limit, Policy, RateLimitLayer, RedisStore,
+    layer::Stats,
+    store::{Check, Store},
+};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use redis::aio::MultiplexedConnection;
 
 /// A Redis server for tests: the user's `REDIS_URL`, or a `redis-server`
 /// child of this test binary.
@@ -124,7 +138,7 @@ impl RedisServer {
     }
 
     /// A plain connection for inspecting what the limiter wrote.
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+    pub async fn connection(&self) -> MultiplexedConnection {
         redis::Client::open(self.url.as_str())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -183,11 +197,9 @@ pub fn free_port() -> u16 {
 }
 
 /// Calls per command since the server started or the last
-/// `CONFIG RESETSTAT` (`INFO commandstats`); Redis counts the commands a
+/// [`reset_command_stats`] (`INFO commandstats`); Redis counts the commands a
 /// script runs too.
-pub async fn command_calls(
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> std::collections::HashMap<String, u64> {
+pub async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -207,6 +219,108 @@ pub async fn command_calls(
         .collect()
 }
 
+/// The `EVALSHA` calls among [`command_calls`]: one per decision Redis made.
+pub async fn evalsha_calls(conn: &mut MultiplexedConnection) -> u64 {
+    command_calls(conn)
+        .await
+        .get("evalsha")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `CONFIG RESETSTAT`: [`command_calls`] count from zero again.
+pub async fn reset_command_stats(conn: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// The keys of the shared server under `prefix`, sorted.
+pub async fn keys_with_prefix(prefix: &str) -> Vec<String> {
+    let mut conn = RedisServer::shared().connection().await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// The only key under `prefix`, checked to hold one hash tag.
+pub async fn only_key(prefix: &str) -> String {
+    let keys = keys_with_prefix(prefix).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = keys.into_iter().next().unwrap();
+    assert_eq!(key.matches('{').count(), 1, "{key}");
+    assert_eq!(key.matches('}').count(), 1, "{key}");
+    key
+}
+
+/// `PTTL` of `key` on the shared server: -1 without a TTL, -2 if absent.
+pub async fn pttl(key: &str) -> i64 {
+    let mut conn = RedisServer::shared().connection().await;
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Removes the TTL of `key` on the shared server, as a restore or an
+/// operator's `PERSIST` would; fails if it had none.
+pub async fn persist(key: &str) {
+    let mut conn = RedisServer::shared().connection().await;
+    let persisted: bool = redis::cmd("PERSIST")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(persisted, "{key} had no TTL to remove");
+}
+
+/// `HGET key field`: a counter's count (`c`) or window end (`e`).
+pub async fn hget<T: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    field: &str,
+) -> T {
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// A Redis store on the shared server.
+pub async fn redis() -> RedisStore {
+    RedisStore::connect(RedisServer::shared().url())
+        .await
+        .unwrap()
+}
+
+/// A check of cost 1 on the store's own clock.
+pub fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Check<'a> {
+    Check {
+        key,
+        limits,
+        algorithm,
+        cost: 1,
+        now_us: None,
+    }
+}
+
+/// A current-thread runtime, for async code driven from a plain `fn`.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A key prefix no other test uses, so tests never share counters.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -215,6 +329,56 @@ pub fn unique_prefix() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The header most test policies key on.
+pub const TOKEN: &str = "x-agent-token";
+
+/// A policy named `telemetry` of `rate` per agent token, under a prefix of
+/// this test's own.
+pub fn telemetry(rate: &str) -> Policy {
+    Policy::new("telemetry")
+        .rate(rate.parse().unwrap())
+        .key(Key::header(TOKEN))
+        .prefix(unique_prefix())
+}
+
+/// The header a batch's cost is read from.
+pub const EVENT_COUNT: &str = "x-event-count";
+
+/// [`telemetry`] counted `algorithm`'s way, a request costing its
+/// `X-Event-Count`.
+pub fn batches(algorithm: Algorithm, rate: &str) -> Policy {
+    telemetry(rate)
+        .algorithm(algorithm)
+        .cost(Cost::header(EVENT_COUNT))
+}
+
+/// `POST /t` ("queued") and `GET /t` ("read") behind a layer of `policy`
+/// over `store`, and the layer's statistics.
+pub fn app_and_stats(policy: Policy, store: impl Store) -> (Router, Arc<Stats>) {
+    let layer = RateLimitLayer::new(policy, store).unwrap();
+    let stats = layer.stats();
+    let app = Router::new()
+        .route("/t", post(|| async { "queued" }).get(|| async { "read" }))
+        .layer(layer);
+    (app, stats)
+}
+
+/// The app of [`app_and_stats`].
+pub fn app(policy: Policy, store: impl Store) -> Router {
+    app_and_stats(policy, store).0
+}
+
+/// A client of [`app`] served over a socket.
+pub async fn client(policy: Policy, store: impl Store) -> HttpClient {
+    HttpClient::new(&serve(app(policy, store)).await)
+}
+
+/// A client of [`app_and_stats`] served over a socket, and the statistics.
+pub async fn client_and_stats(policy: Policy, store: impl Store) -> (HttpClient, Arc<Stats>) {
+    let (app, stats) = app_and_stats(policy, store);
+    (HttpClient::new(&serve(app).await), stats)
 }
 
 /// Serves `app` on 127.0.0.1:0 with `ConnectInfo`; returns the base URL.
@@ -241,6 +405,7 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The first value of header `name`, which must be text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
@@ -249,7 +414,7 @@ impl Reply {
 /// An HTTP/1 client.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    client: Client<HttpConnector, Body>,
     base: String,
 }
 
