@@ -1,7 +1,7 @@
 //! Test harness: real `redis-server` processes on free ports, which tests can
 //! kill, pause (SIGSTOP) and restart; an HTTP server on 127.0.0.1:0 with
-//! `ConnectInfo`; a small HTTP client; the policy, app and Redis look-ups
-//! most tests share.
+//! `ConnectInfo`; a small client that reaches an app over that socket or
+//! in-process; the policy, app and Redis look-ups most tests share.
 //!
 //! With `REDIS_URL` set, tests use that server instead (and skip the tests
 //! that need to kill or pause it). Every test uses its own key prefix, so
@@ -38,6 +38,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use redis::aio::MultiplexedConnection;
+use tower::ServiceExt;
 
 /// A Redis server for tests: the user's `REDIS_URL`, or a `redis-server`
 /// child of this test binary.
@@ -370,6 +371,11 @@ pub fn app(policy: Policy, store: impl Store) -> Router {
     app_and_stats(policy, store).0
 }
 
+/// A client of [`app`] in-process, for tests that need no socket.
+pub fn in_process(policy: Policy, store: impl Store) -> HttpClient {
+    HttpClient::in_process(app(policy, store))
+}
+
 /// A client of [`app`] served over a socket.
 pub async fn client(policy: Policy, store: impl Store) -> HttpClient {
     HttpClient::new(&serve(app(policy, store)).await)
@@ -411,19 +417,33 @@ impl Reply {
     }
 }
 
-/// An HTTP/1 client.
+/// A client of an app: HTTP/1 over a socket, or in-process, where the
+/// request goes to the `Router` with `oneshot` (no `ConnectInfo`, no HTTP
+/// parsing: tests of the client address or of raw bytes use a socket).
 #[derive(Clone)]
-pub struct HttpClient {
-    client: Client<HttpConnector, Body>,
-    base: String,
+pub struct HttpClient(Target);
+
+#[derive(Clone)]
+enum Target {
+    Socket {
+        client: Client<HttpConnector, Body>,
+        base: String,
+    },
+    InProcess(Router),
 }
 
 impl HttpClient {
+    /// A client of the server at `base` (`http://host:port`).
     pub fn new(base: &str) -> Self {
-        Self {
+        Self(Target::Socket {
             client: Client::builder(TokioExecutor::new()).build_http(),
             base: base.to_owned(),
-        }
+        })
+    }
+
+    /// A client that calls `app` in-process.
+    pub fn in_process(app: Router) -> Self {
+        Self(Target::InProcess(app))
     }
 
     /// Sends a request; headers are raw bytes so tests can send anything
@@ -440,16 +460,25 @@ impl HttpClient {
         headers: &[(&str, &[u8])],
         body: impl Into<Body>,
     ) -> Reply {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
+        let uri = match &self.0 {
+            Target::Socket { base, .. } => format!("{base}{path}"),
+            Target::InProcess(_) => path.to_owned(),
+        };
+        let mut request = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let request = request.body(body.into()).unwrap();
-        let response = within(Duration::from_secs(10), self.client.request(request))
-            .await
-            .expect("request failed");
+        let limit = Duration::from_secs(10);
+        let response = match &self.0 {
+            Target::Socket { client, .. } => within(limit, client.request(request))
+                .await
+                .expect("request failed")
+                .map(Body::new),
+            Target::InProcess(app) => within(limit, app.clone().oneshot(request))
+                .await
+                .unwrap_or_else(|never| match never {}),
+        };
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         Reply {
@@ -459,10 +488,12 @@ impl HttpClient {
         }
     }
 
+    /// A `GET` with no body.
     pub async fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
         self.send(Method::GET, path, headers).await
     }
 
+    /// A `POST` with no body.
     pub async fn post(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
         self.send(Method::POST, path, headers).await
     }
