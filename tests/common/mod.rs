@@ -7,7 +7,7 @@
 //! that need to kill or pause it). Every test uses its own key prefix, so
 //! nothing is flushed and tests never see each other's counters.
 //!
-//! The benches include this module too.
+//! The benches include this module too (through `benches/common`).
 // Each test binary uses a part of the harness.
 #![allow(dead_code)]
 
