@@ -16,19 +16,15 @@
 //! cargo bench --bench decision
 //! ```
 
-#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
     hint::black_box,
     sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
 };
 
-use axum_redis_ratelimit::{
-    Algorithm, Limit, MemoryStore, Rate, RedisStore,
-    store::{Check, Store},
-};
+use axum_redis_ratelimit::{Algorithm, Limit, MemoryStore, Rate, RedisStore, store::Store};
+use common::{RedisServer, check, config, runtime, unique_prefix};
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use futures::future::join_all;
 use tokio::runtime::Runtime;
@@ -54,31 +50,6 @@ const ALGORITHMS: [(Algorithm, &str); 3] = [
     (Algorithm::Gcra, "gcra"),
 ];
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50)
-}
-
-fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Check<'a> {
-    Check {
-        key,
-        limits,
-        algorithm,
-        cost: 1,
-        now_us: None,
-    }
-}
-
 /// The `c1`, `c64` and `denied` cases of one store and algorithm.
 fn bench_store<St: Store>(
     group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -89,7 +60,7 @@ fn bench_store<St: Store>(
 ) {
     let name = format!("{store_name}/{algorithm_name}");
     let check = |key, limits| check(key, limits, algorithm);
-    let prefix = common::unique_prefix();
+    let prefix = unique_prefix();
     let keys: Vec<String> = (0..KEYS)
         .map(|i| format!("{prefix}bench:{{k{i}}}"))
         .collect();
@@ -144,7 +115,7 @@ fn decision(c: &mut Criterion) {
     let runtime = runtime();
     let mut group = c.benchmark_group("decision");
 
-    let server = common::RedisServer::shared();
+    let server = RedisServer::shared();
     let redis = runtime
         .block_on(RedisStore::connect(server.url()))
         .expect("connect to the bench's redis-server");

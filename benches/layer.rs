@@ -23,20 +23,19 @@
 //! cargo bench --bench layer
 //! ```
 
-#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
     convert::Infallible,
     hint::black_box,
     sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
 };
 
 use axum::{body::Body, response::Response};
 use axum_redis_ratelimit::{
     Key, MemoryStore, Policy, Rate, RateLimitLayer, RedisStore, headers::RATELIMIT, store::Store,
 };
+use common::{RedisServer, config, runtime, unique_prefix};
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::runtime::Runtime;
@@ -52,21 +51,6 @@ const UNLIMITED: Rate = Rate::per_minute(1_000_000_000);
 const SPENT: Rate = Rate::per_day(1);
 
 const HEADER: &str = "x-agent-token";
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50)
-}
 
 type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
@@ -146,10 +130,20 @@ fn bench_layer<St: Store>(
     assert_eq!(stats.store_errors(), 0, "{id}: the store failed");
 }
 
+/// Spends the limit of `token` under `policy` in `store`: one request, which
+/// must be let through.
+fn spend<St: Store>(runtime: &Runtime, policy: Policy, store: St, token: &HeaderValue) {
+    let layer = RateLimitLayer::new(policy, store).expect("policy");
+    let first = runtime
+        .block_on(layer.layer(trivial()).oneshot(request(token)))
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(first.status(), StatusCode::OK);
+}
+
 fn layer(c: &mut Criterion) {
     let runtime = runtime();
     // Unique per run, so a Redis given by REDIS_URL holds no old counters.
-    let prefix = common::unique_prefix().replace(':', "-");
+    let prefix = unique_prefix().replace(':', "-");
     let tokens: Vec<HeaderValue> = (0..TOKENS)
         .map(|i| HeaderValue::try_from(format!("AGENT-{prefix}{i}")).expect("header-safe"))
         .collect();
@@ -189,11 +183,12 @@ fn layer(c: &mut Criterion) {
     );
 
     let store = MemoryStore::new();
-    let denied = RateLimitLayer::new(policy(SPENT, by_token()), store.clone()).expect("policy");
-    let first = runtime
-        .block_on(denied.layer(trivial()).oneshot(request(&spent[0])))
-        .unwrap_or_else(|e| match e {});
-    assert_eq!(first.status(), StatusCode::OK);
+    spend(
+        &runtime,
+        policy(SPENT, by_token()),
+        store.clone(),
+        &spent[0],
+    );
     bench_layer(
         &mut group,
         &runtime,
@@ -204,7 +199,7 @@ fn layer(c: &mut Criterion) {
         StatusCode::TOO_MANY_REQUESTS,
     );
 
-    let server = common::RedisServer::shared();
+    let server = RedisServer::shared();
     let redis = runtime
         .block_on(RedisStore::connect(server.url()))
         .expect("connect to the bench's redis-server");
@@ -224,11 +219,7 @@ fn layer(c: &mut Criterion) {
         if block_cache {
             spent_policy = spent_policy.block_cache(1000);
         }
-        let spender = RateLimitLayer::new(spent_policy.clone(), redis.clone()).expect("policy");
-        let first = runtime
-            .block_on(spender.layer(trivial()).oneshot(request(&spent[0])))
-            .unwrap_or_else(|e| match e {});
-        assert_eq!(first.status(), StatusCode::OK);
+        spend(&runtime, spent_policy.clone(), redis.clone(), &spent[0]);
         bench_layer(
             &mut group,
             &runtime,

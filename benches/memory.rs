@@ -13,6 +13,8 @@
 //! cargo bench --bench memory -- flood   # the flood alone
 //! ```
 
+mod common;
+
 use std::{future::Ready, process::Command, time::Duration};
 
 use axum::{Router, body::Body, routing::post};
@@ -20,6 +22,7 @@ use axum_redis_ratelimit::{
     Algorithm, Decision, Error, Key, Limit, MemoryStore, Policy, Rate, RateLimitLayer,
     store::{Check, Store},
 };
+use common::{check, current_thread};
 use criterion::Criterion;
 use http::Request;
 use tower::ServiceExt;
@@ -41,14 +44,10 @@ async fn memory_store(capacity: usize) -> String {
     let limits = [Limit::new(Rate::per_minute(10))];
     for i in 0..KEYS {
         let key = format!("rl:telemetry:{{x-agent-token:agent-{i}}}");
-        let check = Check {
-            key: &key,
-            limits: &limits,
-            algorithm: Algorithm::FixedWindow,
-            cost: 1,
-            now_us: None,
-        };
-        store.check(check).await.unwrap();
+        store
+            .check(check(&key, &limits, Algorithm::FixedWindow))
+            .await
+            .unwrap();
     }
     format!("{} counters held", store.len())
 }
@@ -108,10 +107,7 @@ impl Store for DenyAll {
 
 fn flood(c: &mut Criterion) {
     const CAPACITY: usize = 1_000_000;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let policy = Policy::new("telemetry")
         .rate(Rate::per_hour(1))
         .key(Key::header("x-agent-token"))
@@ -138,10 +134,7 @@ fn flood(c: &mut Criterion) {
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     match args.next().as_deref() {
         Some(case @ ("store-100k" | "store-1m" | "cache-100k")) => {
             let before = rss_mib();

@@ -9,7 +9,6 @@
 //! cargo bench --bench scale
 //! ```
 
-#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
@@ -17,10 +16,8 @@ use std::{
     time::Duration,
 };
 
-use axum_redis_ratelimit::{
-    Algorithm, Limit, MemoryStore, Rate, RedisStore,
-    store::{Check, Store},
-};
+use axum_redis_ratelimit::{Algorithm, Limit, MemoryStore, Rate, RedisStore, store::Store};
+use common::{RedisServer, check, config, runtime, unique_prefix};
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
@@ -46,22 +43,14 @@ fn bench<St: Store>(
     keys: usize,
     limits: &[Limit],
 ) {
-    let prefix = common::unique_prefix();
+    let prefix = unique_prefix();
     let keys: Vec<String> = (0..keys).map(|i| format!("{prefix}{{k{i}}}")).collect();
     let next = AtomicUsize::new(0);
     group.bench_function(id, |b| {
         b.to_async(runtime).iter(|| {
             let base = next.fetch_add(CONCURRENCY, Ordering::Relaxed);
-            let checks = (base..base + CONCURRENCY).map(|i| {
-                let key = &keys[i % keys.len()];
-                store.check(Check {
-                    key,
-                    limits,
-                    algorithm: Algorithm::FixedWindow,
-                    cost: 1,
-                    now_us: None,
-                })
-            });
+            let checks = (base..base + CONCURRENCY)
+                .map(|i| store.check(check(&keys[i % keys.len()], limits, Algorithm::FixedWindow)));
             let decisions = join_all(checks);
             async move {
                 for decision in decisions.await {
@@ -73,13 +62,9 @@ fn bench<St: Store>(
 }
 
 fn scale(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let redis = runtime
-        .block_on(RedisStore::connect(common::RedisServer::shared().url()))
+        .block_on(RedisStore::connect(RedisServer::shared().url()))
         .unwrap();
     let memory = MemoryStore::with_capacity(2_000_000);
     let mut group = c.benchmark_group("scale");
@@ -125,7 +110,7 @@ fn scale(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(30);
+    config = config().sample_size(30);
     targets = scale
 }
 criterion_main!(benches);

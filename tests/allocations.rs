@@ -17,10 +17,9 @@ use std::{
 
 use axum::{body::Body, response::Response};
 use axum_redis_ratelimit::{
-    Algorithm, Key, Limit, MemoryStore, Policy, Rate, RateLimitLayer, RedisStore,
-    store::{Check, Store},
+    Algorithm, Key, Limit, MemoryStore, Policy, Rate, RateLimitLayer, store::Store,
 };
-use common::RedisServer;
+use common::{check, current_thread, redis, unique_prefix};
 use http::Request;
 use tower::{Layer, Service, ServiceExt};
 
@@ -74,30 +73,13 @@ const ALGORITHMS: [Algorithm; 3] = [
     Algorithm::Gcra,
 ];
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn limits() -> Vec<Limit> {
     vec![Limit::new(Rate::per_minute(1_000_000_000))]
 }
 
-fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Check<'a> {
-    Check {
-        key,
-        limits,
-        algorithm,
-        cost: 1,
-        now_us: None,
-    }
-}
-
 #[test]
 fn memory_store_decision() {
-    runtime().block_on(async {
+    current_thread().block_on(async {
         let store = MemoryStore::new();
         let limits = limits();
         for algorithm in ALGORITHMS {
@@ -116,12 +98,10 @@ fn memory_store_decision() {
 
 #[test]
 fn redis_store_decision() {
-    runtime().block_on(async {
-        let store = RedisStore::connect(RedisServer::shared().url())
-            .await
-            .unwrap();
+    current_thread().block_on(async {
+        let store = redis().await;
         let limits = limits();
-        let key = format!("{}{{k}}", common::unique_prefix());
+        let key = format!("{}{{k}}", unique_prefix());
         for algorithm in ALGORITHMS {
             let n = per_call(async || {
                 store.check(check(&key, &limits, algorithm)).await.unwrap();
@@ -136,7 +116,7 @@ fn redis_store_decision() {
 
 #[test]
 fn layer_over_a_trivial_service() {
-    runtime().block_on(async {
+    current_thread().block_on(async {
         let inner = tower::service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
         let bare = per_call(async || {
             let request = Request::post("/").header("x-agent-token", "agent-1").body(Body::empty()).unwrap();

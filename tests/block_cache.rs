@@ -6,42 +6,27 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, routing::post};
 use axum_redis_ratelimit::{
-    Algorithm, Cost, Key, Policy, RateLimitLayer, RedisStore,
+    Algorithm, Policy, RedisStore,
     config::{PolicyConfig, PolicyFile},
     layer::Stats,
 };
-use common::{HttpClient, RedisServer, Reply, command_calls, eventually, serve};
+use common::{
+    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, batches, client_and_stats, evalsha_calls,
+    eventually, reset_command_stats,
+};
 use http::StatusCode;
-
-const TOKEN: &str = "x-agent-token";
-const COST: &str = "x-event-count";
-
-fn telemetry(algorithm: Algorithm, rate: &str) -> Policy {
-    Policy::new("telemetry")
-        .algorithm(algorithm)
-        .rate(rate.parse().unwrap())
-        .key(Key::header(TOKEN))
-        .cost(Cost::header(COST))
-}
 
 async fn app(server: &RedisServer, rate: &str) -> (HttpClient, Arc<Stats>) {
     serve_policy(
         server,
-        telemetry(Algorithm::FixedWindow, rate).block_cache(1000),
+        batches(Algorithm::FixedWindow, rate).block_cache(1000),
     )
     .await
 }
 
 async fn serve_policy(server: &RedisServer, policy: Policy) -> (HttpClient, Arc<Stats>) {
-    let layer =
-        RateLimitLayer::new(policy, RedisStore::connect(server.url()).await.unwrap()).unwrap();
-    let stats = layer.stats();
-    let router = Router::new()
-        .route("/t", post(|| async { "queued" }))
-        .layer(layer);
-    (HttpClient::new(&serve(router).await), stats)
+    client_and_stats(policy, RedisStore::connect(server.url()).await.unwrap()).await
 }
 
 /// One policy served twice over the same Redis: with the block cache, and
@@ -67,7 +52,7 @@ impl Pair {
 
     async fn send(http: &HttpClient, cost: u64) -> Reply {
         let cost = cost.to_string();
-        http.post("/t", &[(TOKEN, b"agent"), (COST, cost.as_bytes())])
+        http.post("/t", &[(TOKEN, b"agent"), (EVENT_COUNT, cost.as_bytes())])
             .await
     }
 
@@ -102,14 +87,6 @@ fn retry_after(reply: &Reply) -> u64 {
     reply.header("retry-after").unwrap().parse().unwrap()
 }
 
-async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    command_calls(conn)
-        .await
-        .get("evalsha")
-        .copied()
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_flood_from_one_key_costs_redis_nothing_once_denied() {
     let Some(server) = RedisServer::private() else {
@@ -121,11 +98,7 @@ async fn a_flood_from_one_key_costs_redis_nothing_once_denied() {
         http.post("/t", &[(TOKEN, b"rogue")]).await.status,
         StatusCode::OK
     );
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    reset_command_stats(&mut conn).await;
 
     assert_eq!(
         http.post("/t", &[(TOKEN, b"rogue")]).await.status,
@@ -188,7 +161,11 @@ async fn a_cheaper_request_is_not_blocked_by_a_costlier_denial() {
     let (http, stats) = app(&server, "5/m").await;
     let batch = |n: &'static [u8]| {
         let http = http.clone();
-        async move { http.post("/t", &[(TOKEN, b"a"), (COST, n)]).await.status }
+        async move {
+            http.post("/t", &[(TOKEN, b"a"), (EVENT_COUNT, n)])
+                .await
+                .status
+        }
     };
     assert_eq!(batch(b"3").await, StatusCode::OK);
     assert_eq!(batch(b"3").await, StatusCode::TOO_MANY_REQUESTS);
@@ -206,8 +183,8 @@ async fn a_block_longer_than_the_cache_trusts_it_keeps_its_true_retry_after() {
     let Some(server) = RedisServer::private() else {
         return;
     };
-    let policy = || telemetry(Algorithm::FixedWindow, "1/h");
-    let pair = Pair::new(&server, policy().block_cache(1000), policy()).await;
+    let policy = batches(Algorithm::FixedWindow, "1/h");
+    let pair = Pair::new(&server, policy.clone().block_cache(1000), policy).await;
     assert_eq!(pair.cached(1).await.status, StatusCode::OK);
     let from_store = retry_after(&pair.cached(1).await);
     assert!(from_store > 3500, "{from_store}");
@@ -223,8 +200,8 @@ async fn a_costlier_request_waits_as_long_as_the_store_says(algorithm: Algorithm
     let Some(server) = RedisServer::private() else {
         return;
     };
-    let policy = || telemetry(algorithm, "10/m");
-    let pair = Pair::new(&server, policy().block_cache(1000), policy()).await;
+    let policy = batches(algorithm, "10/m");
+    let pair = Pair::new(&server, policy.clone().block_cache(1000), policy).await;
     assert_eq!(pair.cached(10).await.status, StatusCode::OK);
     retry_after(&pair.cached(1).await);
     pair.denied_like_the_store(10).await;
@@ -236,8 +213,8 @@ async fn a_cheaper_request_waits_as_long_as_the_store_says(algorithm: Algorithm)
     let Some(server) = RedisServer::private() else {
         return;
     };
-    let policy = || telemetry(algorithm, "10/m");
-    let pair = Pair::new(&server, policy().block_cache(1000), policy()).await;
+    let policy = batches(algorithm, "10/m");
+    let pair = Pair::new(&server, policy.clone().block_cache(1000), policy).await;
     assert_eq!(pair.cached(10).await.status, StatusCode::OK);
     let costly = retry_after(&pair.cached(10).await);
     let cheap = pair.denied_like_the_store(1).await;
@@ -254,8 +231,8 @@ async fn an_admission_in_between_makes_the_store_answer(algorithm: Algorithm) {
     let Some(server) = RedisServer::private() else {
         return;
     };
-    let policy = || telemetry(algorithm, "10/m");
-    let pair = Pair::new(&server, policy().block_cache(1000), policy()).await;
+    let policy = batches(algorithm, "10/m");
+    let pair = Pair::new(&server, policy.clone().block_cache(1000), policy).await;
     assert_eq!(pair.cached(2).await.status, StatusCode::OK);
     retry_after(&pair.cached(9).await);
     assert_eq!(pair.cached(2).await.status, StatusCode::OK);

@@ -16,7 +16,7 @@ use axum_redis_ratelimit::{
     Algorithm, Decision, Limit, MemoryStore, Rate, RedisStore,
     store::{Check, Store},
 };
-use common::{RedisServer, eventually, unique_prefix};
+use common::{RedisServer, check, current_thread, eventually, persist, pttl, redis, unique_prefix};
 use futures::future::join_all;
 use proptest::prelude::*;
 
@@ -42,9 +42,7 @@ impl Pair {
             .as_micros() as u64;
         Self {
             memory: MemoryStore::new(),
-            redis: RedisStore::connect(RedisServer::shared().url())
-                .await
-                .unwrap(),
+            redis: redis().await,
             prefix: unique_prefix(),
             // A whole second, so that window arithmetic in tests reads easily.
             now_us: (real / 1_000_000 + 3600) * 1_000_000,
@@ -237,13 +235,7 @@ async fn a_check_with_no_or_too_many_limits_is_an_error_not_a_panic() {
         .map(|s| Limit::new(Rate::new(5, Duration::from_secs(s)).unwrap()))
         .collect();
     for limits in [&[][..], &nine[..]] {
-        let check = Check {
-            key: "rl:p:{k}",
-            limits,
-            algorithm: Algorithm::FixedWindow,
-            cost: 1,
-            now_us: None,
-        };
+        let check = check("rl:p:{k}", limits, Algorithm::FixedWindow);
         for error in [
             pair.memory.check(check).await.unwrap_err(),
             pair.redis.check(check).await.unwrap_err(),
@@ -282,10 +274,7 @@ async fn only_the_fixed_window_admits_twice_the_limit_at_an_edge() {
 /// the limit; in any span `t`, GCRA admits at most `burst + t / T`.
 #[test]
 fn sliding_window_and_gcra_keep_their_bounds_under_random_load() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let steps = proptest::collection::vec(0u64..300, 20..150);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(16));
     runner
@@ -333,10 +322,7 @@ fn sliding_window_and_gcra_keep_their_bounds_under_random_load() {
 /// for every algorithm and a few limit sets: every decision must match.
 #[test]
 fn both_stores_make_identical_decisions_on_random_sequences() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let limit_sets = [
         vec![Limit::new(Rate::per_second(3))],
         vec![
@@ -395,14 +381,7 @@ struct Redis(RedisStore, String);
 
 async fn check_on(store: &impl Store, key: &str, rate: Rate, algorithm: Algorithm) -> Decision {
     let limits = [Limit::new(rate)];
-    let check = Check {
-        key,
-        limits: &limits,
-        algorithm,
-        cost: 1,
-        now_us: None,
-    };
-    store.check(check).await.unwrap()
+    store.check(check(key, &limits, algorithm)).await.unwrap()
 }
 
 impl OwnClock for Memory {
@@ -484,7 +463,7 @@ macro_rules! own_clock {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let store = super::RedisStore::connect(super::RedisServer::shared().url()).await.unwrap();
+                    let store = super::redis().await;
                     super::$case(&super::Redis(store, super::unique_prefix())).await;
                 }
             )*
@@ -514,25 +493,6 @@ fn counter_key(client: &str, algorithm: Algorithm, window_secs: u64) -> String {
     format!("{client}:{window_secs}{suffix}")
 }
 
-async fn pttl(key: &str) -> i64 {
-    let mut conn = RedisServer::shared().connection().await;
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
-}
-
-async fn persist(key: &str) {
-    let mut conn = RedisServer::shared().connection().await;
-    let persisted: bool = redis::cmd("PERSIST")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(persisted, "{key} had no TTL to remove");
-}
-
 /// `Clock::App` with the app's clock two hours behind Redis's, or ahead of
 /// it: Redis expires keys by its own clock, so an expiry written as an
 /// instant of the app's clock would drop every counter at once (behind) or
@@ -540,9 +500,7 @@ async fn persist(key: &str) {
 #[tokio::test]
 async fn an_app_clock_behind_or_ahead_of_redis_never_weakens_the_limit() {
     let two_hours = 2 * 3600 * 1_000_000u64;
-    let redis = RedisStore::connect(RedisServer::shared().url())
-        .await
-        .unwrap();
+    let redis = redis().await;
     for algorithm in ALGORITHMS {
         for skew in [-(two_hours as i64), -300_000, 300_000, two_hours as i64] {
             let client = format!("{}{{k}}", unique_prefix());
@@ -614,19 +572,14 @@ async fn a_caller_behind_the_window_waits_on_its_own_clock() {
 /// the next request, allowed or denied, with every algorithm.
 #[tokio::test]
 async fn every_algorithm_gives_a_persisted_counter_its_ttl_back() {
-    let redis = RedisStore::connect(RedisServer::shared().url())
-        .await
-        .unwrap();
+    let redis = redis().await;
     for algorithm in ALGORITHMS {
         let client = format!("{}{{k}}", unique_prefix());
         let key = counter_key(&client, algorithm, 60);
         let three = limits(&["3/m"]);
         let check = |cost| Check {
-            key: &client,
-            limits: &three,
-            algorithm,
             cost,
-            now_us: None,
+            ..check(&client, &three, algorithm)
         };
         assert!(redis.check(check(1)).await.unwrap().allowed);
         persist(&key).await;
@@ -665,11 +618,8 @@ async fn huge_costs_and_limits_get_the_same_answer_from_both_stores() {
             "{algorithm:?}"
         );
         let zero = Check {
-            key: "rl:p:{z}",
-            limits: &limits,
-            algorithm,
             cost: 0,
-            now_us: None,
+            ..check("rl:p:{z}", &limits, algorithm)
         };
         let huge = [Limit::new(Rate::per_day(1 << 40))];
         let too_large = Check {

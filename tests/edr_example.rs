@@ -12,14 +12,13 @@ mod common;
 use std::{
     io::Read,
     net::TcpListener,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
 use axum::body::Body;
-use common::{HttpClient, RedisServer, Reply, command_calls, eventually, free_port};
+use common::{HttpClient, RedisServer, Reply, evalsha_calls, eventually, free_port, spawn_reaped};
 use http::{Method, Request, StatusCode};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
@@ -99,24 +98,17 @@ fn newest_source() -> Option<(SystemTime, PathBuf)> {
     newest
 }
 
-/// The example command on `port`, with a clean environment plus `env`.
-fn command(port: u16, env: &[(&str, &str)]) -> Command {
+/// Starts the example on `port`, with a clean environment plus `env` and
+/// its output sent to `output`; it dies with the test binary.
+fn spawn(port: u16, env: &[(&str, &str)], output: fn() -> Stdio) -> Child {
     let mut command = Command::new(example_binary());
     for var in EXAMPLE_VARS {
         command.env_remove(var);
     }
     command.env("LISTEN_ADDR", format!("127.0.0.1:{port}"));
     command.envs(env.iter().copied());
-    // Die with the test thread that spawned it, even if the test process
-    // is killed before the guard's Drop runs. `#[tokio::test]` runs the body
-    // on the test's own thread, which outlives the guard.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    command
+    command.stdout(output()).stderr(output());
+    spawn_reaped(command).expect("spawn the edr example")
 }
 
 /// A running example; killed when dropped, so a failing test leaves no
@@ -131,11 +123,7 @@ impl Edr {
     /// Starts the example and waits until `/healthz` answers.
     async fn start(env: &[(&str, &str)]) -> Edr {
         let port = free_port();
-        let child = command(port, env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the edr example");
+        let child = spawn(port, env, Stdio::null);
         let base = format!("http://127.0.0.1:{port}");
         let mut edr = Edr {
             child,
@@ -672,9 +660,6 @@ async fn the_block_cache_answers_a_flooding_agent_without_redis() {
         return;
     };
     let mut db1 = server.connection().await;
-    // The number of EVALSHA calls Redis has served so far.
-    let evalsha =
-        |calls: std::collections::HashMap<String, u64>| calls.get("evalsha").copied().unwrap_or(0);
     for (block_cache, expected) in [("on", 1), ("off", 19)] {
         let edr = Edr::start(&[
             ("REDIS_URL", server.url()),
@@ -688,14 +673,13 @@ async fn the_block_cache_answers_a_flooding_agent_without_redis() {
         let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
         // The first denial is Redis's; with the cache, the only one.
-        let before = command_calls(&mut db1).await;
+        let before = evalsha_calls(&mut db1).await;
         for _ in 0..19 {
             let reply = edr.telemetry(&token).await;
             assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
             assert!(reply.header("retry-after").is_some(), "{reply:?}");
         }
-        let after = command_calls(&mut db1).await;
-        let calls = evalsha(after) - evalsha(before);
+        let calls = evalsha_calls(&mut db1).await - before;
         assert_eq!(
             calls, expected,
             "TELEMETRY_BLOCK_CACHE={block_cache}: EVALSHA calls for 19 denied requests"
@@ -751,11 +735,7 @@ async fn without_a_queue_telemetry_is_accepted_not_queued() {
 /// Runs the example with `env` and returns its exit status and all it
 /// printed; fails if it is still running after `STARTUP`.
 fn run_to_exit(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
-    let mut child = command(free_port(), env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the edr example");
+    let mut child = spawn(free_port(), env, Stdio::piped);
     let deadline = Instant::now() + STARTUP;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the example") {

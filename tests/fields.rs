@@ -7,15 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use axum::{Router, routing::post};
-use axum_redis_ratelimit::{
-    Algorithm, Cost, Key, Limit, Mode, Policy, Rate, RateLimitLayer, RateLimitStatus, RedisStore,
-};
-use common::{HttpClient, RedisServer, Reply, serve, unique_prefix};
+use axum_redis_ratelimit::{Algorithm, Limit, Mode, Policy, Rate, RateLimitLayer, RateLimitStatus};
+use common::{EVENT_COUNT, HttpClient, Reply, TOKEN, batches, redis, serve};
 use http::StatusCode;
 use sfv::{BareItem, List, ListEntry, Parser};
-
-const TOKEN: &str = "x-agent-token";
-const COUNT: &str = "x-event-count";
 
 /// One list member of a `RateLimit` or `RateLimit-Policy` field: its name
 /// and its integer parameters.
@@ -64,10 +59,9 @@ fn retry_after(reply: &Reply) -> i64 {
         .unwrap()
 }
 
-async fn client(policy: Policy) -> HttpClient {
-    let store = RedisStore::connect(RedisServer::shared().url())
-        .await
-        .unwrap();
+/// `POST /t` behind `policy` on Redis, answering whether the request was
+/// over the limit (what annotate mode forwards).
+async fn reporting_client(policy: Policy) -> HttpClient {
     let app = Router::new()
         .route(
             "/t",
@@ -75,16 +69,8 @@ async fn client(policy: Policy) -> HttpClient {
                 |status: RateLimitStatus| async move { format!("exceeded={}", status.exceeded()) },
             ),
         )
-        .layer(RateLimitLayer::new(policy, store).unwrap());
+        .layer(RateLimitLayer::new(policy, redis().await).unwrap());
     HttpClient::new(&serve(app).await)
-}
-
-fn telemetry(algorithm: Algorithm) -> Policy {
-    Policy::new("telemetry")
-        .algorithm(algorithm)
-        .key(Key::header(TOKEN))
-        .cost(Cost::header(COUNT))
-        .prefix(unique_prefix())
 }
 
 /// On a 429, `t` is when the quota the request needs is back: the same as
@@ -93,23 +79,12 @@ fn telemetry(algorithm: Algorithm) -> Policy {
 #[tokio::test]
 async fn on_a_denial_t_is_retry_after_never_later() {
     let cases = [
-        (
-            "fixed 5/2s",
-            telemetry(Algorithm::FixedWindow).rate("5/2s".parse().unwrap()),
-        ),
-        (
-            "sliding 5/2s",
-            telemetry(Algorithm::SlidingWindow).rate("5/2s".parse().unwrap()),
-        ),
-        (
-            "gcra 5/m",
-            telemetry(Algorithm::Gcra).rate(Rate::per_minute(5)),
-        ),
+        ("fixed 5/2s", batches(Algorithm::FixedWindow, "5/2s")),
+        ("sliding 5/2s", batches(Algorithm::SlidingWindow, "5/2s")),
+        ("gcra 5/m", batches(Algorithm::Gcra, "5/m")),
         (
             "gcra 5/s burst 10",
-            telemetry(Algorithm::Gcra)
-                .rate(Rate::per_second(5))
-                .burst(10),
+            batches(Algorithm::Gcra, "5/s").burst(10),
         ),
     ];
     for (name, policy) in cases {
@@ -119,7 +94,7 @@ async fn on_a_denial_t_is_retry_after_never_later() {
             } else {
                 policy.clone()
             };
-            let http = client(policy).await;
+            let http = reporting_client(policy).await;
             let mut denials = 0;
             for _ in 0..12 {
                 let reply = http.post("/t", &[(TOKEN, b"a")]).await;
@@ -142,11 +117,10 @@ async fn on_a_denial_t_is_retry_after_never_later() {
 /// once: `RateLimit-Policy` says so, and `r` never exceeds `q`.
 #[tokio::test]
 async fn remaining_never_exceeds_the_stated_quota() {
-    let burst = telemetry(Algorithm::Gcra)
-        .rate(Rate::per_second(5))
+    let burst = batches(Algorithm::Gcra, "5/s")
         .burst(10)
         .legacy_headers(true);
-    let http = client(burst).await;
+    let http = reporting_client(burst).await;
     let first = http.post("/t", &[(TOKEN, b"a")]).await;
     let policy = members(&first, "ratelimit-policy");
     assert_eq!(
@@ -168,10 +142,14 @@ async fn remaining_never_exceeds_the_stated_quota() {
     assert!((10..=11).contains(&admitted), "{admitted}");
 
     // Several limits, bursts smaller and larger than their rates.
-    let mixed = telemetry(Algorithm::Gcra)
-        .limit(Limit::new(Rate::per_second(10)).burst(3))
+    // The first limit's burst is the policy's, the second has its own.
+    let mixed = batches(Algorithm::Gcra, "10/s")
+        .burst(3)
         .limit(Limit::new(Rate::per_minute(60)).burst(120));
-    let reply = client(mixed).await.post("/t", &[(TOKEN, b"a")]).await;
+    let reply = reporting_client(mixed)
+        .await
+        .post("/t", &[(TOKEN, b"a")])
+        .await;
     let quotas: Vec<_> = members(&reply, "ratelimit-policy")
         .into_iter()
         .map(|(name, p)| (name, p["q"], p["w"]))
@@ -189,14 +167,12 @@ async fn remaining_never_exceeds_the_stated_quota() {
 /// forwarded response never carries `Retry-After`, denied or not.
 #[tokio::test]
 async fn annotate_mode_forwards_everything_and_never_adds_retry_after() {
-    let policy = telemetry(Algorithm::FixedWindow)
-        .rate(Rate::per_minute(10))
-        .mode(Mode::Annotate);
-    let http = client(policy).await;
+    let policy = batches(Algorithm::FixedWindow, "10/m").mode(Mode::Annotate);
+    let http = reporting_client(policy).await;
     let batch = |n: &'static str| {
         let http = http.clone();
         async move {
-            http.post("/t", &[(TOKEN, b"a"), (COUNT, n.as_bytes())])
+            http.post("/t", &[(TOKEN, b"a"), (EVENT_COUNT, n.as_bytes())])
                 .await
         }
     };

@@ -12,20 +12,19 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use axum::{Router, routing::post};
 use axum_redis_ratelimit::{
     ClientIp, Cost, ForwardedHeader, Key, MemoryStore, OnMissingKey, Policy, Rate, RateLimitLayer,
-    RedisStore,
     cost::MAX_COST,
     fuzzing::{client_ip, cost, encode_value, request_parts, storage_key},
-    store::Store,
 };
-use common::{HttpClient, RedisServer, Reply, serve, unique_prefix, within};
+use common::{
+    HttpClient, Reply, TOKEN, app, client, keys_with_prefix, only_key, redis, serve, telemetry,
+    unique_prefix, within,
+};
 use http::StatusCode;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TOKEN: &str = "x-agent-token";
 /// `{x-agent-token:` + at most 64 verbatim bytes + `}`.
 const MAX_TAG_LEN: usize = 1 + TOKEN.len() + 1 + 64 + 1;
 
@@ -311,55 +310,18 @@ proptest! {
 // Over real HTTP.
 // ---------------------------------------------------------------------------
 
-async fn redis() -> RedisStore {
-    RedisStore::connect(RedisServer::shared().url())
-        .await
+/// A client of a `1/m` policy on Redis keyed by the client's address, read
+/// from `header` when the peer is within `trusted`; and the policy's prefix.
+async fn behind_proxies(trusted: &str, header: ForwardedHeader) -> (HttpClient, String) {
+    let prefix = unique_prefix();
+    let proxies = ClientIp::new()
+        .trust_proxies([trusted])
         .unwrap()
-}
-
-/// A policy keyed by agent token, with a prefix of this test's own.
-fn telemetry(rate: &str, prefix: &str) -> Policy {
-    Policy::new("telemetry")
-        .rate(rate.parse().unwrap())
-        .key(Key::header(TOKEN))
-        .prefix(prefix)
-}
-
-fn proxied(trusted: &str, header: ForwardedHeader) -> Key {
-    Key::client_ip_with(
-        ClientIp::new()
-            .trust_proxies([trusted])
-            .unwrap()
-            .header(header),
-    )
-}
-
-async fn client(policy: Policy, store: impl Store) -> HttpClient {
-    let app = Router::new()
-        .route("/t", post(|| async { "queued" }))
-        .layer(RateLimitLayer::new(policy, store).unwrap());
-    HttpClient::new(&serve(app).await)
-}
-
-async fn keys_with_prefix(prefix: &str) -> Vec<String> {
-    let mut conn = RedisServer::shared().connection().await;
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    keys.sort();
-    keys
-}
-
-/// The only key under `prefix`, checked to hold one hash tag.
-async fn only_key(prefix: &str) -> String {
-    let keys = keys_with_prefix(prefix).await;
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let key = keys.into_iter().next().unwrap();
-    assert_eq!(key.matches('{').count(), 1, "{key}");
-    assert_eq!(key.matches('}').count(), 1, "{key}");
-    key
+        .header(header);
+    let policy = telemetry("1/m")
+        .prefix(&prefix)
+        .key(Key::client_ip_with(proxies));
+    (client(policy, redis().await).await, prefix)
 }
 
 fn assert_status(reply: &Reply, status: StatusCode) {
@@ -384,7 +346,7 @@ async fn raw(base: &str, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_1_mib_header_is_refused_with_431_and_the_server_goes_on() {
-    let http = client(telemetry("5/m", &unique_prefix()), MemoryStore::new()).await;
+    let http = client(telemetry("5/m"), MemoryStore::new()).await;
     let huge = vec![b'A'; 1 << 20];
     let reply = http.post("/t", &[(TOKEN, &huge)]).await;
     assert_status(&reply, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
@@ -398,7 +360,7 @@ async fn a_1_mib_header_is_refused_with_431_and_the_server_goes_on() {
 #[tokio::test]
 async fn a_256_kib_token_is_hashed_into_a_bounded_key() {
     let prefix = unique_prefix();
-    let http = client(telemetry("1/m", &prefix), redis().await).await;
+    let http = client(telemetry("1/m").prefix(&prefix), redis().await).await;
     let big = vec![b'A'; 256 * 1024];
     assert_status(&http.post("/t", &[(TOKEN, &big)]).await, StatusCode::OK);
     assert_status(
@@ -424,7 +386,7 @@ fn hex_sha256_128(value: &[u8]) -> String {
 
 #[tokio::test]
 async fn more_header_lines_than_hyper_allows_are_refused_with_431() {
-    let http = client(telemetry("5/m", &unique_prefix()), MemoryStore::new()).await;
+    let http = client(telemetry("5/m"), MemoryStore::new()).await;
     let lines: Vec<(&str, &[u8])> = (0..200)
         .map(|_| ("x-forwarded-for", &b"1.2.3.4"[..]))
         .collect();
@@ -436,10 +398,7 @@ async fn more_header_lines_than_hyper_allows_are_refused_with_431() {
 #[tokio::test]
 async fn five_thousand_forwarded_hops_from_a_trusted_peer_are_cut_short() {
     // All hops trusted: the walk stops after 32 of them, at a proxy.
-    let prefix = unique_prefix();
-    let policy =
-        telemetry("1/m", &prefix).key(proxied("127.0.0.0/8", ForwardedHeader::XForwardedFor));
-    let http = client(policy, redis().await).await;
+    let (http, prefix) = behind_proxies("127.0.0.0/8", ForwardedHeader::XForwardedFor).await;
     let hops: Vec<String> = (0..5000)
         .map(|i| format!("127.0.{}.{}", i / 256, i % 256))
         .collect();
@@ -460,10 +419,7 @@ async fn five_thousand_forwarded_hops_from_a_trusted_peer_are_cut_short() {
 
 #[tokio::test]
 async fn five_thousand_forwarded_hops_yield_the_rightmost_untrusted_one() {
-    let prefix = unique_prefix();
-    let policy =
-        telemetry("1/m", &prefix).key(proxied("127.0.0.0/8", ForwardedHeader::XForwardedFor));
-    let http = client(policy, redis().await).await;
+    let (http, prefix) = behind_proxies("127.0.0.0/8", ForwardedHeader::XForwardedFor).await;
     let hops: Vec<String> = (0..5000)
         .map(|i| format!("198.51.{}.{}", i / 256, i % 256))
         .collect();
@@ -480,10 +436,7 @@ async fn five_thousand_forwarded_hops_yield_the_rightmost_untrusted_one() {
 
 #[tokio::test]
 async fn five_thousand_forwarded_hops_from_an_untrusted_peer_are_ignored() {
-    let prefix = unique_prefix();
-    let policy =
-        telemetry("1/m", &prefix).key(proxied("10.0.0.0/8", ForwardedHeader::XForwardedFor));
-    let http = client(policy, redis().await).await;
+    let (http, prefix) = behind_proxies("10.0.0.0/8", ForwardedHeader::XForwardedFor).await;
     for n in 0..2 {
         let hops: Vec<String> = (0..5000)
             .map(|i| format!("198.51.{n}.{}", i % 256))
@@ -507,7 +460,7 @@ async fn obs_text_and_tabs_in_a_token_are_hashed_and_limited() {
         b"\xc3\xa9t\xc3\xa9",
     ] {
         let prefix = unique_prefix();
-        let http = client(telemetry("2/m", &prefix), redis().await).await;
+        let http = client(telemetry("2/m").prefix(&prefix), redis().await).await;
         for want in [
             StatusCode::OK,
             StatusCode::OK,
@@ -527,7 +480,7 @@ async fn obs_text_and_tabs_in_a_token_are_hashed_and_limited() {
 
 #[tokio::test]
 async fn an_empty_or_blank_token_is_a_missing_key() {
-    let http = client(telemetry("5/m", &unique_prefix()), MemoryStore::new()).await;
+    let http = client(telemetry("5/m"), MemoryStore::new()).await;
     // hyper trims the spaces and tabs around a value, so a blank one is empty.
     for value in [&b""[..], b"   ", b"\t"] {
         let reply = http.post("/t", &[(TOKEN, value)]).await;
@@ -544,7 +497,9 @@ async fn a_second_token_line_is_refused_not_a_fresh_budget() {
     let prefix = unique_prefix();
     // Even where a missing token is let through, a repeated one is not.
     for on_missing_key in [OnMissingKey::default(), OnMissingKey::Allow] {
-        let policy = telemetry("1/m", &prefix).on_missing_key(on_missing_key);
+        let policy = telemetry("1/m")
+            .prefix(&prefix)
+            .on_missing_key(on_missing_key);
         let http = client(policy, redis().await).await;
         let _ = http.post("/t", &[(TOKEN, b"agent-7")]).await;
         assert_status(
@@ -599,10 +554,7 @@ async fn unknown_obfuscated_and_quoted_forwarded_nodes_have_defined_outcomes() {
         ("for=192.0.2.43, for=198.51.100.17;by=_x", "198.51.100.17"),
     ];
     for (value, ip) in cases {
-        let prefix = unique_prefix();
-        let policy =
-            telemetry("1/m", &prefix).key(proxied("127.0.0.0/8", ForwardedHeader::Forwarded));
-        let http = client(policy, redis().await).await;
+        let (http, prefix) = behind_proxies("127.0.0.0/8", ForwardedHeader::Forwarded).await;
         let reply = http.post("/t", &[("forwarded", value.as_bytes())]).await;
         assert_status(&reply, StatusCode::OK);
         let key = only_key(&prefix).await;
@@ -612,15 +564,7 @@ async fn unknown_obfuscated_and_quoted_forwarded_nodes_have_defined_outcomes() {
 
 #[tokio::test]
 async fn control_characters_are_refused_by_the_http_parser() {
-    let base = serve(
-        Router::new()
-            .route("/t", post(|| async { "queued" }))
-            .layer(
-                RateLimitLayer::new(telemetry("100/m", &unique_prefix()), MemoryStore::new())
-                    .unwrap(),
-            ),
-    )
-    .await;
+    let base = serve(app(telemetry("100/m"), MemoryStore::new())).await;
     // HeaderValue refuses these, so hyper's client cannot send them.
     for byte in [0x00u8, 0x01, 0x08, 0x0b, 0x0c, 0x1b, 0x7f, b'\r'] {
         assert!(http::HeaderValue::from_bytes(&[b'a', byte, b'b']).is_err());
@@ -651,7 +595,7 @@ async fn control_characters_are_refused_by_the_http_parser() {
 
 #[tokio::test]
 async fn over_long_and_binary_event_counts_are_400() {
-    let policy = telemetry("100/m", &unique_prefix()).cost(Cost::header("X-Event-Count"));
+    let policy = telemetry("100/m").cost(Cost::header("X-Event-Count"));
     let http = client(policy, MemoryStore::new()).await;
     let long = vec![b'9'; 64 * 1024];
     for value in [
@@ -722,9 +666,7 @@ async fn a_client_cannot_trade_its_address_for_its_proxys() {
             b"for=\", for=203.0.113.7",
         ),
     ] {
-        let prefix = unique_prefix();
-        let policy = telemetry("1/m", &prefix).key(proxied("127.0.0.0/8", header));
-        let http = client(policy, redis().await).await;
+        let (http, _) = behind_proxies("127.0.0.0/8", header).await;
         let name = match header {
             ForwardedHeader::XForwardedFor => "x-forwarded-for",
             ForwardedHeader::Forwarded => "forwarded",
@@ -760,7 +702,7 @@ fn a_header_never_writes_another_sources_key() {
 /// quoted a header with a tab made invalid JSON.
 #[tokio::test]
 async fn a_cost_error_is_always_valid_json() {
-    let policy = telemetry("5/m", &unique_prefix()).cost(Cost::from_fn(|parts| {
+    let policy = telemetry("5/m").cost(Cost::from_fn(|parts| {
         let value = parts
             .headers
             .get("x-n")

@@ -1,6 +1,8 @@
-//! The layer over real HTTP (`axum::serve` on 127.0.0.1:0 with
-//! `ConnectInfo`), with counters in the harness's Redis unless a test says
-//! otherwise.
+//! The layer in front of an axum `Router`, with counters in the harness's
+//! Redis unless a test says otherwise. Requests reach the router in-process
+//! (`oneshot`), or over real HTTP (`axum::serve` on 127.0.0.1:0 with
+//! `ConnectInfo`) where the socket is the point: the client's address and
+//! proxies, hostile header bytes, two app servers.
 
 mod common;
 
@@ -19,36 +21,13 @@ use axum_redis_ratelimit::{
     Algorithm, ClientIp, Clock, Cost, Key, MemoryStore, Mode, OnMissingKey, Policy, Rate,
     RateLimitLayer, RateLimitStatus, RedisStore, store::Store,
 };
-use common::{HttpClient, RedisServer, Reply, serve, unique_prefix};
+use common::{
+    HttpClient, RedisServer, Reply, TOKEN, client, hget, in_process, keys_with_prefix, persist,
+    pttl, redis, telemetry, unique_prefix,
+};
 use futures::future::join_all;
 use http::{Method, Request, StatusCode};
 use tower::{Service, ServiceExt};
-
-const TOKEN: &str = "x-agent-token";
-
-async fn redis() -> RedisStore {
-    RedisStore::connect(RedisServer::shared().url())
-        .await
-        .unwrap()
-}
-
-/// A policy keyed by agent token, with a prefix of this test's own.
-fn telemetry(rate: &str) -> Policy {
-    Policy::new("telemetry")
-        .rate(rate.parse().unwrap())
-        .key(Key::header(TOKEN))
-        .prefix(unique_prefix())
-}
-
-fn app(policy: Policy, store: impl Store) -> Router {
-    Router::new()
-        .route("/t", post(|| async { "queued" }).get(|| async { "read" }))
-        .layer(RateLimitLayer::new(policy, store).unwrap())
-}
-
-async fn client(policy: Policy, store: impl Store) -> HttpClient {
-    HttpClient::new(&serve(app(policy, store)).await)
-}
 
 fn statuses(replies: &[Reply]) -> (usize, usize) {
     let ok = replies
@@ -78,7 +57,7 @@ async fn burst(clients: &[HttpClient], n: usize, token: &str) -> Vec<Reply> {
 
 #[tokio::test]
 async fn exactly_the_limit_is_admitted_out_of_many_concurrent_requests() {
-    let http = client(telemetry("20/m"), redis().await).await;
+    let http = in_process(telemetry("20/m"), redis().await);
     assert_eq!(statuses(&burst(&[http], 100, "agent-1").await), (20, 80));
 }
 
@@ -96,13 +75,13 @@ async fn two_app_servers_share_one_limit_through_redis() {
 
 #[tokio::test]
 async fn the_memory_store_admits_exactly_the_limit_too() {
-    let http = client(telemetry("20/m"), MemoryStore::new()).await;
+    let http = in_process(telemetry("20/m"), MemoryStore::new());
     assert_eq!(statuses(&burst(&[http], 100, "agent-1").await), (20, 80));
 }
 
 #[tokio::test]
 async fn keys_are_limited_independently() {
-    let http = client(telemetry("2/m"), redis().await).await;
+    let http = in_process(telemetry("2/m"), redis().await);
     assert_eq!(
         statuses(&burst(std::slice::from_ref(&http), 3, "a").await),
         (2, 1)
@@ -112,7 +91,7 @@ async fn keys_are_limited_independently() {
 
 #[tokio::test]
 async fn allowed_and_limited_responses_carry_the_ratelimit_fields() {
-    let http = client(telemetry("2/m").legacy_headers(true), redis().await).await;
+    let http = in_process(telemetry("2/m").legacy_headers(true), redis().await);
     let first = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(
@@ -153,7 +132,7 @@ async fn allowed_and_limited_responses_carry_the_ratelimit_fields() {
 async fn every_key_has_a_ttl_after_a_load() {
     let prefix = unique_prefix();
     let policy = telemetry("5/m").prefix(&prefix);
-    let http = client(policy, redis().await).await;
+    let http = in_process(policy, redis().await);
     join_all((0..400).map(|i| {
         let token = format!("agent-{}", i % 100);
         let http = http.clone();
@@ -162,13 +141,8 @@ async fn every_key_has_a_ttl_after_a_load() {
     .await;
     let keys = keys_with_prefix(&prefix).await;
     assert_eq!(keys.len(), 100);
-    let mut conn = RedisServer::shared().connection().await;
     for key in keys {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let ttl = pttl(&key).await;
         assert!(ttl > 0 && ttl <= 60_000, "{key} has PTTL {ttl}");
     }
 }
@@ -177,43 +151,24 @@ async fn every_key_has_a_ttl_after_a_load() {
 async fn a_counter_that_lost_its_ttl_gets_it_back() {
     let prefix = unique_prefix();
     let policy = telemetry("5/m").prefix(&prefix);
-    let http = client(policy, redis().await).await;
+    let http = in_process(policy, redis().await);
     http.post("/t", &[(TOKEN, b"a")]).await;
     let key = format!("{prefix}telemetry:{{{TOKEN}:a}}:60");
-    let mut conn = RedisServer::shared().connection().await;
-    let _: () = redis::cmd("PERSIST")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(ttl, -1);
+    persist(&key).await;
+    assert_eq!(pttl(&key).await, -1);
     let reply = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(reply.status, StatusCode::OK);
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl = pttl(&key).await;
     assert!(ttl > 0, "PTTL {ttl}");
-    let count: u64 = redis::cmd("HGET")
-        .arg(&key)
-        .arg("c")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(count, 2);
+    let mut conn = RedisServer::shared().connection().await;
+    assert_eq!(hget::<u64>(&mut conn, &key, "c").await, 2);
 }
 
 #[tokio::test]
 async fn redis_keys_are_readable_and_hash_tagged() {
     let prefix = unique_prefix();
     let policy = telemetry("5/m").prefix(&prefix);
-    let http = client(policy, redis().await).await;
+    let http = in_process(policy, redis().await);
     http.post("/t", &[(TOKEN, b"AGENT-ABC123")]).await;
     assert_eq!(
         keys_with_prefix(&prefix).await,
@@ -386,7 +341,7 @@ async fn annotate_mode_forwards_with_the_decision() {
             }),
         )
         .layer(RateLimitLayer::new(policy, redis().await).unwrap());
-    let http = HttpClient::new(&serve(app).await);
+    let http = HttpClient::in_process(app);
     let first = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(
         (first.status, first.body.as_str()),
@@ -402,7 +357,7 @@ async fn annotate_mode_forwards_with_the_decision() {
 
 #[tokio::test]
 async fn only_the_configured_methods_are_limited() {
-    let http = client(telemetry("1/m").methods([Method::POST]), MemoryStore::new()).await;
+    let http = in_process(telemetry("1/m").methods([Method::POST]), MemoryStore::new());
     for _ in 0..3 {
         let reply = http.get("/t", &[]).await;
         assert_eq!(reply.status, StatusCode::OK);
@@ -423,7 +378,7 @@ async fn only_the_configured_methods_are_limited() {
 #[tokio::test]
 async fn a_get_limit_also_counts_head_requests() {
     for first in [Method::GET, Method::HEAD] {
-        let http = client(telemetry("2/m").methods([Method::GET]), MemoryStore::new()).await;
+        let http = in_process(telemetry("2/m").methods([Method::GET]), MemoryStore::new());
         let second = if first == Method::GET {
             Method::HEAD
         } else {
@@ -438,7 +393,7 @@ async fn a_get_limit_also_counts_head_requests() {
             assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{method}");
         }
     }
-    let post_only = client(telemetry("1/m").methods([Method::POST]), MemoryStore::new()).await;
+    let post_only = in_process(telemetry("1/m").methods([Method::POST]), MemoryStore::new());
     for _ in 0..3 {
         let reply = post_only.send(Method::HEAD, "/t", &[]).await;
         assert_eq!(reply.status, StatusCode::OK);
@@ -454,7 +409,7 @@ async fn a_custom_rejection_keeps_the_standard_headers() {
         )
             .into_response()
     });
-    let http = client(policy, MemoryStore::new()).await;
+    let http = in_process(policy, MemoryStore::new());
     http.post("/t", &[(TOKEN, b"a")]).await;
     let reply = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(
@@ -476,7 +431,7 @@ async fn policies_stack_and_apply_per_route() {
         .route_layer(RateLimitLayer::new(burst, store.clone()).unwrap())
         .route_layer(RateLimitLayer::new(minute, store).unwrap())
         .route("/healthz", get(|| async { "ok" }));
-    let http = HttpClient::new(&serve(app).await);
+    let http = HttpClient::in_process(app);
     let reply = http.post("/t", &[(TOKEN, b"a")]).await;
     let items: Vec<_> = reply.headers.get_all("ratelimit-policy").iter().collect();
     assert_eq!(items, [r#""telemetry";q=1;w=1"#, r#""minute";q=10;w=60"#]);
@@ -496,21 +451,12 @@ async fn policies_stack_and_apply_per_route() {
 #[tokio::test(start_paused = true)]
 async fn the_app_clock_is_the_one_windows_are_counted_on() {
     for (clock, renewed) in [(Clock::Store, true), (Clock::App, false)] {
-        let app = app(telemetry("1/m").clock(clock), MemoryStore::new());
-        let send = || {
-            let request = Request::post("/t")
-                .header(TOKEN, "a")
-                .body(Body::empty())
-                .unwrap();
-            app.clone().oneshot(request)
-        };
-        assert_eq!(send().await.unwrap().status(), StatusCode::OK);
-        assert_eq!(
-            send().await.unwrap().status(),
-            StatusCode::TOO_MANY_REQUESTS
-        );
+        let http = in_process(telemetry("1/m").clock(clock), MemoryStore::new());
+        let send = || http.post("/t", &[(TOKEN, b"a")]);
+        assert_eq!(send().await.status, StatusCode::OK);
+        assert_eq!(send().await.status, StatusCode::TOO_MANY_REQUESTS);
         tokio::time::advance(Duration::from_secs(120)).await;
-        let third = send().await.unwrap().status();
+        let third = send().await.status;
         assert_eq!(third == StatusCode::OK, renewed, "{clock:?}");
     }
 }
@@ -523,7 +469,7 @@ async fn redis_counters_hold_the_chosen_clocks_time() {
     for (clock, slack) in [(Clock::App, 0), (Clock::Store, 1000)] {
         let prefix = unique_prefix();
         let policy = telemetry("5/m").clock(clock).prefix(&prefix);
-        let http = client(policy, redis().await).await;
+        let http = in_process(policy, redis().await);
         let now_ms = || {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -534,12 +480,8 @@ async fn redis_counters_hold_the_chosen_clocks_time() {
         http.post("/t", &[(TOKEN, b"a")]).await;
         let after = now_ms();
         let mut conn = RedisServer::shared().connection().await;
-        let end: u128 = redis::cmd("HGET")
-            .arg(format!("{prefix}telemetry:{{{TOKEN}:a}}:60"))
-            .arg("e")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let key = format!("{prefix}telemetry:{{{TOKEN}:a}}:60");
+        let end: u128 = hget(&mut conn, &key, "e").await;
         let window = 60_000;
         assert!(
             (before + window - slack..=after + window + slack).contains(&end),
@@ -588,7 +530,7 @@ async fn requests_an_inner_policy_refuses_cost_the_outer_one_nothing() {
             } else {
                 stacked(per_key, global, MemoryStore::new())
             };
-            let http = HttpClient::new(&serve(app).await);
+            let http = HttpClient::in_process(app);
             let case = format!("{algorithm:?}, redis: {redis_store}");
             assert_eq!(
                 http.post("/t", &[(TOKEN, b"a")]).await.status,
@@ -632,7 +574,7 @@ async fn requests_an_inner_policy_refuses_cost_the_outer_one_nothing() {
 async fn the_legacy_fields_report_the_policy_with_the_fewest_left() {
     let per_key = telemetry("10/m").legacy_headers(true);
     let global = telemetry("2/m").key(Key::global()).legacy_headers(true);
-    let http = HttpClient::new(&serve(stacked(per_key, global, MemoryStore::new())).await);
+    let http = HttpClient::in_process(stacked(per_key, global, MemoryStore::new()));
     let reply = http.post("/t", &[(TOKEN, b"a")]).await;
     assert_eq!(reply.header("x-ratelimit-limit"), Some("2"));
     assert_eq!(reply.header("x-ratelimit-remaining"), Some("1"));
@@ -674,7 +616,7 @@ async fn clones_of_the_service_share_one_limit() {
 
 #[tokio::test]
 async fn a_flushed_script_cache_is_reloaded() {
-    let http = client(telemetry("3/m"), redis().await).await;
+    let http = in_process(telemetry("3/m"), redis().await);
     assert_eq!(
         http.post("/t", &[(TOKEN, b"a")]).await.status,
         StatusCode::OK
@@ -696,7 +638,7 @@ async fn a_flushed_script_cache_is_reloaded() {
 #[tokio::test]
 async fn a_batch_costs_its_event_count() {
     let policy = telemetry("10/m").cost(Cost::header("X-Event-Count"));
-    let http = client(policy, redis().await).await;
+    let http = in_process(policy, redis().await);
     let send = |count: &'static [u8]| {
         let http = http.clone();
         async move {
@@ -749,7 +691,7 @@ async fn several_limits_are_listed_and_the_most_restrictive_reported() {
         let policy = telemetry("2/s")
             .rate(Rate::per_minute(100))
             .algorithm(algorithm);
-        let http = client(policy, redis().await).await;
+        let http = in_process(policy, redis().await);
         let first = http.post("/t", &[(TOKEN, b"a")]).await;
         assert_eq!(
             first.header("ratelimit-policy"),
@@ -791,15 +733,4 @@ async fn misconfiguration_fails_when_the_layer_is_built() {
     assert!(err.to_string().contains("policies.p.rate"), "{err}");
     let err = RedisStore::connect("http://nope").await.unwrap_err();
     assert!(err.to_string().contains("redis.url"), "{err}");
-}
-
-async fn keys_with_prefix(prefix: &str) -> Vec<String> {
-    let mut conn = RedisServer::shared().connection().await;
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    keys.sort();
-    keys
 }

@@ -5,12 +5,10 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, routing::post};
-use axum_redis_ratelimit::{FailMode, Key, Policy, Rate, RateLimitLayer, RedisStore, layer::Stats};
-use common::{HttpClient, RedisServer, Reply, eventually, serve, within};
+use axum_redis_ratelimit::{FailMode, Key, Policy, Rate, RedisStore, layer::Stats};
+use common::{HttpClient, RedisServer, Reply, TOKEN, client_and_stats, eventually, within};
 use http::StatusCode;
 
-const TOKEN: &str = "x-agent-token";
 const TIMEOUT: Duration = Duration::from_millis(100);
 
 struct App {
@@ -28,15 +26,8 @@ async fn app(store: RedisStore, on_error: FailMode) -> App {
 }
 
 async fn app_with(store: RedisStore, policy: Policy) -> App {
-    let layer = RateLimitLayer::new(policy, store).unwrap();
-    let stats = layer.stats();
-    let router = Router::new()
-        .route("/t", post(|| async { "ok" }))
-        .layer(layer);
-    App {
-        http: HttpClient::new(&serve(router).await),
-        stats,
-    }
+    let (http, stats) = client_and_stats(policy, store).await;
+    App { http, stats }
 }
 
 impl App {

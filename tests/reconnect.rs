@@ -6,13 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use axum::{Router, routing::post};
 use axum_redis_ratelimit::{
-    Algorithm, FailMode, Key, Policy, Rate, RateLimitLayer, RedisStore,
-    algorithm::Limit,
-    store::{Check, Store},
+    Algorithm, FailMode, Key, Policy, Rate, RedisStore, algorithm::Limit, store::Store,
 };
-use common::{HttpClient, RedisServer, serve, unique_prefix, within};
+use common::{RedisServer, check, client_and_stats, unique_prefix, within};
 use http::StatusCode;
 
 /// Kills the server and starts it again on the same port; `restart` returns
@@ -32,13 +29,7 @@ async fn the_first_decision_after_a_restart_is_counted_once_by_redis() {
     let store = RedisStore::connect(server.url()).await.unwrap();
     let key = unique_prefix();
     let limits = [Limit::new(Rate::per_minute(10))];
-    let check = Check {
-        key: &key,
-        limits: &limits,
-        algorithm: Algorithm::FixedWindow,
-        cost: 1,
-        now_us: None,
-    };
+    let check = check(&key, &limits, Algorithm::FixedWindow);
     assert_eq!(store.check(check).await.unwrap().remaining, 9);
 
     restart(&server);
@@ -64,14 +55,9 @@ async fn a_fail_closed_login_admits_the_first_request_after_a_restart() {
         // Generous, so a busy test machine cannot turn this into a timeout;
         // the retry needs a connect and a few round trips.
         .timeout(Duration::from_secs(2));
-    let layer =
-        RateLimitLayer::new(policy, RedisStore::connect(server.url()).await.unwrap()).unwrap();
-    let stats = layer.stats();
-    let router = Router::new()
-        .route("/login", post(|| async { "welcome" }))
-        .layer(layer);
-    let http = HttpClient::new(&serve(router).await);
-    let login = || http.post("/login", &[("x-user", b"alice")]);
+    let (http, stats) =
+        client_and_stats(policy, RedisStore::connect(server.url()).await.unwrap()).await;
+    let login = || http.post("/t", &[("x-user", b"alice")]);
     assert_eq!(login().await.status, StatusCode::OK);
 
     restart(&server);

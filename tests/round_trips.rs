@@ -7,7 +7,7 @@ use axum_redis_ratelimit::{
     Algorithm, Limit, Rate, RedisStore,
     store::{Check, Store},
 };
-use common::{RedisServer, command_calls};
+use common::{RedisServer, check, command_calls, hget, reset_command_stats};
 
 #[tokio::test]
 async fn a_decision_with_three_limits_is_one_command() {
@@ -26,20 +26,10 @@ async fn a_decision_with_three_limits_is_one_command() {
         Algorithm::SlidingWindow,
         Algorithm::Gcra,
     ] {
-        let check = Check {
-            key: "rl:p:{k}",
-            limits: &limits,
-            algorithm,
-            cost: 1,
-            now_us: None,
-        };
+        let check = check("rl:p:{k}", &limits, algorithm);
         // The first call also loads the script (NOSCRIPT, SCRIPT LOAD, retry).
         store.check(check).await.unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        reset_command_stats(&mut conn).await;
 
         let decision = store.check(check).await.unwrap();
         assert!(decision.allowed);
@@ -71,24 +61,13 @@ async fn a_denial_by_one_limit_leaves_the_others_unchanged_in_redis() {
         Limit::new(Rate::per_second(1)),
         Limit::new(Rate::per_minute(100)),
     ];
-    let check = Check {
-        key: "rl:p:{k}",
-        limits: &limits,
-        algorithm: Algorithm::FixedWindow,
-        cost: 1,
-        now_us: None,
-    };
+    let check = check("rl:p:{k}", &limits, Algorithm::FixedWindow);
     assert!(store.check(check).await.unwrap().allowed);
     for _ in 0..5 {
         assert!(!store.check(check).await.unwrap().allowed);
     }
     let mut conn = server.connection().await;
-    let per_minute: u64 = redis::cmd("HGET")
-        .arg("rl:p:{k}:60")
-        .arg("c")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let per_minute: u64 = hget(&mut conn, "rl:p:{k}:60", "c").await;
     assert_eq!(
         per_minute, 1,
         "denied requests must not count on the per-minute limit"
@@ -103,15 +82,9 @@ async fn concurrent_decisions_share_one_connection() {
     let store = RedisStore::connect(server.url()).await.unwrap();
     let limits = [Limit::new(Rate::per_minute(1000))];
     let keys: Vec<String> = (0..500).map(|i| format!("rl:p:{{k{i}}}")).collect();
-    let checks = keys.iter().map(|key| {
-        store.check(Check {
-            key,
-            limits: &limits,
-            algorithm: Algorithm::Gcra,
-            cost: 1,
-            now_us: None,
-        })
-    });
+    let checks = keys
+        .iter()
+        .map(|key| store.check(check(key, &limits, Algorithm::Gcra)));
     for decision in futures::future::join_all(checks).await {
         assert!(decision.unwrap().allowed);
     }
@@ -141,13 +114,7 @@ async fn an_error_other_than_noscript_is_not_sent_again() {
     };
     let store = RedisStore::connect(server.url()).await.unwrap();
     let limits = [Limit::new(Rate::per_minute(5))];
-    let check = Check {
-        key: "rl:p:{k}",
-        limits: &limits,
-        algorithm: Algorithm::FixedWindow,
-        cost: 1,
-        now_us: None,
-    };
+    let check = check("rl:p:{k}", &limits, Algorithm::FixedWindow);
     // Loaded once, on the first call, by its NOSCRIPT.
     store
         .check(Check {
@@ -163,11 +130,7 @@ async fn an_error_other_than_noscript_is_not_sent_again() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    reset_command_stats(&mut conn).await;
     let error = store.check(check).await.unwrap_err();
     assert!(error.to_string().contains("WRONGTYPE"), "{error}");
     let calls = command_calls(&mut conn).await;

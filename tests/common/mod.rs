@@ -1,29 +1,44 @@
 //! Test harness: real `redis-server` processes on free ports, which tests can
 //! kill, pause (SIGSTOP) and restart; an HTTP server on 127.0.0.1:0 with
-//! `ConnectInfo`; a small HTTP client.
+//! `ConnectInfo`; a small client that reaches an app over that socket or
+//! in-process; the policy, app and Redis look-ups most tests share.
 //!
 //! With `REDIS_URL` set, tests use that server instead (and skip the tests
 //! that need to kill or pause it). Every test uses its own key prefix, so
 //! nothing is flushed and tests never see each other's counters.
+//!
+//! The benches include this module too (through `benches/common`).
+// Each test binary uses a part of the harness.
 #![allow(dead_code)]
 
 use std::{
+    collections::HashMap,
     future::Future,
     net::{SocketAddr, TcpListener},
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     sync::{
-        Mutex, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
     time::Duration,
 };
 
-use axum::{Router, body::Body};
+use axum::{Router, body::Body, routing::post};
+use axum_redis_ratelimit::{
+    Algorithm, Cost, Key, Limit, Policy, RateLimitLayer, RedisStore,
+    layer::Stats,
+    store::{Check, Store},
+};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use redis::aio::MultiplexedConnection;
+use tower::ServiceExt;
 
 /// A Redis server for tests: the user's `REDIS_URL`, or a `redis-server`
 /// child of this test binary.
@@ -81,7 +96,9 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        *self.child.lock().unwrap() = Some(spawn_reaped(command));
+        let child = spawn_reaped(command)
+            .expect("redis-server must be installed (Debian package redis-server)");
+        *self.child.lock().unwrap() = Some(child);
         let client = redis::Client::open(self.url.as_str()).unwrap();
         for _ in 0..500 {
             if let Ok(mut conn) = client.get_connection()
@@ -122,7 +139,7 @@ impl RedisServer {
     }
 
     /// A plain connection for inspecting what the limiter wrote.
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+    pub async fn connection(&self) -> MultiplexedConnection {
         redis::Client::open(self.url.as_str())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -137,10 +154,18 @@ impl Drop for RedisServer {
     }
 }
 
-/// Spawns from one long-lived thread with PR_SET_PDEATHSIG, so the servers
-/// die with the test binary even when it exits without dropping them (the
-/// death signal follows the spawning *thread*, hence the dedicated one).
-fn spawn_reaped(command: Command) -> Child {
+/// Spawns `command` so that the child is killed (SIGKILL) when this binary
+/// exits, even if what owns the child is never dropped (the shared server
+/// lives in a static, and statics are not dropped) or the binary is killed.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child exits,
+/// not when the whole process does (`man 2 prctl`: the "parent" is "the
+/// thread that created this process"). libtest runs a test on a thread that
+/// ends with the test, so a child spawned there, such as the `redis-server`
+/// later tests share, would be killed with the first test that used it.
+/// Every child is therefore spawned from one thread that lives as long as
+/// the process.
+pub fn spawn_reaped(command: Command) -> std::io::Result<Child> {
     type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -160,9 +185,7 @@ fn spawn_reaped(command: Command) -> Child {
     });
     let (tx, rx) = mpsc::channel();
     spawner.lock().unwrap().send((command, tx)).unwrap();
-    rx.recv()
-        .unwrap()
-        .expect("redis-server must be installed (Debian package redis-server)")
+    rx.recv().unwrap()
 }
 
 /// A port nothing listens on right now.
@@ -175,11 +198,9 @@ pub fn free_port() -> u16 {
 }
 
 /// Calls per command since the server started or the last
-/// `CONFIG RESETSTAT` (`INFO commandstats`); Redis counts the commands a
+/// [`reset_command_stats`] (`INFO commandstats`); Redis counts the commands a
 /// script runs too.
-pub async fn command_calls(
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> std::collections::HashMap<String, u64> {
+pub async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -199,6 +220,108 @@ pub async fn command_calls(
         .collect()
 }
 
+/// The `EVALSHA` calls among [`command_calls`]: one per decision Redis made.
+pub async fn evalsha_calls(conn: &mut MultiplexedConnection) -> u64 {
+    command_calls(conn)
+        .await
+        .get("evalsha")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `CONFIG RESETSTAT`: [`command_calls`] count from zero again.
+pub async fn reset_command_stats(conn: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// The keys of the shared server under `prefix`, sorted.
+pub async fn keys_with_prefix(prefix: &str) -> Vec<String> {
+    let mut conn = RedisServer::shared().connection().await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// The only key under `prefix`, checked to hold one hash tag.
+pub async fn only_key(prefix: &str) -> String {
+    let keys = keys_with_prefix(prefix).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = keys.into_iter().next().unwrap();
+    assert_eq!(key.matches('{').count(), 1, "{key}");
+    assert_eq!(key.matches('}').count(), 1, "{key}");
+    key
+}
+
+/// `PTTL` of `key` on the shared server: -1 without a TTL, -2 if absent.
+pub async fn pttl(key: &str) -> i64 {
+    let mut conn = RedisServer::shared().connection().await;
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Removes the TTL of `key` on the shared server, as a restore or an
+/// operator's `PERSIST` would; fails if it had none.
+pub async fn persist(key: &str) {
+    let mut conn = RedisServer::shared().connection().await;
+    let persisted: bool = redis::cmd("PERSIST")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(persisted, "{key} had no TTL to remove");
+}
+
+/// `HGET key field`: a counter's count (`c`) or window end (`e`).
+pub async fn hget<T: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    field: &str,
+) -> T {
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// A Redis store on the shared server.
+pub async fn redis() -> RedisStore {
+    RedisStore::connect(RedisServer::shared().url())
+        .await
+        .unwrap()
+}
+
+/// A check of cost 1 on the store's own clock.
+pub fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Check<'a> {
+    Check {
+        key,
+        limits,
+        algorithm,
+        cost: 1,
+        now_us: None,
+    }
+}
+
+/// A current-thread runtime, for async code driven from a plain `fn`.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A key prefix no other test uses, so tests never share counters.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -207,6 +330,61 @@ pub fn unique_prefix() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The header most test policies key on.
+pub const TOKEN: &str = "x-agent-token";
+
+/// A policy named `telemetry` of `rate` per agent token, under a prefix of
+/// this test's own.
+pub fn telemetry(rate: &str) -> Policy {
+    Policy::new("telemetry")
+        .rate(rate.parse().unwrap())
+        .key(Key::header(TOKEN))
+        .prefix(unique_prefix())
+}
+
+/// The header a batch's cost is read from.
+pub const EVENT_COUNT: &str = "x-event-count";
+
+/// [`telemetry`] counted `algorithm`'s way, a request costing its
+/// `X-Event-Count`.
+pub fn batches(algorithm: Algorithm, rate: &str) -> Policy {
+    telemetry(rate)
+        .algorithm(algorithm)
+        .cost(Cost::header(EVENT_COUNT))
+}
+
+/// `POST /t` ("queued") and `GET /t` ("read") behind a layer of `policy`
+/// over `store`, and the layer's statistics.
+pub fn app_and_stats(policy: Policy, store: impl Store) -> (Router, Arc<Stats>) {
+    let layer = RateLimitLayer::new(policy, store).unwrap();
+    let stats = layer.stats();
+    let app = Router::new()
+        .route("/t", post(|| async { "queued" }).get(|| async { "read" }))
+        .layer(layer);
+    (app, stats)
+}
+
+/// The app of [`app_and_stats`].
+pub fn app(policy: Policy, store: impl Store) -> Router {
+    app_and_stats(policy, store).0
+}
+
+/// A client of [`app`] in-process, for tests that need no socket.
+pub fn in_process(policy: Policy, store: impl Store) -> HttpClient {
+    HttpClient::in_process(app(policy, store))
+}
+
+/// A client of [`app`] served over a socket.
+pub async fn client(policy: Policy, store: impl Store) -> HttpClient {
+    HttpClient::new(&serve(app(policy, store)).await)
+}
+
+/// A client of [`app_and_stats`] served over a socket, and the statistics.
+pub async fn client_and_stats(policy: Policy, store: impl Store) -> (HttpClient, Arc<Stats>) {
+    let (app, stats) = app_and_stats(policy, store);
+    (HttpClient::new(&serve(app).await), stats)
 }
 
 /// Serves `app` on 127.0.0.1:0 with `ConnectInfo`; returns the base URL.
@@ -233,24 +411,39 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The first value of header `name`, which must be text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
 }
 
-/// An HTTP/1 client.
+/// A client of an app: HTTP/1 over a socket, or in-process, where the
+/// request goes to the `Router` with `oneshot` (no `ConnectInfo`, no HTTP
+/// parsing: tests of the client address or of raw bytes use a socket).
 #[derive(Clone)]
-pub struct HttpClient {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
-    base: String,
+pub struct HttpClient(Target);
+
+#[derive(Clone)]
+enum Target {
+    Socket {
+        client: Client<HttpConnector, Body>,
+        base: String,
+    },
+    InProcess(Router),
 }
 
 impl HttpClient {
+    /// A client of the server at `base` (`http://host:port`).
     pub fn new(base: &str) -> Self {
-        Self {
+        Self(Target::Socket {
             client: Client::builder(TokioExecutor::new()).build_http(),
             base: base.to_owned(),
-        }
+        })
+    }
+
+    /// A client that calls `app` in-process.
+    pub fn in_process(app: Router) -> Self {
+        Self(Target::InProcess(app))
     }
 
     /// Sends a request; headers are raw bytes so tests can send anything
@@ -267,16 +460,25 @@ impl HttpClient {
         headers: &[(&str, &[u8])],
         body: impl Into<Body>,
     ) -> Reply {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
+        let uri = match &self.0 {
+            Target::Socket { base, .. } => format!("{base}{path}"),
+            Target::InProcess(_) => path.to_owned(),
+        };
+        let mut request = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let request = request.body(body.into()).unwrap();
-        let response = within(Duration::from_secs(10), self.client.request(request))
-            .await
-            .expect("request failed");
+        let limit = Duration::from_secs(10);
+        let response = match &self.0 {
+            Target::Socket { client, .. } => within(limit, client.request(request))
+                .await
+                .expect("request failed")
+                .map(Body::new),
+            Target::InProcess(app) => within(limit, app.clone().oneshot(request))
+                .await
+                .unwrap_or_else(|never| match never {}),
+        };
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         Reply {
@@ -286,10 +488,12 @@ impl HttpClient {
         }
     }
 
+    /// A `GET` with no body.
     pub async fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
         self.send(Method::GET, path, headers).await
     }
 
+    /// A `POST` with no body.
     pub async fn post(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
         self.send(Method::POST, path, headers).await
     }
