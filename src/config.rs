@@ -58,7 +58,8 @@ pub enum FailMode {
     /// such as login, where an unlimited window is worse than downtime.
     Closed,
     /// Keep limiting in this process with an in-memory store and the same
-    /// limits, each divided by [`Policy::fallback_divisor`](crate::Policy::fallback_divisor) (say, the
+    /// limits, each divided by
+    /// [`Policy::fallback_divisor`](crate::Policy::fallback_divisor) (say, the
     /// number of app servers), until the store answers again.
     Fallback,
 }
@@ -148,66 +149,59 @@ impl PolicyFile {
 /// what the [`Policy`](crate::Policy) builder writes into. A new setting is
 /// one field here, one builder method, and the code that uses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// See [`Policy::new`](crate::Policy::new).
     pub name: String,
     /// See [`Policy::rate`](crate::Policy::rate): one rate (`"1000/m"`) or
     /// several (`["10/s", "1000/m"]`).
-    #[serde(default, with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    #[serde(with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
     pub rate: Vec<Rate>,
     /// See [`Policy::limit`](crate::Policy::limit): limits with a burst of
     /// their own.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitConfig>,
     /// See [`Policy::burst`](crate::Policy::burst).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
     /// See [`Policy::algorithm`](crate::Policy::algorithm).
-    #[serde(default)]
     pub algorithm: Algorithm,
     /// See [`Policy::clock`](crate::Policy::clock).
-    #[serde(default)]
     pub clock: Clock,
     /// See [`Policy::key`](crate::Policy::key); required in a file, left out
     /// when the builder is given a [`Key`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<KeyConfig>,
     /// See [`Policy::cost`](crate::Policy::cost); 1 when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<CostConfig>,
     /// See [`Policy::on_missing_key`](crate::Policy::on_missing_key).
-    #[serde(default)]
     pub on_missing_key: OnMissingKey,
     /// See [`Policy::mode`](crate::Policy::mode).
-    #[serde(default)]
     pub mode: Mode,
     /// See [`Policy::on_store_error`](crate::Policy::on_store_error).
-    #[serde(default)]
     pub on_store_error: FailMode,
     /// See [`Policy::timeout`](crate::Policy::timeout); whole milliseconds
     /// in a file, as `timeout_ms`.
-    #[serde(rename = "timeout_ms", with = "millis", default = "default_timeout")]
+    #[serde(rename = "timeout_ms", with = "millis")]
     pub timeout: Duration,
     /// See [`Policy::methods`](crate::Policy::methods); absent: all methods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     /// See [`Policy::prefix`](crate::Policy::prefix).
-    #[serde(default = "default_prefix")]
     pub prefix: String,
     /// See [`Policy::legacy_headers`](crate::Policy::legacy_headers).
-    #[serde(default)]
     pub legacy_headers: bool,
     /// See [`Policy::block_cache`](crate::Policy::block_cache): how many
     /// denied keys to remember.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub block_cache: Option<usize>,
-    /// See [`Policy::fallback_divisor`](crate::Policy::fallback_divisor)(crate::Policy::fallback_divisor).
-    #[serde(default = "one")]
+    /// See [`Policy::fallback_divisor`](crate::Policy::fallback_divisor).
     pub fallback_divisor: u64,
     /// See [`Policy::breaker`](crate::Policy::breaker).
-    #[serde(default)]
     pub breaker: Breaker,
+    /// See [`Policy::enabled`](crate::Policy::enabled).
+    pub enabled: bool,
 }
 
 impl PolicyConfig {
@@ -215,6 +209,17 @@ impl PolicyConfig {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    /// Every setting's default, in one place: what a file leaves out and
+    /// what a new builder starts from.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
             rate: Vec::new(),
             limits: Vec::new(),
             burst: None,
@@ -232,20 +237,9 @@ impl PolicyConfig {
             block_cache: None,
             fallback_divisor: 1,
             breaker: Breaker::default(),
+            enabled: true,
         }
     }
-}
-
-fn default_timeout() -> Duration {
-    DEFAULT_TIMEOUT
-}
-
-fn default_prefix() -> String {
-    DEFAULT_PREFIX.to_owned()
-}
-
-fn one() -> u64 {
-    1
 }
 
 /// A duration as whole milliseconds.

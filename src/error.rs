@@ -62,14 +62,15 @@ impl Error {
         }
     }
 
-    /// This error, as one of the settings of the policy called `name`.
+    /// This error, as one of the settings of the policy called `name` (a
+    /// policy without a name is named by the error itself).
     pub(crate) fn in_policy(self, name: &str) -> Self {
         match self {
             Self::Config {
                 policy: None,
                 field,
                 reason,
-            } => Self::Config {
+            } if !name.is_empty() => Self::Config {
                 policy: Some(name.to_owned()),
                 field,
                 reason,

@@ -175,6 +175,14 @@ impl Policy {
         self
     }
 
+    /// Whether the policy limits anything (default `true`): `false` lets
+    /// every request through untouched, to switch a policy off from its
+    /// configuration without removing its layer.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.settings.enabled = on;
+        self
+    }
+
     /// Builds the response to every request the layer refuses (over the
     /// limit, no key, a bad cost, the store unavailable…) instead of the
     /// default JSON bodies, which [`Rejection::default_response`] gives.

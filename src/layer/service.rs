@@ -144,7 +144,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let policy = &self.shared.policy;
-        if !policy.applies_to(request.method()) {
+        if !policy.settings.enabled || !policy.applies_to(request.method()) {
             return ResponseFuture::forward(self.inner.call(request), None, &self.shared);
         }
         let (parts, body) = request.into_parts();
@@ -348,6 +348,31 @@ mod tests {
         use http_body_util::BodyExt;
         let body = unavailable.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"p 503");
+    }
+
+    /// A switched-off policy lets everything through, from the builder and
+    /// from a file alike.
+    #[tokio::test]
+    async fn a_disabled_policy_limits_nothing() {
+        let file: crate::config::PolicyConfig = serde_json::from_str(
+            r#"{"name":"p","rate":"1/m","key":{"type":"global"},"enabled":false}"#,
+        )
+        .unwrap();
+        let built = Policy::new("p")
+            .rate(Rate::per_minute(1))
+            .key(Key::global())
+            .enabled(false);
+        for policy in [built.clone(), file.into_policy().unwrap()] {
+            let layer = RateLimitLayer::new(policy, MemoryStore::new()).unwrap();
+            for _ in 0..3 {
+                let response = send(&layer, &[]).await;
+                assert_eq!(response.status(), 200);
+                assert!(!response.headers().contains_key("ratelimit"));
+            }
+        }
+        let on = RateLimitLayer::new(built.enabled(true), MemoryStore::new()).unwrap();
+        assert_eq!(send(&on, &[]).await.status(), 200);
+        assert_eq!(send(&on, &[]).await.status(), 429);
     }
 
     #[test]
