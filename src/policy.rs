@@ -255,7 +255,7 @@ impl Policy {
 
     fn check_settings(&self) -> Result<Checked, Error> {
         let s = &self.settings;
-        if !encode::is_valid_name(&s.name, false) {
+        if !encode::is_valid_name(&s.name) {
             return Err(Error::config(
                 "name",
                 format!(
@@ -264,7 +264,7 @@ impl Policy {
                 ),
             ));
         }
-        if !encode::is_valid_name(&s.prefix, true) {
+        if !encode::is_valid_prefix(&s.prefix) {
             return Err(Error::config(
                 "prefix",
                 format!(

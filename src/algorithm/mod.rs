@@ -32,8 +32,8 @@ use crate::Rate;
 #[non_exhaustive]
 pub enum Algorithm {
     /// A counter per key opens a window at the key's first request and
-    /// expires with it; at most `limit` requests per window. The seed's
-    /// semantics, and the default.
+    /// expires with it; at most `limit` requests per window. The EDR
+    /// design notes' semantics, and the default.
     #[default]
     #[serde(alias = "fixed")]
     FixedWindow,
@@ -355,8 +355,8 @@ pub(crate) fn unix_now_us() -> u64 {
 /// Seconds as the HTTP headers carry them: rounded up, so that a client that
 /// waits that long is never early, and at least 1.
 pub(crate) fn whole_seconds(duration: Duration) -> u64 {
-    let ms = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-    ms.div_ceil(1_000_000).max(1)
+    let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    us.div_ceil(1_000_000).max(1)
 }
 
 #[cfg(test)]

@@ -45,14 +45,24 @@ pub fn push_value(out: &mut String, value: &[u8], secret: bool) {
     }
 }
 
-/// Whether a label (extractor name, policy name, prefix) is safe to put in a
-/// key: it may not contain braces, `#`, glob characters or whitespace.
-pub fn is_valid_name(name: &str, allow_colon: bool) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_VERBATIM_LEN
-        && name
+/// Whether a label or a policy name is safe to put in a key: 1 to 64
+/// letters, digits, `-`, `_` and `.`; no braces, `#`, `:`, glob characters
+/// or whitespace.
+pub fn is_valid_name(name: &str) -> bool {
+    is_made_of(name, b"-_.")
+}
+
+/// Whether a key prefix is: as a name, and `:` too (`app:rl:`).
+pub fn is_valid_prefix(prefix: &str) -> bool {
+    is_made_of(prefix, b"-_.:")
+}
+
+fn is_made_of(text: &str, punctuation: &[u8]) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_VERBATIM_LEN
+        && text
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b) || (allow_colon && b == b':'))
+            .all(|b| b.is_ascii_alphanumeric() || punctuation.contains(&b))
 }
 
 #[cfg(test)]
@@ -101,10 +111,11 @@ mod tests {
 
     #[test]
     fn names_reject_key_syntax() {
-        assert!(is_valid_name("telemetry", false));
-        assert!(is_valid_name("rl:", true));
+        assert!(is_valid_name("telemetry"));
+        assert!(is_valid_prefix("rl:"));
+        assert!(!is_valid_name("rl:"));
         for bad in ["", "a b", "a{b", "a}", "a#", "a*", "a:b", &"x".repeat(65)] {
-            assert!(!is_valid_name(bad, false), "{bad}");
+            assert!(!is_valid_name(bad) && !is_valid_prefix(bad), "{bad}");
         }
     }
 }

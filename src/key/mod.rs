@@ -107,7 +107,7 @@ impl Key {
     pub fn header(name: &str) -> Self {
         match HeaderName::from_bytes(name.as_bytes()) {
             // The name is the label in Redis, so it must be a valid label.
-            Ok(header) if encode::is_valid_name(header.as_str(), false) => {
+            Ok(header) if encode::is_valid_name(header.as_str()) => {
                 Self::new(header.as_str().to_owned(), Source::Header(header))
             }
             _ => Self::invalid(
@@ -166,7 +166,7 @@ impl Key {
         V: AsRef<[u8]>,
         F: Fn(&Parts) -> Option<V> + Send + Sync + 'static,
     {
-        if !encode::is_valid_name(label, false) {
+        if !encode::is_valid_name(label) {
             return Self::invalid(
                 "custom",
                 "key.label",
