@@ -113,8 +113,8 @@ mod tests {
     fn names_reject_key_syntax() {
         assert!(is_valid_name("telemetry"));
         assert!(is_valid_prefix("rl:"));
-        assert!(!is_valid_name("rl:"));
-        for bad in ["", "a b", "a{b", "a}", "a#", "a*", "a:b", &"x".repeat(65)] {
+        assert!(!is_valid_name("a:b"));
+        for bad in ["", "a b", "a{b", "a}", "a#", "a*", &"x".repeat(65)] {
             assert!(!is_valid_name(bad) && !is_valid_prefix(bad), "{bad}");
         }
     }
