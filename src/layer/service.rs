@@ -11,15 +11,11 @@ use tower::{Layer, Service};
 use super::{
     breaker::CircuitBreaker,
     future::{Charge, Pending, ResponseFuture},
-    state::{Compiled, Outcome, Shared},
+    state::{Compiled, Outcome, Route, Shared},
     stats::Stats,
 };
-use tokio::time::Instant;
-
 use crate::{
-    Error, Mode, OnMissingKey, Policy,
-    key::{KeyBuffer, KeyError, layout},
-    response::Rejection,
+    Error, Policy,
     store::{Check, Store},
 };
 
@@ -143,66 +139,22 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let policy = &self.shared.policy;
-        if !policy.settings.enabled || !policy.applies_to(request.method()) {
-            return ResponseFuture::forward(self.inner.call(request), None, &self.shared);
-        }
         let (parts, body) = request.into_parts();
-        let mut key = KeyBuffer::take();
-        if let Err(error) = layout::client_key(&policy.key_head, &policy.key, &parts, &mut key) {
-            let request = Request::from_parts(parts, body);
-            let policy_name = policy.name.clone();
-            let rejection = match (error, policy.settings.on_missing_key) {
-                (KeyError::Missing(_), OnMissingKey::Allow) => {
-                    return ResponseFuture::forward(self.inner.call(request), None, &self.shared);
-                }
-                (KeyError::Missing(label), OnMissingKey::Reject(status)) => Rejection::MissingKey {
-                    policy: policy_name,
-                    label,
-                    status,
-                },
-                (KeyError::Repeated(label), _) => Rejection::RepeatedKey {
-                    policy: policy_name,
-                    label,
-                },
-            };
-            return ResponseFuture::respond(self.shared.reject(rejection), &self.shared);
-        }
-        let cost = match policy.cost.of(&parts) {
-            // Annotate mode forwards it too, as a denial the store reports.
-            Ok(cost) if cost <= policy.capacity || policy.settings.mode == Mode::Annotate => {
-                Ok(cost)
+        let route = self.shared.route(&parts);
+        let mut request = Request::from_parts(parts, body);
+        let (key, cost) = match route {
+            Route::Pass => {
+                return ResponseFuture::forward(self.inner.call(request), None, &self.shared);
             }
-            Ok(cost) => Err(Rejection::CostTooLarge {
-                policy: policy.name.clone(),
-                cost,
-                capacity: policy.capacity,
-            }),
-            Err(reason) => Err(Rejection::BadCost {
-                policy: policy.name.clone(),
-                reason,
-            }),
-        };
-        let cost = match cost {
-            Ok(cost) => cost,
-            Err(rejection) => {
+            Route::Refuse(rejection) => {
                 return ResponseFuture::respond(self.shared.reject(rejection), &self.shared);
             }
+            Route::Ask { key, cost } => (key, cost),
         };
-        let mut request = Request::from_parts(parts, body);
-        let cached = policy
-            .block_cache
-            .as_ref()
-            .and_then(|c| c.get(&key, cost, Instant::now()));
-        if let Some(decision) = cached {
-            self.shared.stats.record_block_cache_hit();
-            let outcome = self.shared.outcome(Some(decision), &mut request);
+        if let Some(outcome) = self.shared.decide_in_process(&key, cost, &mut request) {
             return self.finish(outcome, request);
         }
-        if !self.shared.may_call_store() {
-            let outcome = self.shared.fail_mode(&key, cost, &mut request);
-            return self.finish(outcome, request);
-        }
+        let policy = &self.shared.policy;
         let check = self.store.check(Check {
             key: &key,
             limits: &policy.limits,

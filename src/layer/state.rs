@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::response::Response;
-use http::{Method, Request, header::RETRY_AFTER};
+use http::{Method, Request, header::RETRY_AFTER, request::Parts};
 use tokio::time::Instant;
 
 use super::{
@@ -14,12 +14,13 @@ use super::{
     stats::Stats,
 };
 use crate::{
-    Algorithm, Clock, Cost, Decision, Error, FailMode, Key, MemoryStore, Mode, Policy,
+    Algorithm, Clock, Cost, Decision, Error, FailMode, Key, MemoryStore, Mode, OnMissingKey,
+    Policy,
     algorithm::Limit,
     block_cache::BlockCache,
     config::PolicyConfig,
     headers::{self, PolicyItems},
-    key::layout,
+    key::{KeyBuffer, KeyError, layout},
     policy::{Checked, RejectionHook},
     response::{RateLimitInfo, RateLimitStatus, Rejection, STORE_RETRY_AFTER_SECS},
     store::Check,
@@ -139,6 +140,17 @@ impl Compiled {
     }
 }
 
+/// Where a request goes before any store is asked.
+pub(super) enum Route {
+    /// Not limited by this policy (switched off, another method, no key and
+    /// `OnMissingKey::Allow`): forwarded untouched.
+    Pass,
+    /// Refused by the layer itself: no key, a repeated key, a bad cost.
+    Refuse(Rejection),
+    /// To be counted: the client's key and the request's cost.
+    Ask { key: KeyBuffer, cost: u64 },
+}
+
 /// Where a request goes once its decision (if any) is known.
 pub(super) enum Outcome {
     Respond(Response),
@@ -190,6 +202,64 @@ impl Shared {
             _ => None,
         };
         self.outcome(decision, request)
+    }
+
+    /// Reads what the policy needs from the request head: whether it is
+    /// limited at all, its key and its cost.
+    pub(super) fn route(&self, parts: &Parts) -> Route {
+        let policy = &self.policy;
+        if !policy.settings.enabled || !policy.applies_to(&parts.method) {
+            return Route::Pass;
+        }
+        let name = || policy.name.clone();
+        let mut key = KeyBuffer::take();
+        if let Err(error) = layout::client_key(&policy.key_head, &policy.key, parts, &mut key) {
+            return match (error, policy.settings.on_missing_key) {
+                (KeyError::Missing(_), OnMissingKey::Allow) => Route::Pass,
+                (KeyError::Missing(label), OnMissingKey::Reject(status)) => {
+                    Route::Refuse(Rejection::MissingKey {
+                        policy: name(),
+                        label,
+                        status,
+                    })
+                }
+                (KeyError::Repeated(label), _) => Route::Refuse(Rejection::RepeatedKey {
+                    policy: name(),
+                    label,
+                }),
+            };
+        }
+        match policy.cost.of(parts) {
+            // Annotate mode forwards it too, as a denial the store reports.
+            Ok(cost) if cost <= policy.capacity || policy.settings.mode == Mode::Annotate => {
+                Route::Ask { key, cost }
+            }
+            Ok(cost) => Route::Refuse(Rejection::CostTooLarge {
+                policy: name(),
+                cost,
+                capacity: policy.capacity,
+            }),
+            Err(reason) => Route::Refuse(Rejection::BadCost {
+                policy: name(),
+                reason,
+            }),
+        }
+    }
+
+    /// Decides without the store where that is possible: a denial the block
+    /// cache still holds, or the fail mode while the breaker is open.
+    pub(super) fn decide_in_process<B>(
+        &self,
+        key: &str,
+        cost: u64,
+        request: &mut Request<B>,
+    ) -> Option<Outcome> {
+        let cache = self.policy.block_cache.as_ref();
+        if let Some(decision) = cache.and_then(|c| c.get(key, cost, Instant::now())) {
+            self.stats.record_block_cache_hit();
+            return Some(self.outcome(Some(decision), request));
+        }
+        (!self.may_call_store()).then(|| self.fail_mode(key, cost, request))
     }
 
     /// The response to a request the layer refuses: the policy's hook or
