@@ -439,6 +439,24 @@ mod tests {
     }
 
     #[test]
+    fn config_errors_carry_their_path() {
+        let err = Policy::new("p")
+            .rate(Rate::per_minute(1))
+            .key(Key::global())
+            .burst(2)
+            .check()
+            .unwrap_err();
+        assert_eq!(err.config_path().as_deref(), Some("policies.p.burst"));
+        assert!(matches!(err, Error::Config { ref field, .. } if field == "burst"));
+        // A policy without a name is not `policies..name`.
+        let unnamed = Policy::new("").check().unwrap_err();
+        assert_eq!(unnamed.config_path().as_deref(), Some("name"));
+        assert!(unnamed.to_string().starts_with("invalid `name`"), "{unnamed}");
+        let timeout = Error::Timeout(Duration::from_millis(1));
+        assert_eq!(timeout.config_path(), None);
+    }
+
+    #[test]
     fn misconfigurations_name_the_field() {
         let ok = || {
             Policy::new("p")

@@ -25,7 +25,8 @@ pub(crate) struct CircuitBreaker {
     epoch: Instant,
     consecutive_failures: AtomicU32,
     /// Microseconds after `epoch` until which the breaker is open, or until
-    /// the next probe may go; 0: closed.
+    /// the next probe may go; 0: closed (an open breaker's is at least one
+    /// cooldown, which policies require to be 1 ms or more).
     open_until_us: AtomicU64,
 }
 
@@ -40,8 +41,7 @@ impl CircuitBreaker {
     }
 
     fn now_us(&self) -> u64 {
-        // Offset by one so that 0 can mean "closed".
-        self.epoch.elapsed().as_micros() as u64 + 1
+        self.epoch.elapsed().as_micros() as u64
     }
 
     fn cooldown_us(&self) -> u64 {
