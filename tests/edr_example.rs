@@ -1,6 +1,6 @@
-//! End-to-end tests of `examples/edr.rs`: the built example runs as a child
-//! process on a free port, against a `redis-server` of the test's own or its
-//! in-memory store, and is driven over HTTP.
+//! End-to-end tests of the `edr` example (`examples/edr/`): the built
+//! example runs as a child process on a free port, against a `redis-server`
+//! of the test's own or its in-memory store, and is driven over HTTP.
 //!
 //! `cargo test` builds examples before tests, so the binary is
 //! `target/<profile>/examples/edr`, next to this test's `deps/` folder;
@@ -81,7 +81,7 @@ fn example_binary() -> PathBuf {
 fn newest_source() -> Option<(SystemTime, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut newest: Option<(SystemTime, PathBuf)> = None;
-    let mut pending = vec![root.join("examples").join("edr.rs"), root.join("src")];
+    let mut pending = vec![root.join("examples").join("edr"), root.join("src")];
     while let Some(path) = pending.pop() {
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
