@@ -1023,10 +1023,12 @@ fn bad_algorithm_rates_or_burst_stop_startup_naming_the_variable() {
             "TELEMETRY_RATE: ",
             r#""5/w""#,
         ),
+        // The library's check (one limit per window); the value quoted is
+        // the variable's.
         (
             &[("TELEMETRY_RATE", "10/s,20/s")],
             "TELEMETRY_RATE: ",
-            r#""20/s""#,
+            r#""10/s,20/s""#,
         ),
         (
             &[("TELEMETRY_FALLBACK_DIVISOR", "0")],

@@ -1,5 +1,19 @@
 //! The telemetry batch check: how many events a batch holds, and how many
 //! it was charged for.
+//!
+//! A telemetry batch is a JSON array of event objects, `[{…}, {…}]`, of at
+//! most 1 MiB (`413` above that); what an event holds is the workers'
+//! business. The limiter charges a batch, before its body is read, as many
+//! requests as its `X-Event-Count` header says (1 without it); a count that
+//! is not a whole number is a `400`, one that the limit could never admit a
+//! `413`. The handler then counts the events in the body, and a batch that
+//! does not hold exactly the number it was charged is refused with `400
+//! {"error":"bad batch",…}` and not queued: a batch of more than one event
+//! must declare them, and an undeclared, under- or over-declared batch, an
+//! empty one, or a body that is not a UTF-8 JSON array of objects is
+//! refused. What was charged stays charged. (With a policy file, the count
+//! the body must match is what the file's telemetry `cost` charges: its
+//! header's number, or a fixed cost.)
 
 use std::fmt;
 

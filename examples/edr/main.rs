@@ -12,20 +12,6 @@
 //! but the routes.) A telemetry request without `X-Agent-Token` is answered
 //! `401`.
 //!
-//! A telemetry batch is a JSON array of event objects, `[{…}, {…}]`, of at
-//! most 1 MiB (`413` above that); what an event holds is the workers'
-//! business. The limiter charges a batch, before its body is read, as many
-//! requests as its `X-Event-Count` header says (1 without it); a count that
-//! is not a whole number is a `400`, one that the limit could never admit a
-//! `413`. The handler then counts the events in the body, and a batch that
-//! does not hold exactly the number it was charged is refused with `400
-//! {"error":"bad batch",…}` and not queued: a batch of more than one event
-//! must declare them, and an undeclared, under- or over-declared batch, an
-//! empty one, or a body that is not a UTF-8 JSON array of objects is
-//! refused. What was charged stays charged. (With a policy file, the count
-//! the body must match is what the file's telemetry `cost` charges: its
-//! header's number, or a fixed cost.)
-//!
 //! Telemetry is where floods come from, so its policy does two more things.
 //! Denials are remembered in-process (the block cache, 100,000 agents at
 //! most): once an agent is over its limit, its requests are answered `429`
@@ -33,6 +19,13 @@
 //! one agent costs Redis nothing. And while Redis is away, each instance
 //! keeps limiting telemetry by itself, at the limits divided by
 //! `TELEMETRY_FALLBACK_DIVISOR`, rather than letting every agent through.
+//!
+//! The routes and the policies are below; the rest is in the modules:
+//! `config.rs` (the environment: every variable, its default and its
+//! check), `policies.rs` (the policies checked, and `POLICY_FILE`, which
+//! may replace any of them but not the routes), `telemetry.rs` (the
+//! telemetry handler), `batch.rs` (a batch must hold the events it was
+//! charged for), `queue.rs` (the idempotent hand-off to Redis).
 //!
 //! With Redis, counters live in database 1 and accepted telemetry is pushed
 //! onto the list `edr:telemetry` in database 0 of the same server, where the
@@ -44,78 +37,13 @@
 //!     -H 'X-Batch-Id: 2f1c9a5e-0001' \
 //!     -d '[{"event":1},{"event":2},{"event":3}]' localhost:3000/api/v1/telemetry/
 //! curl -i -H 'Authorization: Bearer alice' localhost:3000/api/v1/dashboard/
+//! cargo run --example edr -- --help    # every variable and its default
 //! ```
 //!
 //! Without `REDIS_URL`, counters are kept in this process and telemetry is
 //! accepted but not queued: `cargo run --example edr`. A queued batch is
 //! answered `202 {"status":"queued"}`; without a queue (no `REDIS_URL`, or
 //! `QUEUE_URL=off`) it is `202 {"status":"accepted"}`, as nothing is queued.
-//!
-//! The hand-off is idempotent, so that agents can retry. An agent names each
-//! batch with `X-Batch-Id` (1 to 128 visible ASCII characters, such as a
-//! UUID; ids are per `X-Agent-Token`); without one, a batch is known by its
-//! bytes. One Lua script pushes a batch and marks it for
-//! `QUEUE_DEDUP_SECONDS`, or, if it is marked already, does neither. The
-//! guarantee: each batch is queued at most once per window (counted from its
-//! first push), and
-//! - `202 {"status":"queued"}` means it is queued, by this attempt or an
-//!   earlier one;
-//! - `503 {"error":"queue unavailable","retry_after":1}`, with
-//!   `Retry-After: 1`, after waiting at most 250 ms for Redis, means it may or
-//!   may not be queued (a push that timed out can still run later): retry
-//!   with the same `X-Batch-Id` and the same bytes within the window, and it
-//!   is queued exactly once;
-//! - `409 {"error":"batch id reused",…}` means the id was given to other bytes
-//!   within the window; nothing is queued.
-//!
-//! Two byte-identical batches without an id from one agent within the
-//! window are one batch: an agent that may send the same bytes twice (a
-//! heartbeat) gives each batch an id, or a timestamp in its events. The
-//! marks are ordinary keys with a TTL in the queue's database: a Redis that
-//! forgets them (restarted without persistence, or evicting under a
-//! `volatile-*` or `allkeys-*` `maxmemory-policy`) forgets the window too.
-//!
-//! Environment (empty counts as unset):
-//! - `LISTEN_ADDR`: default `127.0.0.1:3000`.
-//! - `REDIS_URL`: rate-limit counters, e.g. `redis://:password@host:6379/1`.
-//! - `QUEUE_URL`: where telemetry goes; default database 0 of `REDIS_URL`;
-//!   `off` accepts telemetry without queueing it (to measure the limiter alone).
-//! - `QUEUE_DEDUP_SECONDS` (`600`): how long a queued batch's id is
-//!   remembered, so that retries within it are not queued again; longer than
-//!   agents keep retrying a batch. A whole number from 1 to 604800 (a week).
-//! - `TELEMETRY_RATE` (`1000/m`): one rate or a comma-separated list, such as
-//!   `10/s,1000/m`; a request must fit every one of them, each with its own
-//!   window. `LOGIN_RATE` (`10/h`), `DASHBOARD_RATE` (`60/m`): one rate each.
-//!   A rate is `N/unit` with unit `s`, `m`, `h` or `d`, optionally multiplied
-//!   as in `100/10s`.
-//! - `TELEMETRY_ALGORITHM`: how telemetry is counted: `fixed` (the default;
-//!   also `fixed_window`), `sliding` (`sliding_window`) or `gcra`.
-//! - `TELEMETRY_BURST`: with `gcra` only, how many requests an agent may send
-//!   at once, for every telemetry rate (default: each rate's own limit); a
-//!   whole number of at least 1.
-//! - `TELEMETRY_FALLBACK_DIVISOR` (`1`): while Redis is down, each instance
-//!   limits telemetry in-process at every telemetry limit divided by this;
-//!   set it to the number of app instances, so that together they stay near
-//!   the shared limit. A whole number of at least 1.
-//! - `TELEMETRY_BLOCK_CACHE` (`on`): `off` asks Redis about every telemetry
-//!   request, denied agents included (for benchmarks).
-//! - `TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is
-//!   believed for the login limit; default none (the socket peer is the client).
-//! - `POLICY_FILE`: a TOML file of `[[policies]]` tables named `telemetry`,
-//!   `login` or `dashboard`, as in `examples/edr-policies.toml`:
-//!   `POLICY_FILE=examples/edr-policies.toml cargo run --example edr`. A policy
-//!   in the file replaces everything the variables above say about it
-//!   (`TELEMETRY_*`, `LOGIN_RATE` and `TRUSTED_PROXIES`, `DASHBOARD_RATE`;
-//!   a warning names those that are set and so ignored); a policy the file
-//!   leaves out keeps its environment settings and defaults. Every field is
-//!   the file's to choose, so a file that omits `on_missing_key` for
-//!   telemetry answers a missing token with the library's default `400`
-//!   rather than `401`. Other names, and a name given twice, are errors.
-//! - `RATE_LIMIT` (`on`): `off` serves the same routes with no rate limit at
-//!   all, and so no `401` for a missing agent token either: a baseline for
-//!   benchmarks, never for production (the log warns). The settings above
-//!   are still checked.
-//! - `RUST_LOG`: default `info`.
 //!
 //! A bad setting stops the program at startup with a message naming the
 //! variable (or `POLICY_FILE` and the file), even a setting that the policy
@@ -124,6 +52,7 @@
 
 mod batch;
 mod config;
+mod policies;
 mod queue;
 mod telemetry;
 
@@ -138,14 +67,16 @@ use axum::{
     routing::{MethodRouter, get, post},
 };
 use axum_redis_ratelimit::{
-    Algorithm, MemoryStore, Policy, RateLimitLayer, RedisStore, UserId, store::Store,
+    Algorithm, Cost, FailMode, Key, MemoryStore, OnMissingKey, Policy, RateLimitLayer, RedisStore,
+    UserId, store::Store,
 };
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     batch::BatchCost,
-    config::{Config, Policies, PolicySpec, QueueTarget, StartupError},
+    config::{Env, QueueTarget, StartupError},
+    policies::{Policies, PolicySpec},
     queue::EventQueue,
     telemetry::{json_error, telemetry_handler},
 };
@@ -159,122 +90,52 @@ const BLOCK_CACHE_KEYS: usize = 100_000;
 /// Whom telemetry is counted by, and whose batch ids are whose.
 const AGENT_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-agent-token");
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // Printed rather than logged, so that RUST_LOG=off cannot hide it.
-            eprintln!("edr: {err}");
-            ExitCode::FAILURE
-        }
+// ---------------------------------------------------------------- policies
+
+/// Per agent, a batch costing its `X-Event-Count`; `401` without a token.
+fn telemetry_policy(env: &Env) -> Policy {
+    let mut policy = Policy::new("telemetry")
+        .algorithm(env.telemetry_algorithm)
+        // Agent tokens are credentials: only their hash reaches Redis.
+        .key(Key::header(AGENT_TOKEN_HEADER.as_str()).secret())
+        .cost(Cost::header(EVENT_COUNT_HEADER.as_str()))
+        .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
+        // Losing the agents' events to a Redis outage is worse than
+        // limiting each instance alone for a while; letting every agent
+        // through unlimited would be worse still.
+        .on_store_error(FailMode::Fallback)
+        .fallback_divisor(env.telemetry_fallback_divisor);
+    for &rate in &env.telemetry_rate.0 {
+        policy = policy.rate(rate);
     }
-}
-
-/// Where the rate-limit counters live, if anywhere.
-enum Counters {
-    /// `RATE_LIMIT=off`: no limiter at all.
-    Off,
-    Memory,
-    Redis(RedisStore),
-}
-
-async fn run() -> Result<(), StartupError> {
-    let config = Config::from_env()?;
-    // Counters first: they are what REDIS_URL is mainly for.
-    let counters = match &config.redis {
-        _ if !config.rate_limit => {
-            tracing::warn!(
-                "RATE_LIMIT=off: NO RATE LIMITS on any route, and no 401 for a missing agent \
-                 token; a baseline for benchmarks, never for production"
-            );
-            Counters::Off
-        }
-        Some(redis) => {
-            let store = RedisStore::connect(&redis.url)
-                .await
-                .map_err(|e| StartupError::new("REDIS_URL", format!("{}: {e}", redis.shown)))?;
-            tracing::info!(store = %redis.shown, "rate-limit counters in Redis");
-            Counters::Redis(store)
-        }
-        None => {
-            tracing::warn!(
-                "REDIS_URL is not set: using the embedded in-memory store; counters are per \
-                 process (not shared between instances) and lost on restart"
-            );
-            Counters::Memory
-        }
-    };
-    if config.rate_limit {
-        for spec in config.policies.all() {
-            let policy = &spec.policy;
-            tracing::info!(
-                policy = policy.name(),
-                algorithm = %policy.algorithm_kind(),
-                limits = %limits_text(policy),
-                from = %spec.origin,
-                "rate-limit policy"
-            );
-        }
+    if let Some(burst) = env.telemetry_burst {
+        policy = policy.burst(burst);
     }
-    let queue = match &config.queue {
-        QueueTarget::Off => {
-            tracing::info!(
-                "no telemetry queue (QUEUE_URL=off, or no REDIS_URL): events are accepted, \
-                 not queued"
-            );
-            None
-        }
-        QueueTarget::Redis { var, info } => {
-            Some(EventQueue::connect(var, info, config.dedup_window).await?)
-        }
-    };
-    // The policies were checked when read, so this cannot fail on them.
-    let policies = &config.policies;
-    let app = match counters {
-        Counters::Off => app::<MemoryStore>(policies, None, queue),
-        Counters::Memory => app(policies, Some(MemoryStore::new()), queue),
-        Counters::Redis(store) => app(policies, Some(store), queue),
+    // A flooding agent's requests are answered here, not by Redis.
+    if env.telemetry_block_cache {
+        policy = policy.block_cache(BLOCK_CACHE_KEYS);
     }
-    .map_err(|e| StartupError::new("policies", e))?;
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| StartupError::new("LISTEN_ADDR", format!("{}: {e}", config.listen)))?;
-    tracing::info!(addr = %config.listen, "EDR API listening");
-    // The login limit counts client IPs, which the layer reads from ConnectInfo.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|e| StartupError::new("server", e.to_string()))?;
-    tracing::info!("shut down");
-    Ok(())
+    policy
 }
 
-/// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one
-/// algorithm that has them.
-fn limits_text(policy: &Policy) -> String {
-    let gcra = policy.algorithm_kind() == Algorithm::Gcra;
-    let limits = policy.limits().map(|limit| {
-        if gcra {
-            format!("{} burst {}", limit.rate(), limit.burst_size())
-        } else {
-            limit.rate().to_string()
-        }
-    });
-    limits.collect::<Vec<_>>().join(", ")
+/// Per client IP (behind `TRUSTED_PROXIES`, if any).
+fn login_policy(env: &Env) -> Policy {
+    Policy::new("login")
+        .rate(env.login_rate)
+        .key(Key::client_ip_with(env.trusted_proxies.clone()))
+        // An unlimited login window invites password guessing.
+        .fail_closed()
 }
 
-// ---------------------------------------------------------------- app
+/// Per user: the auth middleware in front of the limiter sets the user.
+fn dashboard_policy(env: &Env) -> Policy {
+    Policy::new("dashboard")
+        .rate(env.dashboard_rate)
+        .key(Key::user())
+        .fail_open()
+}
+
+// ---------------------------------------------------------------- routes
 
 #[derive(Clone)]
 struct AppState {
@@ -321,6 +182,133 @@ fn app<St: Store>(
             batch_cost: policies.telemetry_cost.clone(),
         }))
 }
+
+// ---------------------------------------------------------------- startup
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Printed rather than logged, so that RUST_LOG=off cannot hide it.
+            eprintln!("edr: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the rate-limit counters live, if anywhere.
+enum Counters {
+    /// `RATE_LIMIT=off`: no limiter at all.
+    Off,
+    Memory,
+    Redis(RedisStore),
+}
+
+async fn run() -> Result<(), StartupError> {
+    let env = Env::load()?;
+    let policies = Policies::new(
+        &env,
+        [
+            telemetry_policy(&env),
+            login_policy(&env),
+            dashboard_policy(&env),
+        ],
+    )?;
+    // Counters first: they are what REDIS_URL is mainly for.
+    let counters = match &env.redis_url {
+        _ if !env.rate_limit => {
+            tracing::warn!(
+                "RATE_LIMIT=off: NO RATE LIMITS on any route, and no 401 for a missing agent \
+                 token; a baseline for benchmarks, never for production"
+            );
+            Counters::Off
+        }
+        Some(redis) => {
+            let store = RedisStore::connect(&redis.url)
+                .await
+                .map_err(|e| StartupError::new("REDIS_URL", format!("{}: {e}", redis.shown)))?;
+            tracing::info!(store = %redis.shown, "rate-limit counters in Redis");
+            Counters::Redis(store)
+        }
+        None => {
+            tracing::warn!(
+                "REDIS_URL is not set: using the embedded in-memory store; counters are per \
+                 process (not shared between instances) and lost on restart"
+            );
+            Counters::Memory
+        }
+    };
+    if env.rate_limit {
+        for spec in policies.all() {
+            let policy = &spec.policy;
+            tracing::info!(
+                policy = policy.name(),
+                algorithm = %policy.algorithm_kind(),
+                limits = %limits_text(policy),
+                from = %spec.origin,
+                "rate-limit policy"
+            );
+        }
+    }
+    let queue = match env.queue() {
+        QueueTarget::Off => {
+            tracing::info!(
+                "no telemetry queue (QUEUE_URL=off, or no REDIS_URL): events are accepted, \
+                 not queued"
+            );
+            None
+        }
+        QueueTarget::Redis { var, info } => {
+            Some(EventQueue::connect(var, &info, env.queue_dedup_seconds).await?)
+        }
+    };
+    // The policies were checked when read, so this cannot fail on them.
+    let policies = &policies;
+    let app = match counters {
+        Counters::Off => app::<MemoryStore>(policies, None, queue),
+        Counters::Memory => app(policies, Some(MemoryStore::new()), queue),
+        Counters::Redis(store) => app(policies, Some(store), queue),
+    }
+    .map_err(|e| StartupError::new("policies", e))?;
+
+    let listener = tokio::net::TcpListener::bind(env.listen_addr)
+        .await
+        .map_err(|e| StartupError::new("LISTEN_ADDR", format!("{}: {e}", env.listen_addr)))?;
+    tracing::info!(addr = %env.listen_addr, "EDR API listening");
+    // The login limit counts client IPs, which the layer reads from ConnectInfo.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| StartupError::new("server", e.to_string()))?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one
+/// algorithm that has them.
+fn limits_text(policy: &Policy) -> String {
+    let gcra = policy.algorithm_kind() == Algorithm::Gcra;
+    let limits = policy.limits().map(|limit| {
+        if gcra {
+            format!("{} burst {}", limit.rate(), limit.burst_size())
+        } else {
+            limit.rate().to_string()
+        }
+    });
+    limits.collect::<Vec<_>>().join(", ")
+}
+
+// ---------------------------------------------------------------- handlers
 
 /// A toy: the point is the limit in front of it.
 async fn login_handler() -> Json<serde_json::Value> {

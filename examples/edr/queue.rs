@@ -1,4 +1,26 @@
-//! The idempotent hand-off of accepted telemetry to Redis.
+//! The hand-off of accepted telemetry to Redis, idempotent so that agents
+//! can retry. An agent names each batch with `X-Batch-Id` (1 to 128 visible
+//! ASCII characters, such as a UUID; ids are per `X-Agent-Token`); without
+//! one, a batch is known by its bytes. One Lua script pushes a batch and
+//! marks it for `QUEUE_DEDUP_SECONDS`, or, if it is marked already, does
+//! neither. The guarantee: each batch is queued at most once per window
+//! (counted from its first push), and
+//! - `202 {"status":"queued"}` means it is queued, by this attempt or an
+//!   earlier one;
+//! - `503 {"error":"queue unavailable","retry_after":1}`, with
+//!   `Retry-After: 1`, after waiting at most 250 ms for Redis, means it may or
+//!   may not be queued (a push that timed out can still run later): retry
+//!   with the same `X-Batch-Id` and the same bytes within the window, and it
+//!   is queued exactly once;
+//! - `409 {"error":"batch id reused",…}` means the id was given to other bytes
+//!   within the window; nothing is queued.
+//!
+//! Two byte-identical batches without an id from one agent within the
+//! window are one batch: an agent that may send the same bytes twice (a
+//! heartbeat) gives each batch an id, or a timestamp in its events. The
+//! marks are ordinary keys with a TTL in the queue's database: a Redis that
+//! forgets them (restarted without persistence, or evicting under a
+//! `volatile-*` or `allkeys-*` `maxmemory-policy`) forgets the window too.
 
 use std::{fmt::Write as _, sync::LazyLock, time::Duration};
 
