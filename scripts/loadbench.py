@@ -3,7 +3,7 @@
 
     python3 scripts/loadbench.py
 
-Builds `examples/edr.rs` and `examples/naive_baseline.rs` in release, starts a
+Builds `examples/edr/` and `examples/naive_baseline.rs` in release, starts a
 redis-server of its own (a free port, no persistence; never the one on 6379),
 installs wrk from Debian's package if it is missing, and then, for each
 scenario and variant, starts the server with QUEUE_URL=off (so the figures

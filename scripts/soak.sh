@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak test of the EDR example (issue 4.6).
 #
-# Runs examples/edr.rs against a redis-server of its own (loopback, a free
+# Runs examples/edr/ against a redis-server of its own (loopback, a free
 # port, no persistence) under constant load from tools/loadgen for
 # SOAK_SECONDS, while every RESTART_EVERY seconds Redis is killed (SIGKILL),
 # kept down for DOWN_SECONDS and restarted on the same port, and once per

@@ -1,6 +1,6 @@
-//! End-to-end tests of `examples/edr.rs`: the built example runs as a child
-//! process on a free port, against a `redis-server` of the test's own or its
-//! in-memory store, and is driven over HTTP.
+//! End-to-end tests of the `edr` example (`examples/edr/`): the built
+//! example runs as a child process on a free port, against a `redis-server`
+//! of the test's own or its in-memory store, and is driven over HTTP.
 //!
 //! `cargo test` builds examples before tests, so the binary is
 //! `target/<profile>/examples/edr`, next to this test's `deps/` folder;
@@ -81,7 +81,7 @@ fn example_binary() -> PathBuf {
 fn newest_source() -> Option<(SystemTime, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut newest: Option<(SystemTime, PathBuf)> = None;
-    let mut pending = vec![root.join("examples").join("edr.rs"), root.join("src")];
+    let mut pending = vec![root.join("examples").join("edr"), root.join("src")];
     while let Some(path) = pending.pop() {
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
@@ -1023,10 +1023,12 @@ fn bad_algorithm_rates_or_burst_stop_startup_naming_the_variable() {
             "TELEMETRY_RATE: ",
             r#""5/w""#,
         ),
+        // The library's check (one limit per window); the value quoted is
+        // the variable's.
         (
             &[("TELEMETRY_RATE", "10/s,20/s")],
             "TELEMETRY_RATE: ",
-            r#""20/s""#,
+            r#""10/s,20/s""#,
         ),
         (
             &[("TELEMETRY_FALLBACK_DIVISOR", "0")],

@@ -1,0 +1,376 @@
+//! The seed's EDR API, rate limited: agents post telemetry, people log in and
+//! read a dashboard, and each endpoint has its own limit.
+//!
+//! | route                      | policy      | counted by                | store down                   |
+//! | -------------------------- | ----------- | ------------------------- | ---------------------------- |
+//! | `POST /api/v1/telemetry/`  | `telemetry` | `X-Agent-Token` (hashed)  | limits in-process (fallback) |
+//! | `POST /api/v1/auth/login/` | `login`     | client IP                 | fail closed                  |
+//! | `GET  /api/v1/dashboard/`  | `dashboard` | user (`Bearer <user-id>`) | fail open                    |
+//! | `GET  /healthz`            | none        |                           |                              |
+//!
+//! (As configured by the environment; a policy file may change any of it
+//! but the routes.) A telemetry request without `X-Agent-Token` is answered
+//! `401`.
+//!
+//! Telemetry is where floods come from, so its policy does two more things.
+//! Denials are remembered in-process (the block cache, 100,000 agents at
+//! most): once an agent is over its limit, its requests are answered `429`
+//! without asking Redis until its `Retry-After` has passed, so a flood from
+//! one agent costs Redis nothing. And while Redis is away, each instance
+//! keeps limiting telemetry by itself, at the limits divided by
+//! `TELEMETRY_FALLBACK_DIVISOR`, rather than letting every agent through.
+//!
+//! The routes and the policies are below; the rest is in the modules:
+//! `config.rs` (the environment: every variable, its default and its
+//! check), `policies.rs` (the policies checked, and `POLICY_FILE`, which
+//! may replace any of them but not the routes), `telemetry.rs` (the
+//! telemetry handler), `batch.rs` (a batch must hold the events it was
+//! charged for), `queue.rs` (the idempotent hand-off to Redis).
+//!
+//! With Redis, counters live in database 1 and accepted telemetry is pushed
+//! onto the list `edr:telemetry` in database 0 of the same server, where the
+//! seed's Celery workers would pick it up:
+//!
+//! ```sh
+//! REDIS_URL=redis://127.0.0.1:6379/1 cargo run --example edr
+//! curl -i -X POST -H 'X-Agent-Token: AGENT-1' -H 'X-Event-Count: 3' \
+//!     -H 'X-Batch-Id: 2f1c9a5e-0001' \
+//!     -d '[{"event":1},{"event":2},{"event":3}]' localhost:3000/api/v1/telemetry/
+//! curl -i -H 'Authorization: Bearer alice' localhost:3000/api/v1/dashboard/
+//! cargo run --example edr -- --help    # every variable and its default
+//! ```
+//!
+//! Without `REDIS_URL`, counters are kept in this process and telemetry is
+//! accepted but not queued: `cargo run --example edr`. A queued batch is
+//! answered `202 {"status":"queued"}`; without a queue (no `REDIS_URL`, or
+//! `QUEUE_URL=off`) it is `202 {"status":"accepted"}`, as nothing is queued.
+//!
+//! A bad setting stops the program at startup with a message naming the
+//! variable (or `POLICY_FILE` and the file), even a setting that the policy
+//! file overrides. The log says which store holds the counters and, for each
+//! policy, its algorithm, its limits and where they came from.
+
+mod batch;
+mod config;
+mod policies;
+mod queue;
+mod telemetry;
+
+use std::{io::IsTerminal, net::SocketAddr, process::ExitCode};
+
+use axum::{
+    Extension, Json, Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::Response,
+    routing::{MethodRouter, get, post},
+};
+use axum_redis_ratelimit::{
+    Algorithm, Cost, FailMode, Key, MemoryStore, OnMissingKey, Policy, RateLimitLayer, RedisStore,
+    UserId, store::Store,
+};
+use serde_json::json;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    batch::BatchCost,
+    config::{Env, QueueTarget, StartupError},
+    policies::{Policies, PolicySpec},
+    queue::EventQueue,
+    telemetry::{json_error, telemetry_handler},
+};
+
+/// Telemetry batches are small; anything larger is a broken or hostile agent.
+const MAX_TELEMETRY_BYTES: usize = 1024 * 1024;
+/// How many events a telemetry batch holds, and so how many requests it costs.
+const EVENT_COUNT_HEADER: HeaderName = HeaderName::from_static("x-event-count");
+/// How many denied agents each instance remembers.
+const BLOCK_CACHE_KEYS: usize = 100_000;
+/// Whom telemetry is counted by, and whose batch ids are whose.
+const AGENT_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-agent-token");
+
+// ---------------------------------------------------------------- policies
+
+/// Per agent, a batch costing its `X-Event-Count`; `401` without a token.
+fn telemetry_policy(env: &Env) -> Policy {
+    let mut policy = Policy::new("telemetry")
+        .algorithm(env.telemetry_algorithm)
+        // Agent tokens are credentials: only their hash reaches Redis.
+        .key(Key::header(AGENT_TOKEN_HEADER.as_str()).secret())
+        .cost(Cost::header(EVENT_COUNT_HEADER.as_str()))
+        .on_missing_key(OnMissingKey::Reject(StatusCode::UNAUTHORIZED))
+        // Losing the agents' events to a Redis outage is worse than
+        // limiting each instance alone for a while; letting every agent
+        // through unlimited would be worse still.
+        .on_store_error(FailMode::Fallback)
+        .fallback_divisor(env.telemetry_fallback_divisor);
+    for &rate in &env.telemetry_rate.0 {
+        policy = policy.rate(rate);
+    }
+    if let Some(burst) = env.telemetry_burst {
+        policy = policy.burst(burst);
+    }
+    // A flooding agent's requests are answered here, not by Redis.
+    if env.telemetry_block_cache {
+        policy = policy.block_cache(BLOCK_CACHE_KEYS);
+    }
+    policy
+}
+
+/// Per client IP (behind `TRUSTED_PROXIES`, if any).
+fn login_policy(env: &Env) -> Policy {
+    Policy::new("login")
+        .rate(env.login_rate)
+        .key(Key::client_ip_with(env.trusted_proxies.clone()))
+        // An unlimited login window invites password guessing.
+        .fail_closed()
+}
+
+/// Per user: the auth middleware in front of the limiter sets the user.
+fn dashboard_policy(env: &Env) -> Policy {
+    Policy::new("dashboard")
+        .rate(env.dashboard_rate)
+        .key(Key::user())
+        .fail_open()
+}
+
+// ---------------------------------------------------------------- routes
+
+#[derive(Clone)]
+struct AppState {
+    queue: Option<EventQueue>,
+    batch_cost: BatchCost,
+}
+
+/// The routes, each behind its policy's limiter counting in `counters`, or
+/// behind none without them (`RATE_LIMIT=off`).
+fn app<St: Store>(
+    policies: &Policies,
+    counters: Option<St>,
+    queue: Option<EventQueue>,
+) -> Result<Router, axum_redis_ratelimit::Error> {
+    let limited = |route: MethodRouter<AppState>, spec: &PolicySpec| match &counters {
+        Some(store) => {
+            RateLimitLayer::new(spec.policy.clone(), store.clone()).map(|l| route.route_layer(l))
+        }
+        None => Ok(route),
+    };
+
+    // The same routes and layers whatever the policies' source: a policy
+    // file changes how requests are counted, not the order of checks.
+    Ok(Router::new()
+        .route(
+            "/api/v1/telemetry/",
+            limited(post(telemetry_handler), &policies.telemetry)?
+                .layer(DefaultBodyLimit::max(MAX_TELEMETRY_BYTES)),
+        )
+        .route(
+            "/api/v1/auth/login/",
+            limited(post(login_handler), &policies.login)?,
+        )
+        .route(
+            "/api/v1/dashboard/",
+            // Layers added later run first: auth must set the UserId the
+            // limiter counts by.
+            limited(get(dashboard_handler), &policies.dashboard)?
+                .route_layer(middleware::from_fn(require_user)),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(AppState {
+            queue,
+            batch_cost: policies.telemetry_cost.clone(),
+        }))
+}
+
+// ---------------------------------------------------------------- startup
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Printed rather than logged, so that RUST_LOG=off cannot hide it.
+            eprintln!("edr: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the rate-limit counters live, if anywhere.
+enum Counters {
+    /// `RATE_LIMIT=off`: no limiter at all.
+    Off,
+    Memory,
+    Redis(RedisStore),
+}
+
+async fn run() -> Result<(), StartupError> {
+    let env = Env::load()?;
+    let policies = Policies::new(
+        &env,
+        [
+            telemetry_policy(&env),
+            login_policy(&env),
+            dashboard_policy(&env),
+        ],
+    )?;
+    // Counters first: they are what REDIS_URL is mainly for.
+    let counters = match &env.redis_url {
+        _ if !env.rate_limit => {
+            tracing::warn!(
+                "RATE_LIMIT=off: NO RATE LIMITS on any route, and no 401 for a missing agent \
+                 token; a baseline for benchmarks, never for production"
+            );
+            Counters::Off
+        }
+        Some(redis) => {
+            let store = RedisStore::connect(&redis.url)
+                .await
+                .map_err(|e| StartupError::new("REDIS_URL", format!("{}: {e}", redis.shown)))?;
+            tracing::info!(store = %redis.shown, "rate-limit counters in Redis");
+            Counters::Redis(store)
+        }
+        None => {
+            tracing::warn!(
+                "REDIS_URL is not set: using the embedded in-memory store; counters are per \
+                 process (not shared between instances) and lost on restart"
+            );
+            Counters::Memory
+        }
+    };
+    if env.rate_limit {
+        for spec in policies.all() {
+            let policy = &spec.policy;
+            tracing::info!(
+                policy = policy.name(),
+                algorithm = %policy.algorithm_kind(),
+                limits = %limits_text(policy),
+                from = %spec.origin,
+                "rate-limit policy"
+            );
+        }
+    }
+    let queue = match env.queue() {
+        QueueTarget::Off => {
+            tracing::info!(
+                "no telemetry queue (QUEUE_URL=off, or no REDIS_URL): events are accepted, \
+                 not queued"
+            );
+            None
+        }
+        QueueTarget::Redis { var, info } => {
+            Some(EventQueue::connect(var, &info, env.queue_dedup_seconds).await?)
+        }
+    };
+    // The policies were checked when read, so this cannot fail on them.
+    let policies = &policies;
+    let app = match counters {
+        Counters::Off => app::<MemoryStore>(policies, None, queue),
+        Counters::Memory => app(policies, Some(MemoryStore::new()), queue),
+        Counters::Redis(store) => app(policies, Some(store), queue),
+    }
+    .map_err(|e| StartupError::new("policies", e))?;
+
+    let listener = tokio::net::TcpListener::bind(env.listen_addr)
+        .await
+        .map_err(|e| StartupError::new("LISTEN_ADDR", format!("{}: {e}", env.listen_addr)))?;
+    tracing::info!(addr = %env.listen_addr, "EDR API listening");
+    // The login limit counts client IPs, which the layer reads from ConnectInfo.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| StartupError::new("server", e.to_string()))?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one
+/// algorithm that has them.
+fn limits_text(policy: &Policy) -> String {
+    let gcra = policy.algorithm_kind() == Algorithm::Gcra;
+    let limits = policy.limits().map(|limit| {
+        if gcra {
+            format!("{} burst {}", limit.rate(), limit.burst_size())
+        } else {
+            limit.rate().to_string()
+        }
+    });
+    limits.collect::<Vec<_>>().join(", ")
+}
+
+// ---------------------------------------------------------------- handlers
+
+/// A toy: the point is the limit in front of it.
+async fn login_handler() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn dashboard_handler(Extension(UserId(user)): Extension<UserId>) -> Json<serde_json::Value> {
+    Json(json!({ "user": &*user }))
+}
+
+/// Toy authentication: `Authorization: Bearer <user-id>` is taken at its word.
+async fn require_user(mut request: Request, next: Next) -> Response {
+    match bearer_user(request.headers().get(header::AUTHORIZATION)) {
+        Some(user) => {
+            request.extensions_mut().insert(UserId::from(user));
+            next.run(request).await
+        }
+        None => {
+            let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized");
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+fn bearer_user(header: Option<&HeaderValue>) -> Option<String> {
+    let value = header?.to_str().ok()?;
+    let (scheme, user) = value.split_once(' ')?;
+    let user = user.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !user.is_empty()).then(|| user.to_owned())
+}
+
+// ---------------------------------------------------------------- shutdown
+
+/// Ctrl-C, or SIGTERM from a process manager.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

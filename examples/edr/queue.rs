@@ -1,0 +1,202 @@
+//! The hand-off of accepted telemetry to Redis, idempotent so that agents
+//! can retry. An agent names each batch with `X-Batch-Id` (1 to 128 visible
+//! ASCII characters, such as a UUID; ids are per `X-Agent-Token`); without
+//! one, a batch is known by its bytes. One Lua script pushes a batch and
+//! marks it for `QUEUE_DEDUP_SECONDS`, or, if it is marked already, does
+//! neither. The guarantee: each batch is queued at most once per window
+//! (counted from its first push), and
+//! - `202 {"status":"queued"}` means it is queued, by this attempt or an
+//!   earlier one;
+//! - `503 {"error":"queue unavailable","retry_after":1}`, with
+//!   `Retry-After: 1`, after waiting at most 250 ms for Redis, means it may or
+//!   may not be queued (a push that timed out can still run later): retry
+//!   with the same `X-Batch-Id` and the same bytes within the window, and it
+//!   is queued exactly once;
+//! - `409 {"error":"batch id reused",…}` means the id was given to other bytes
+//!   within the window; nothing is queued.
+//!
+//! Two byte-identical batches without an id from one agent within the
+//! window are one batch: an agent that may send the same bytes twice (a
+//! heartbeat) gives each batch an id, or a timestamp in its events. The
+//! marks are ordinary keys with a TTL in the queue's database: a Redis that
+//! forgets them (restarted without persistence, or evicting under a
+//! `volatile-*` or `allkeys-*` `maxmemory-policy`) forgets the window too.
+
+use std::{fmt::Write as _, sync::LazyLock, time::Duration};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use redis::{
+    ConnectionInfo,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use sha2::{Digest, Sha256};
+
+use crate::{AGENT_TOKEN_HEADER, config::StartupError};
+
+/// The list the seed's workers consume.
+const QUEUE_KEY: &str = "edr:telemetry";
+/// An agent's name for a batch, so that its retries are known as retries.
+pub const BATCH_ID_HEADER: HeaderName = HeaderName::from_static("x-batch-id");
+/// Queued batches are marked under `<prefix><hash>` for the dedup window.
+const BATCH_MARK_PREFIX: &str = "edr:telemetry:batch:";
+/// Longest a batch waits for the queue before its agent is told to retry.
+const QUEUE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The agent's name for its batch, if it gives one: one line of 1 to 128
+/// visible ASCII characters (a UUID, a sequence number…).
+pub fn batch_id(headers: &HeaderMap) -> Result<Option<HeaderValue>, String> {
+    let mut values = headers.get_all(BATCH_ID_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(id), None)
+            if (1..=128).contains(&id.len()) && id.as_bytes().iter().all(u8::is_ascii_graphic) =>
+        {
+            Ok(Some(id.clone()))
+        }
+        _ => Err(format!(
+            "{BATCH_ID_HEADER} must be one line of 1 to 128 visible ASCII characters"
+        )),
+    }
+}
+
+/// A batch as the dedup window knows it: its `X-Batch-Id`, or without one
+/// its bytes, within its agent's namespace (the `X-Agent-Token` lines), so
+/// that no agent can pass its batch off as another's. Only hashes reach
+/// Redis.
+pub struct BatchMark {
+    /// `edr:telemetry:batch:<hash of the token lines and the id or bytes>`.
+    pub key: String,
+    /// A hash of the bytes: tells a retry from another batch under the
+    /// same id.
+    pub digest: String,
+}
+
+impl BatchMark {
+    pub fn new(headers: &HeaderMap, id: Option<&[u8]>, body: &[u8]) -> Self {
+        let body_hash = Sha256::digest(body);
+        // Every part is length-prefixed, so no two inputs hash the same bytes.
+        let mut hash = Sha256::new();
+        let tokens = headers.get_all(AGENT_TOKEN_HEADER);
+        hash.update((tokens.iter().count() as u64).to_le_bytes());
+        for part in tokens.iter().map(HeaderValue::as_bytes) {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+        match id {
+            Some(id) => {
+                hash.update(b"id");
+                hash.update((id.len() as u64).to_le_bytes());
+                hash.update(id);
+            }
+            None => {
+                hash.update(b"body");
+                hash.update(body_hash);
+            }
+        }
+        // 128 bits, as the limiter's keys.
+        Self {
+            key: format!("{BATCH_MARK_PREFIX}{}", hex(&hash.finalize()[..16])),
+            digest: hex(&body_hash[..16]),
+        }
+    }
+}
+
+/// Lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut text, byte| {
+        let _ = write!(text, "{byte:02x}");
+        text
+    })
+}
+
+/// What became of a batch handed to the queue.
+pub enum Enqueued {
+    /// Pushed now.
+    Queued,
+    /// Pushed by an earlier attempt within the window, so not again.
+    AlreadyQueued,
+    /// Another batch was queued under its id within the window.
+    IdReused,
+}
+
+/// Pushes a batch unless it is marked, and marks it for the window, in one
+/// script: the mark and the push happen together or not at all, so each
+/// batch is pushed at most once per window however its attempts fare. (The
+/// push comes first: a script is not rolled back, and a push that fails,
+/// say on a key that holds no list, must leave no mark.)
+/// KEYS: the mark, the list. ARGV: the message, the batch's digest, the
+/// window in ms. Returns 1 (queued), 0 (queued already) or -1 (id reused).
+pub static ENQUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local seen = redis.call('GET', KEYS[1])
+if seen then
+  if seen == ARGV[2] then return 0 end
+  return -1
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+",
+    )
+});
+
+/// The hand-off to the workers: one multiplexed connection shared by all
+/// requests, reconnecting by itself.
+#[derive(Clone)]
+pub struct EventQueue {
+    pub connection: ConnectionManager,
+    /// How long a batch stays marked once queued.
+    pub window: Duration,
+}
+
+impl EventQueue {
+    pub async fn connect(
+        var: &'static str,
+        info: &ConnectionInfo,
+        window: Duration,
+    ) -> Result<Self, StartupError> {
+        let shown = format!("{}, db {}", info.addr(), info.redis_settings().db());
+        let client = redis::Client::open(info.clone()).map_err(|e| StartupError::new(var, e))?;
+        // Bounded, so that a dead queue turns into a quick 503 rather than
+        // agents waiting on a hung request.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(QUEUE_TIMEOUT))
+            .set_response_timeout(Some(QUEUE_TIMEOUT))
+            .set_number_of_retries(2);
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| StartupError::new(var, format!("telemetry queue at {shown}: {e}")))?;
+        tracing::info!(
+            queue = %shown,
+            list = QUEUE_KEY,
+            dedup_seconds = window.as_secs(),
+            "telemetry queued in Redis"
+        );
+        Ok(Self { connection, window })
+    }
+
+    /// Queues `batch` at most once per window, within `QUEUE_TIMEOUT`. The
+    /// message is the batch as posted; a change of format (say, to Celery's
+    /// task messages) belongs here.
+    pub async fn enqueue(&self, mark: &BatchMark, batch: &[u8]) -> redis::RedisResult<Enqueued> {
+        let mut connection = self.connection.clone();
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        let mut call = ENQUEUE.key(&mark.key);
+        call.key(QUEUE_KEY)
+            .arg(batch)
+            .arg(&mark.digest)
+            .arg(window_ms);
+        let outcome =
+            tokio::time::timeout(QUEUE_TIMEOUT, call.invoke_async::<i64>(&mut connection))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the queue")
+                })??;
+        Ok(match outcome {
+            1 => Enqueued::Queued,
+            0 => Enqueued::AlreadyQueued,
+            _ => Enqueued::IdReused,
+        })
+    }
+}
