@@ -451,7 +451,10 @@ mod tests {
         // A policy without a name is not `policies..name`.
         let unnamed = Policy::new("").check().unwrap_err();
         assert_eq!(unnamed.config_path().as_deref(), Some("name"));
-        assert!(unnamed.to_string().starts_with("invalid `name`"), "{unnamed}");
+        assert!(
+            unnamed.to_string().starts_with("invalid `name`"),
+            "{unnamed}"
+        );
         let timeout = Error::Timeout(Duration::from_millis(1));
         assert_eq!(timeout.config_path(), None);
     }
