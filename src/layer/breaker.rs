@@ -111,10 +111,17 @@ mod tests {
         assert_eq!(breaker.admit(), Admit::Call);
         breaker.success();
         assert_eq!(breaker.admit(), Admit::Call);
-        // Closed again: it takes three failures in a row to open it.
+        // Closed again: it takes three failures in a row to open it, and an
+        // answer in between starts the count again.
         breaker.failure();
         breaker.failure();
         assert_eq!(breaker.admit(), Admit::Call);
+        breaker.success();
+        breaker.failure();
+        breaker.failure();
+        assert_eq!(breaker.admit(), Admit::Call);
+        breaker.failure();
+        assert_eq!(breaker.admit(), Admit::Skip);
     }
 
     #[tokio::test(start_paused = true)]

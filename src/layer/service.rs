@@ -327,8 +327,8 @@ mod tests {
         assert_eq!(send(&on, &[]).await.status(), 429);
     }
 
-    #[test]
-    fn the_middleware_is_ready_when_its_service_is_and_gives_it_back() {
+    #[tokio::test]
+    async fn the_middleware_is_ready_when_its_service_is_and_gives_it_back() {
         let policy = Policy::new("gate")
             .rate(Rate::per_minute(1))
             .key(Key::global());
@@ -341,6 +341,8 @@ mod tests {
         open.store(true, Relaxed);
         assert!(service.poll_ready(&mut cx).is_ready());
         assert!(format!("{service:?}").contains("Gate"));
+        let future = service.call(Request::new(()));
+        assert!(format!("{future:?}").contains("\"gate\""), "{future:?}");
         assert!(service.get_ref().0.load(Relaxed));
         service.get_mut().0.store(false, Relaxed);
         assert!(!service.into_inner().0.load(Relaxed));
