@@ -21,7 +21,8 @@
 //!     "timeout_ms": 50
 //! }"#;
 //! let config: PolicyConfig = serde_json::from_str(json).unwrap();
-//! let policy = config.into_policy().unwrap();
+//! let policy = config.into_policy();
+//! policy.validate().unwrap();
 //! ```
 //!
 //! [`PolicyFile`] holds several, as `[[policies]]` tables in TOML.
@@ -31,7 +32,7 @@ use std::{fmt, time::Duration};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::{Algorithm, ClientIp, Error, ForwardedHeader, Key, Rate};
+use crate::{Algorithm, ClientIp, ForwardedHeader, Key, Rate};
 
 /// What the layer does with a request over the limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,11 +325,9 @@ pub enum KeySource {
 }
 
 impl KeyConfig {
-    /// The key this describes.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for a bad proxy CIDR or IPv6 prefix.
-    pub fn into_key(self) -> Result<Key, Error> {
+    /// The key this describes; a bad proxy CIDR or IPv6 prefix is reported
+    /// when the policy is checked, as `policies.<name>.key.<field>`.
+    pub fn into_key(self) -> Key {
         let mut key = match self.source {
             KeySource::Header { name } => Key::header(&name),
             KeySource::ClientIp {
@@ -337,10 +336,10 @@ impl KeyConfig {
                 ipv6_prefix,
             } => {
                 let mut ip = ClientIp::new()
-                    .trust_proxies(trusted_proxies)?
+                    .trust_proxies(trusted_proxies)
                     .header(header);
                 if let Some(prefix) = ipv6_prefix {
-                    ip = ip.ipv6_prefix(prefix)?;
+                    ip = ip.ipv6_prefix(prefix);
                 }
                 Key::client_ip_with(ip)
             }
@@ -351,9 +350,9 @@ impl KeyConfig {
             key = key.secret();
         }
         if let Some(fallback) = self.or {
-            key = key.or(fallback.into_key()?);
+            key = key.or(fallback.into_key());
         }
-        Ok(key)
+        key
     }
 }
 
@@ -481,7 +480,7 @@ mod tests {
         let again: PolicyConfig =
             serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(again, config);
-        let policy = config.clone().into_policy().unwrap();
+        let policy = config.clone().into_policy();
         policy.validate().unwrap();
         assert_eq!(policy.settings(), &config);
         assert_eq!(config.methods, Some(vec!["post".to_owned()]));
@@ -493,7 +492,7 @@ mod tests {
     fn defaults_are_the_builders() {
         let json = r#"{"name": "p", "rate": "5/s", "key": {"type": "user"}}"#;
         let config: PolicyConfig = serde_json::from_str(json).unwrap();
-        let policy = config.into_policy().unwrap();
+        let policy = config.into_policy();
         let built = crate::Policy::new("p").rate(Rate::per_second(5));
         // The same settings, but for the key, which the file gives.
         let file = PolicyConfig {
@@ -524,9 +523,10 @@ mod tests {
         assert!(
             config
                 .into_policy()
+                .validate()
                 .unwrap_err()
                 .to_string()
-                .contains("trusted_proxies")
+                .contains("policies.p.key.trusted_proxies")
         );
         let config: PolicyConfig = serde_json::from_str(
             r#"{"name":"p","rate":"5/s","key":{"type":"user"},"methods":["GE T"]}"#,
@@ -535,7 +535,6 @@ mod tests {
         assert!(
             config
                 .into_policy()
-                .unwrap()
                 .validate()
                 .unwrap_err()
                 .to_string()

@@ -41,18 +41,14 @@ pub fn encode_value(value: &[u8], secret: bool) -> String {
 /// proxies in `trusted` are trusted. `None` when a value could never reach
 /// the layer (see [`request_parts`]).
 ///
-/// # Panics
-/// When an entry of `trusted` is not a CIDR or an address.
+/// Entries of `trusted` that are not CIDRs or addresses are left out.
 pub fn client_ip(
     peer: IpAddr,
     trusted: &[&str],
     header: ForwardedHeader,
     values: &[&[u8]],
 ) -> Option<IpAddr> {
-    let config = ClientIp::new()
-        .trust_proxies(trusted)
-        .expect("trusted proxies must be CIDRs or addresses")
-        .header(header);
+    let config = ClientIp::new().trust_proxies(trusted).header(header);
     let name = match header {
         ForwardedHeader::XForwardedFor => "x-forwarded-for",
         ForwardedHeader::Forwarded => "forwarded",

@@ -8,7 +8,10 @@ use http::Method;
 use crate::{
     Algorithm, Cost, Error, Key, Rate,
     algorithm::{Limit, MAX_LIMITS},
-    config::{Breaker, Clock, CostConfig, FailMode, LimitConfig, Mode, OnMissingKey, PolicyConfig},
+    config::{
+        Breaker, Clock, CostConfig, FailMode, KeyConfig, LimitConfig, Mode, OnMissingKey,
+        PolicyConfig,
+    },
     key::encode,
     response::Rejection,
 };
@@ -48,7 +51,7 @@ impl Policy {
     /// the `RateLimit` headers, so two policies never share counters. It may
     /// hold letters, digits, `-`, `_` and `.`.
     pub fn new(name: impl Into<String>) -> Self {
-        PolicyConfig::new(name).into()
+        PolicyConfig::new(name).into_policy()
     }
 
     /// Adds a rate to enforce (at least one is required). Several rates,
@@ -377,43 +380,28 @@ pub(crate) struct Checked {
 }
 
 impl From<PolicyConfig> for Policy {
-    /// A policy with these settings; a file's key and cost still need
-    /// [`PolicyConfig::into_policy`], which reads them.
+    /// The policy these settings describe, with the file's key and cost.
+    /// [`RateLimitLayer::new`](crate::RateLimitLayer::new) checks it.
     fn from(settings: PolicyConfig) -> Self {
+        let cost = match &settings.cost {
+            Some(CostConfig::Fixed(cost)) => Cost::fixed(*cost),
+            Some(CostConfig::Header { header }) => Cost::header(header),
+            None => Cost::default(),
+        };
         Self {
+            key: settings.key.clone().map(KeyConfig::into_key),
+            cost,
             settings,
-            key: None,
-            cost: Cost::default(),
             on_rejected: None,
         }
     }
 }
 
 impl PolicyConfig {
-    /// The policy this describes; [`RateLimitLayer::new`](crate::RateLimitLayer::new)
-    /// checks the rest.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the field that cannot be used.
-    pub fn into_policy(self) -> Result<Policy, Error> {
-        let key = match &self.key {
-            Some(key) => Some(
-                key.clone()
-                    .into_key()
-                    .map_err(|e| e.in_policy(&self.name))?,
-            ),
-            None => None,
-        };
-        let cost = match &self.cost {
-            Some(CostConfig::Fixed(cost)) => Cost::fixed(*cost),
-            Some(CostConfig::Header { header }) => Cost::header(header),
-            None => Cost::default(),
-        };
-        Ok(Policy {
-            key,
-            cost,
-            ..self.into()
-        })
+    /// The policy this describes, as `Policy::from`; a setting that cannot
+    /// work is reported when the policy is checked, naming its field.
+    pub fn into_policy(self) -> Policy {
+        self.into()
     }
 }
 
@@ -502,6 +490,11 @@ mod tests {
             .key(Key::global());
         assert!(error(huge).contains("too large"));
         assert!(error(ok().key(Key::header("x y"))).contains("policies.p.key.header"));
+        let proxies = crate::ClientIp::new().trust_proxies(["10.0.0.0/8", "x"]);
+        let bad_proxy = ok().key(Key::client_ip_with(proxies));
+        assert!(error(bad_proxy).contains("policies.p.key.trusted_proxies"));
+        let bad_prefix = ok().key(Key::client_ip_with(crate::ClientIp::new().ipv6_prefix(0)));
+        assert!(error(bad_prefix).contains("policies.p.key.ipv6_prefix"));
         let ok_status = OnMissingKey::Reject(StatusCode::OK);
         assert!(error(ok().on_missing_key(ok_status)).contains("policies.p.on_missing_key"));
     }

@@ -302,12 +302,7 @@ async fn the_shipped_telemetry_policy_gives_a_batch_its_own_retry_after() {
         block_cache: None,
         ..shipped.clone()
     };
-    let pair = Pair::new(
-        &server,
-        shipped.into_policy().unwrap(),
-        reference.into_policy().unwrap(),
-    )
-    .await;
+    let pair = Pair::new(&server, shipped.into_policy(), reference.into_policy()).await;
     assert_eq!(pair.cached(20).await.status, StatusCode::OK);
     assert_eq!(pair.cached(1).await.status, StatusCode::TOO_MANY_REQUESTS);
     pair.denied_like_the_store(20).await;

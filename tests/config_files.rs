@@ -75,7 +75,7 @@ fn toml_and_yaml_describe_the_same_policies() {
     // Each builds a layer: the file is checked as thoroughly as the builder.
     for config in from_toml.policies {
         let name = config.name.clone();
-        let policy = config.into_policy().unwrap();
+        let policy = config.into_policy();
         RateLimitLayer::new(policy, MemoryStore::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
@@ -100,7 +100,7 @@ fn mistakes_in_a_file_are_reported_by_name() {
     assert!(parse_error("rate = \"1/s\"\nrat = \"1/s\"").contains("rat"));
     let build_error = |body: &str| {
         let config: PolicyConfig = toml::from_str(&policy(body)).unwrap();
-        let policy = config.into_policy().unwrap();
+        let policy = config.into_policy();
         RateLimitLayer::new(policy, MemoryStore::new())
             .err()
             .unwrap()

@@ -314,10 +314,7 @@ proptest! {
 /// from `header` when the peer is within `trusted`; and the policy's prefix.
 async fn behind_proxies(trusted: &str, header: ForwardedHeader) -> (HttpClient, String) {
     let prefix = unique_prefix();
-    let proxies = ClientIp::new()
-        .trust_proxies([trusted])
-        .unwrap()
-        .header(header);
+    let proxies = ClientIp::new().trust_proxies([trusted]).header(header);
     let policy = telemetry("1/m")
         .prefix(&prefix)
         .key(Key::client_ip_with(proxies));

@@ -205,12 +205,7 @@ async fn secret_keys_never_reach_redis_in_clear() {
             let policy = Policy::new("p").rate(Rate::per_minute(5)).key(key);
             (policy, headers, clear, tag)
         })
-        .chain([(
-            login_file.into_policy().unwrap(),
-            &[][..],
-            "127.0.0.1",
-            "{ip:#",
-        )]);
+        .chain([(login_file.into_policy(), &[][..], "127.0.0.1", "{ip:#")]);
     for (policy, headers, clear, tag) in policies {
         let prefix = unique_prefix();
         let http = client(policy.prefix(&prefix), redis().await).await;
@@ -282,7 +277,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 
 #[tokio::test]
 async fn forwarded_for_from_a_trusted_proxy_is_honoured() {
-    let proxy = ClientIp::new().trust_proxies(["127.0.0.0/8"]).unwrap();
+    let proxy = ClientIp::new().trust_proxies(["127.0.0.0/8"]);
     let prefix = unique_prefix();
     let policy = telemetry("1/m")
         .key(Key::client_ip_with(proxy))

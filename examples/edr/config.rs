@@ -314,10 +314,12 @@ fn rate_list(text: &str) -> Result<Rates, String> {
 
 fn trusted_proxies(text: &str) -> Result<ClientIp, String> {
     let cidrs = text.split(',').map(str::trim).filter(|s| !s.is_empty());
-    ClientIp::new().trust_proxies(cidrs).map_err(|e| match e {
-        axum_redis_ratelimit::Error::Config { reason, .. } => reason,
-        other => other.to_string(),
-    })
+    let ip = ClientIp::new().trust_proxies(cidrs);
+    match ip.check() {
+        Ok(()) => Ok(ip),
+        Err(axum_redis_ratelimit::Error::Config { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
+    }
 }
 
 fn redis_url(text: &str) -> Result<RedisTarget, String> {

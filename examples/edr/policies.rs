@@ -168,7 +168,7 @@ impl PolicySpec {
 
     fn from_file(config: PolicyConfig, path: &str) -> Result<Self, StartupError> {
         let fail = |e: Error| StartupError::new("POLICY_FILE", format!("{path:?}: {e}"));
-        let policy = config.into_policy().map_err(fail)?;
+        let policy = config.into_policy();
         policy.validate().map_err(fail)?;
         Ok(Self {
             policy,

@@ -48,15 +48,18 @@ impl ForwardedHeader {
 ///
 /// let ip = ClientIp::new()
 ///     .trust_proxies(["10.0.0.0/8", "fd00::/8"])
-///     .unwrap()
-///     .ipv6_prefix(64)
-///     .unwrap();
+///     .ipv6_prefix(64);
+/// assert!(ip.check().is_ok());
+/// assert!(ClientIp::new().trust_proxies(["10.0.0.0/33"]).check().is_err());
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientIp {
     trusted_proxies: Vec<IpNet>,
     header: ForwardedHeader,
     ipv6_prefix: Option<u8>,
+    /// The first setting that was wrong, as (field, reason): reported by
+    /// [`check`](Self::check), and so by `RateLimitLayer::new`.
+    invalid: Option<(&'static str, String)>,
 }
 
 impl ClientIp {
@@ -67,29 +70,27 @@ impl ClientIp {
 
     /// Trust forwarding headers from peers in these CIDRs (a bare address
     /// means just that host).
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming `trusted_proxies` and the entry that is not a
-    /// CIDR or address.
-    pub fn trust_proxies<I, S>(mut self, cidrs: I) -> Result<Self, Error>
+    /// An entry that is not a CIDR or an address is reported by
+    /// [`check`](Self::check), and so when the layer is built.
+    pub fn trust_proxies<I, S>(mut self, cidrs: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         for cidr in cidrs {
             let cidr = cidr.as_ref().trim();
-            let net = cidr
+            match cidr
                 .parse::<IpNet>()
                 .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    Error::config(
-                        "trusted_proxies",
-                        format!("{cidr:?} is not a CIDR such as 10.0.0.0/8 or an IP address"),
-                    )
-                })?;
-            self.trusted_proxies.push(net);
+            {
+                Ok(net) => self.trusted_proxies.push(net),
+                Err(_) => self.invalid(
+                    "trusted_proxies",
+                    format!("{cidr:?} is not a CIDR such as 10.0.0.0/8 or an IP address"),
+                ),
+            }
         }
-        Ok(self)
+        self
     }
 
     /// The header trusted proxies set (default `X-Forwarded-For`). Only this
@@ -99,19 +100,35 @@ impl ClientIp {
         self
     }
 
-    /// Count all IPv6 clients in one `/prefix` network as one client.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming `ipv6_prefix` unless `1 <= prefix <= 128`.
-    pub fn ipv6_prefix(mut self, prefix: u8) -> Result<Self, Error> {
-        if !(1..=128).contains(&prefix) {
-            return Err(Error::config(
+    /// Count all IPv6 clients in one `/prefix` network as one client. A
+    /// length outside 1 to 128 is reported by [`check`](Self::check).
+    pub fn ipv6_prefix(mut self, prefix: u8) -> Self {
+        if (1..=128).contains(&prefix) {
+            self.ipv6_prefix = (prefix < 128).then_some(prefix);
+        } else {
+            self.invalid(
                 "ipv6_prefix",
                 format!("{prefix} is not a prefix length from 1 to 128"),
-            ));
+            );
         }
-        self.ipv6_prefix = (prefix < 128).then_some(prefix);
-        Ok(self)
+        self
+    }
+
+    fn invalid(&mut self, field: &'static str, reason: String) {
+        self.invalid.get_or_insert((field, reason));
+    }
+
+    /// The first setting that was wrong, if any, for applications that
+    /// check their configuration early; `RateLimitLayer::new` reports it
+    /// too, as `policies.<name>.key.<field>`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `trusted_proxies` or `ipv6_prefix`.
+    pub fn check(&self) -> Result<(), Error> {
+        match &self.invalid {
+            Some((field, reason)) => Err(Error::config(*field, reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// The client address for a request whose socket peer is `peer`, or
@@ -275,9 +292,7 @@ mod tests {
     }
 
     fn behind_proxy() -> ClientIp {
-        ClientIp::new()
-            .trust_proxies(["10.0.0.0/8", "fd00::/8"])
-            .unwrap()
+        ClientIp::new().trust_proxies(["10.0.0.0/8", "fd00::/8"])
     }
 
     #[test]
@@ -369,14 +384,18 @@ mod tests {
 
     #[test]
     fn ipv6_is_grouped_by_prefix() {
-        let cfg = ClientIp::new().ipv6_prefix(64).unwrap();
+        let cfg = ClientIp::new().ipv6_prefix(64);
         assert_eq!(
             cfg.grouped(ip("2001:db8:1:2:3:4:5:6")),
             (ip("2001:db8:1:2::"), Some(64))
         );
         assert_eq!(cfg.grouped(ip("1.2.3.4")), (ip("1.2.3.4"), None));
-        assert!(ClientIp::new().ipv6_prefix(0).is_err());
-        let err = ClientIp::new().trust_proxies(["10.0.0.0/33"]).unwrap_err();
-        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        let err = ClientIp::new().ipv6_prefix(0).check().unwrap_err();
+        assert!(err.to_string().contains("ipv6_prefix"), "{err}");
+        // The first wrong setting is the one reported; the good entries count.
+        let bad = ClientIp::new().trust_proxies(["10.0.0.0/8", "10.0.0.0/33", "x"]);
+        let err = bad.check().unwrap_err();
+        assert!(err.to_string().contains("\"10.0.0.0/33\""), "{err}");
+        assert_eq!(bad.trusted_proxies.len(), 1);
     }
 }

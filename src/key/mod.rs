@@ -57,7 +57,7 @@ enum Source {
 /// // Agents by token; the token is a credential, so only its hash is stored.
 /// let agents = Key::header("X-Agent-Token").secret();
 /// // People by address, behind a load balancer at 10.0.0.0/8.
-/// let people = Key::client_ip_with(ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap());
+/// let people = Key::client_ip_with(ClientIp::new().trust_proxies(["10.0.0.0/8"]));
 /// // Users as the auth middleware recorded them, else their address.
 /// let users = Key::user().or(Key::client_ip());
 /// // Anything else.
@@ -131,7 +131,12 @@ impl Key {
     /// The client's address as `config` finds it (trusted proxies, IPv6
     /// grouping).
     pub fn client_ip_with(config: ClientIp) -> Self {
-        Self::new("ip", Source::ClientIp(Arc::new(config)))
+        match config.check() {
+            Err(Error::Config { field, reason, .. }) => {
+                Self::invalid("ip", &format!("key.{field}"), reason)
+            }
+            _ => Self::new("ip", Source::ClientIp(Arc::new(config))),
+        }
     }
 
     /// The [`UserId`] the application put in the request extensions.

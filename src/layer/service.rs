@@ -314,7 +314,7 @@ mod tests {
             .rate(Rate::per_minute(1))
             .key(Key::global())
             .enabled(false);
-        for policy in [built.clone(), file.into_policy().unwrap()] {
+        for policy in [built.clone(), file.into_policy()] {
             let layer = RateLimitLayer::new(policy, MemoryStore::new()).unwrap();
             for _ in 0..3 {
                 let response = send(&layer, &[]).await;
