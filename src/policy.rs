@@ -227,11 +227,6 @@ impl Policy {
         })
     }
 
-    /// Its algorithm.
-    pub fn algorithm_kind(&self) -> Algorithm {
-        self.settings.algorithm
-    }
-
     /// Its settings, as a file would write them (a key or a cost given in
     /// code is not among them).
     pub fn settings(&self) -> &PolicyConfig {

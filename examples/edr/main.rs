@@ -250,7 +250,7 @@ async fn run() -> Result<(), StartupError> {
             let policy = &spec.policy;
             tracing::info!(
                 policy = policy.name(),
-                algorithm = %policy.algorithm_kind(),
+                algorithm = %policy.settings().algorithm,
                 limits = %limits_text(policy),
                 from = %spec.origin,
                 "rate-limit policy"
@@ -297,7 +297,7 @@ async fn run() -> Result<(), StartupError> {
 /// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one
 /// algorithm that has them.
 fn limits_text(policy: &Policy) -> String {
-    let gcra = policy.algorithm_kind() == Algorithm::Gcra;
+    let gcra = policy.settings().algorithm == Algorithm::Gcra;
     let limits = policy.limits().map(|limit| {
         if gcra {
             format!("{} burst {}", limit.rate(), limit.burst_size())
