@@ -22,13 +22,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The modules, each one concept: [`rate`] (what a rate is), [`key`] (whom
-//! to count), [`cost`] (how much a request counts), [`algorithm`] (how to
-//! count, as a Lua script and its in-memory twin), [`store`] (where counters
-//! live), [`block_cache`] (denials answered in-process), [`policy`] (one
-//! named limit and its edge cases), [`layer`] (the middleware, its circuit
-//! breaker and counters), [`headers`] and [`response`] (what clients and
-//! handlers see), [`config`] (policies from a file) and [`error`].
+//! The modules, each one concept, in the order a request meets them:
+//! [`config`] (a policy's settings, from a file or the builder) and
+//! [`policy`] (the builder and its checks); [`rate`] (what a rate is);
+//! [`key`] (whom to count, and the Redis key layout); [`cost`] (how much a
+//! request counts); [`block_cache`] (denials answered in-process);
+//! [`store`] (where counters live); [`algorithm`] (how to count, as a Lua
+//! script and its in-memory twin); [`layer`] (the middleware: its state,
+//! circuit breaker and counters); [`headers`] and [`response`] (what clients
+//! and handlers see); [`error`].
 
 #![warn(missing_docs)]
 
