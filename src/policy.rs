@@ -91,12 +91,15 @@ impl Policy {
 
     /// How many requests each request counts as (default 1).
     pub fn cost(mut self, cost: Cost) -> Self {
+        self.settings.cost = None;
         self.cost = cost;
         self
     }
 
     /// Whom to count (required).
     pub fn key(mut self, key: Key) -> Self {
+        // A file's key, if any, no longer describes the policy.
+        self.settings.key = None;
         self.key = Some(key);
         self
     }
