@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     future::{Ready, ready},
     hash::{BuildHasher, RandomState},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use tokio::time::Instant;
@@ -125,15 +125,21 @@ impl MemoryStore {
         self.inner.epoch_unix_us + self.inner.epoch.elapsed().as_micros() as u64
     }
 
+    /// A valid check's time (its own, or this store's) and the locked shard
+    /// of its client, which holds all that client's counters.
+    fn open(&self, check: &Check<'_>) -> Result<(u64, MutexGuard<'_, Shard>), Error> {
+        check.validate()?;
+        let now_us = check.now_us.unwrap_or_else(|| self.now_us());
+        let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
+        Ok((now_us, lock(&self.inner.shards[index])))
+    }
+
     /// Runs the algorithm's twin over the check's counters under one lock:
     /// the shard is chosen by the client's key, which all its counters share.
     pub(crate) fn decide(&self, check: Check<'_>) -> Result<Decision, Error> {
-        check.validate()?;
-        let now_us = check.now_us.unwrap_or_else(|| self.now_us());
+        let (now_us, mut shard) = self.open(&check)?;
         let now_ms = now_us / 1000;
         let (limits, cost) = (check.limits, check.counted_cost());
-        let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
-        let mut shard = lock(&self.inner.shards[index]);
         let mut key = KeyBuffer::take();
         let mut states = [None; MAX_LIMITS];
         let mut verdicts = [None; MAX_LIMITS];
@@ -166,11 +172,8 @@ impl MemoryStore {
 
     /// Moves the check's live counters back by its cost, under one lock.
     pub(crate) fn give_back(&self, check: Check<'_>) -> Result<(), Error> {
-        check.validate()?;
-        let now_us = check.now_us.unwrap_or_else(|| self.now_us());
+        let (now_us, mut shard) = self.open(&check)?;
         let cost = check.counted_cost();
-        let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
-        let mut shard = lock(&self.inner.shards[index]);
         let mut key = KeyBuffer::take();
         for limit in check.limits {
             check.counter_key(limit, &mut key);
@@ -219,7 +222,7 @@ impl Shard {
 
 /// A panic while holding the lock leaves the counters consistent (each
 /// update is one assignment), so poisoning is ignored.
-fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -139,9 +139,19 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(0)
     }
-}
 
-impl RedisStore {
+    /// The script call for `check` with `cost` (negative: a refund), to be
+    /// awaited; or the check's validation error.
+    fn script_call(
+        &self,
+        check: &Check<'_>,
+        cost: i64,
+    ) -> Result<impl Future<Output = Result<Vec<i64>, Error>> + Send + 'static, Error> {
+        let evalsha = Self::evalsha(check, cost)?;
+        let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
+        Ok(Self::run(connection, dropped, check.algorithm, evalsha))
+    }
+
     /// The `EVALSHA` of `check` with `cost` (negative: a refund), or the
     /// check's validation error.
     fn evalsha(check: &Check<'_>, cost: i64) -> Result<redis::Cmd, Error> {
@@ -205,19 +215,17 @@ impl Store for RedisStore {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
 
     fn check(&self, check: Check<'_>) -> Self::Future {
-        let evalsha = match Self::evalsha(&check, check.counted_cost() as i64) {
-            Ok(evalsha) => evalsha,
+        let call = match self.script_call(&check, check.counted_cost() as i64) {
+            Ok(call) => call,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
-        let algorithm = check.algorithm;
         // Copied onto the future's stack rather than into a Vec.
         let mut limits = [None; MAX_LIMITS];
         for (slot, limit) in limits.iter_mut().zip(check.limits) {
             *slot = Some(*limit);
         }
         Box::pin(async move {
-            let reply = Self::run(connection, dropped, algorithm, evalsha).await?;
+            let reply = call.await?;
             let limits = limits.iter().flatten();
             let verdicts = reply.get(1..).unwrap_or_default().chunks(4);
             if verdicts.len() != limits.clone().count() || verdicts.clone().any(|v| v.len() != 4) {
@@ -240,14 +248,12 @@ impl Store for RedisStore {
     type Refund = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
     fn refund(&self, check: Check<'_>) -> Self::Refund {
-        let evalsha = match Self::evalsha(&check, -(check.counted_cost() as i64)) {
-            Ok(evalsha) => evalsha,
+        let call = match self.script_call(&check, -(check.counted_cost() as i64)) {
+            Ok(call) => call,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
-        let algorithm = check.algorithm;
         Box::pin(async move {
-            match Self::run(connection, dropped, algorithm, evalsha).await?[..] {
+            match call.await?[..] {
                 [1] => Ok(()),
                 ref reply => Err(Error::UnexpectedReply(format!("{reply:?}"))),
             }
