@@ -27,7 +27,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, S::Future, St, B>,
-        shared: Arc<Shared>,
+        shared: Arc<Shared<St>>,
     }
 }
 
@@ -45,16 +45,15 @@ where
 
 /// What a store call waits with: the ready service, the request, and what
 /// the fail mode, the block cache and a refund need afterwards.
-pub(super) struct Pending<S, St, B> {
+pub(super) struct Pending<S, B> {
     pub inner: S,
     pub request: Request<B>,
-    pub charge: Charge<St>,
+    pub charge: Charge,
 }
 
 /// What an allowed request counted, to give back if a layer inside refuses
 /// the request after all.
-pub(super) struct Charge<St> {
-    pub store: St,
+pub(super) struct Charge {
     pub key: KeyBuffer,
     pub cost: u64,
 }
@@ -76,14 +75,14 @@ pin_project! {
         Checking {
             #[pin]
             check: Timeout<St::Future>,
-            pending: Option<Pending<S, St, B>>,
+            pending: Option<Pending<S, B>>,
         },
         // Waiting for the inner service; the decision goes into the headers.
         Calling {
             #[pin]
             future: F,
             decision: Option<Decision>,
-            charge: Option<Charge<St>>,
+            charge: Option<Charge>,
         },
         // An inner layer refused the request: giving back what it counted
         // before answering.
@@ -107,7 +106,7 @@ where
     pub(super) fn forward(
         future: S::Future,
         decision: Option<Decision>,
-        shared: &Arc<Shared>,
+        shared: &Arc<Shared<St>>,
     ) -> Self {
         let state = State::Calling {
             future,
@@ -117,7 +116,7 @@ where
         Self::with(state, shared)
     }
 
-    pub(super) fn respond(response: Response, shared: &Arc<Shared>) -> Self {
+    pub(super) fn respond(response: Response, shared: &Arc<Shared<St>>) -> Self {
         Self::with(
             State::Done {
                 response: Some(refused(response)),
@@ -128,8 +127,8 @@ where
 
     pub(super) fn check(
         check: Timeout<St::Future>,
-        pending: Pending<S, St, B>,
-        shared: &Arc<Shared>,
+        pending: Pending<S, B>,
+        shared: &Arc<Shared<St>>,
     ) -> Self {
         Self::with(
             State::Checking {
@@ -140,7 +139,7 @@ where
         )
     }
 
-    fn with(state: State<S, S::Future, St, B>, shared: &Arc<Shared>) -> Self {
+    fn with(state: State<S, S::Future, St, B>, shared: &Arc<Shared<St>>) -> Self {
         Self {
             state,
             shared: shared.clone(),
@@ -158,7 +157,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let shared: &Shared = this.shared;
+        let shared: &Shared<St> = this.shared;
         let policy = &shared.policy;
         loop {
             match this.state.as_mut().project() {
@@ -220,7 +219,7 @@ where
                     let Some(charge) = refund else {
                         return Poll::Ready(Ok(response));
                     };
-                    let refund = charge.store.refund(Check {
+                    let refund = shared.store.refund(Check {
                         key: &charge.key,
                         limits: &policy.limits,
                         algorithm: policy.settings.algorithm,

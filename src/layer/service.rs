@@ -22,8 +22,7 @@ use crate::{
 /// Applies one [`Policy`] to every request of the wrapped service. Stack
 /// several layers for several policies.
 pub struct RateLimitLayer<St> {
-    shared: Arc<Shared>,
-    store: St,
+    shared: Arc<Shared<St>>,
 }
 
 impl<St: Store> RateLimitLayer<St> {
@@ -38,8 +37,8 @@ impl<St: Store> RateLimitLayer<St> {
                 stats: Arc::new(Stats::new()),
                 breaker: CircuitBreaker::new(policy.settings.breaker),
                 policy,
+                store,
             }),
-            store,
         })
     }
 
@@ -49,23 +48,21 @@ impl<St: Store> RateLimitLayer<St> {
     }
 }
 
-impl<St: Clone> Clone for RateLimitLayer<St> {
+impl<St> Clone for RateLimitLayer<St> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
-            store: self.store.clone(),
         }
     }
 }
 
-impl<S, St: Clone> Layer<S> for RateLimitLayer<St> {
+impl<S, St> Layer<S> for RateLimitLayer<St> {
     type Service = RateLimit<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit {
             inner,
             shared: self.shared.clone(),
-            store: self.store.clone(),
         }
     }
 }
@@ -74,8 +71,7 @@ impl<S, St: Clone> Layer<S> for RateLimitLayer<St> {
 /// store and the counters.
 pub struct RateLimit<S, St> {
     inner: S,
-    shared: Arc<Shared>,
-    store: St,
+    shared: Arc<Shared<St>>,
 }
 
 impl<S, St> RateLimit<S, St> {
@@ -100,7 +96,7 @@ impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for RateLimit<S, St> {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
             .field("policy", &self.shared.policy.name)
-            .field("store", &self.store)
+            .field("store", &self.shared.store)
             .finish_non_exhaustive()
     }
 }
@@ -109,17 +105,16 @@ impl<St: fmt::Debug> fmt::Debug for RateLimitLayer<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("policy", &self.shared.policy.name)
-            .field("store", &self.store)
+            .field("store", &self.shared.store)
             .finish_non_exhaustive()
     }
 }
 
-impl<S: Clone, St: Clone> Clone for RateLimit<S, St> {
+impl<S: Clone, St> Clone for RateLimit<S, St> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
-            store: self.store.clone(),
         }
     }
 }
@@ -155,7 +150,7 @@ where
             return self.finish(outcome, request);
         }
         let policy = &self.shared.policy;
-        let check = self.store.check(Check {
+        let check = self.shared.store.check(Check {
             key: &key,
             limits: &policy.limits,
             algorithm: policy.settings.algorithm,
@@ -169,11 +164,7 @@ where
         let pending = Pending {
             inner,
             request,
-            charge: Charge {
-                store: self.store.clone(),
-                key,
-                cost,
-            },
+            charge: Charge { key, cost },
         };
         ResponseFuture::check(
             tokio::time::timeout(policy.settings.timeout, check),

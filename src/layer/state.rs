@@ -26,12 +26,13 @@ use crate::{
     store::Check,
 };
 
-/// What every clone of the service shares: the policy, its counters and
-/// its circuit breaker.
-pub(crate) struct Shared {
+/// What every clone of the service shares: the policy, its counters, its
+/// circuit breaker and its store.
+pub(crate) struct Shared<St> {
     pub policy: Compiled,
     pub stats: Arc<Stats>,
     pub breaker: CircuitBreaker,
+    pub store: St,
 }
 
 /// A checked policy: its settings, and what the hot path needs precomputed.
@@ -157,7 +158,7 @@ pub(super) enum Outcome {
     Forward(Option<Decision>),
 }
 
-impl Shared {
+impl<St> Shared<St> {
     /// Block mode answers a denial here; annotate mode records the decision
     /// for the handler; everything else is forwarded.
     pub(super) fn outcome<B>(
