@@ -20,7 +20,7 @@ use std::{future::Ready, process::Command, time::Duration};
 use axum::{Router, body::Body, routing::post};
 use axum_redis_ratelimit::{
     Algorithm, Decision, Error, Key, Limit, MemoryStore, Policy, Rate, RateLimitLayer,
-    store::{Check, Store},
+    store::{Charge, Store},
 };
 use common::{check, current_thread};
 use criterion::Criterion;
@@ -85,7 +85,7 @@ struct DenyAll;
 impl Store for DenyAll {
     type Future = Ready<Result<Decision, Error>>;
 
-    fn check(&self, _: Check<'_>) -> Self::Future {
+    fn check(&self, _: Charge<'_>) -> Self::Future {
         const HOUR: Duration = Duration::from_secs(3600);
         std::future::ready(Ok(Decision {
             allowed: false,
@@ -100,7 +100,7 @@ impl Store for DenyAll {
     type Refund = Ready<Result<(), Error>>;
 
     /// Nothing was counted, so nothing is given back.
-    fn refund(&self, _: Check<'_>) -> Self::Refund {
+    fn refund(&self, _: Charge<'_>) -> Self::Refund {
         std::future::ready(Ok(()))
     }
 }

@@ -12,6 +12,7 @@
 mod common;
 
 use std::{
+    num::NonZeroU64,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
@@ -30,7 +31,13 @@ const CONCURRENCY: usize = 64;
 fn limits(n: usize) -> Vec<Limit> {
     (1..=n as u64)
         .map(|minutes| {
-            Limit::new(Rate::new(1_000_000_000, Duration::from_secs(60 * minutes)).unwrap())
+            Limit::new(
+                Rate::new(
+                    NonZeroU64::new(1_000_000_000).unwrap(),
+                    Duration::from_secs(60 * minutes),
+                )
+                .unwrap(),
+            )
         })
         .collect()
 }

@@ -27,7 +27,7 @@
 //!
 //! [`PolicyFile`] holds several, as `[[policies]]` tables in TOML.
 
-use std::{fmt, time::Duration};
+use std::{fmt, num::NonZeroU64, time::Duration};
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -164,7 +164,7 @@ pub struct PolicyConfig {
     pub limits: Vec<LimitConfig>,
     /// See [`Policy::burst`](crate::Policy::burst).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
+    pub burst: Option<NonZeroU64>,
     /// See [`Policy::algorithm`](crate::Policy::algorithm).
     pub algorithm: Algorithm,
     /// See [`Policy::clock`](crate::Policy::clock).
@@ -266,7 +266,7 @@ pub struct LimitConfig {
     pub rate: Rate,
     /// Its GCRA burst size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
+    pub burst: Option<NonZeroU64>,
 }
 
 /// A [`Cost`](crate::Cost) as a configuration file writes it: a number, or

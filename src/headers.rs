@@ -28,7 +28,7 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 /// `"telemetry-1s";q=10;w=1, "telemetry-60s";q=1000;w=60`. Policy names are
 /// letters, digits and `-_.`, so they need no escaping in a structured-field
 /// string.
-pub(crate) struct PolicyItems {
+pub(crate) struct PolicyHeader {
     value: HeaderValue,
     items: Vec<Item>,
 }
@@ -40,7 +40,7 @@ struct Item {
     quota: u64,
 }
 
-impl PolicyItems {
+impl PolicyHeader {
     pub(crate) fn new(policy: &str, limits: &[Limit]) -> Self {
         let mut value = String::new();
         let items = limits
@@ -83,7 +83,7 @@ impl PolicyItems {
 /// when the bucket is full for GCRA).
 pub(crate) fn insert(
     headers: &mut HeaderMap,
-    items: &PolicyItems,
+    items: &PolicyHeader,
     legacy: bool,
     decision: &Decision,
 ) {

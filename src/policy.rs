@@ -1,6 +1,6 @@
 //! [`Policy`]: what is limited, how, and what happens at the edges.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, num::NonZeroU64, sync::Arc, time::Duration};
 
 use axum::response::Response;
 use http::Method;
@@ -72,7 +72,7 @@ impl Policy {
 
     /// For [`Algorithm::Gcra`]: the burst size of every limit that has none
     /// of its own (default: each limit's rate limit).
-    pub fn burst(mut self, burst: u64) -> Self {
+    pub fn burst(mut self, burst: NonZeroU64) -> Self {
         self.settings.burst = Some(burst);
         self
     }
@@ -420,6 +420,10 @@ mod tests {
 
     use super::*;
 
+    fn nz(n: u64) -> NonZeroU64 {
+        NonZeroU64::new(n).unwrap()
+    }
+
     fn error(policy: Policy) -> String {
         policy.check().expect_err("should be rejected").to_string()
     }
@@ -429,7 +433,7 @@ mod tests {
         let err = Policy::new("p")
             .rate(Rate::per_minute(1))
             .key(Key::global())
-            .burst(2)
+            .burst(nz(2))
             .check()
             .unwrap_err();
         assert_eq!(err.config_path().as_deref(), Some("policies.p.burst"));
@@ -466,10 +470,9 @@ mod tests {
             cooldown_ms: 1,
         };
         assert!(error(ok().breaker(no_failures)).contains("policies.p.breaker"));
-        assert!(error(ok().burst(5)).contains("policies.p.burst"));
+        assert!(error(ok().burst(nz(5))).contains("policies.p.burst"));
         let gcra = || ok().algorithm(Algorithm::Gcra);
-        assert!(gcra().burst(5).check().is_ok());
-        assert!(error(gcra().burst(0)).contains("policies.p.burst"));
+        assert!(gcra().burst(nz(5)).check().is_ok());
         assert!(error(ok().rate(Rate::per_minute(5))).contains("share the window"));
         assert!(error(ok().cost(Cost::fixed(0))).contains("policies.p.cost"));
         assert!(ok().cost(Cost::fixed(1)).check().is_ok());
@@ -480,7 +483,7 @@ mod tests {
         assert!(error(above).contains("policies.p.cost"));
         let above_burst = gcra()
             .rate(Rate::per_second(10))
-            .burst(2)
+            .burst(nz(2))
             .cost(Cost::fixed(3));
         assert!(error(above_burst).contains("policies.p.cost"));
         let huge = Policy::new("p")

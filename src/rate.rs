@@ -5,7 +5,7 @@
 //! `s`, `m`, `h`, `d` and `K` multiplies the unit (`"100/10s"` is 100 requests
 //! per 10 seconds).
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, num::NonZeroU64, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -26,7 +26,7 @@ use crate::Error;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rate {
-    limit: u64,
+    limit: NonZeroU64,
     window_secs: u64,
 }
 
@@ -38,18 +38,20 @@ impl Rate {
     /// `limit` requests per `window`. Sub-second parts of `window` are ignored.
     ///
     /// # Errors
-    /// When `limit` is zero or the window is shorter than a second or longer
-    /// than a year.
+    /// When the window is shorter than a second or longer than a year.
     ///
     /// ```
     /// use axum_redis_ratelimit::Rate;
-    /// use std::time::Duration;
+    /// use std::{num::NonZeroU64, time::Duration};
     ///
-    /// let rate = Rate::new(10, Duration::from_secs(90)).unwrap();
+    /// let limit = NonZeroU64::new(10).unwrap();
+    /// let rate = Rate::new(limit, Duration::from_secs(90)).unwrap();
     /// assert_eq!(rate.to_string(), "10/90s");
     /// ```
-    pub fn new(limit: u64, window: Duration) -> Result<Self, Error> {
-        Self::checked(limit, window.as_secs(), || format!("{limit}/{window:?}"))
+    pub fn new(limit: NonZeroU64, window: Duration) -> Result<Self, Error> {
+        Self::checked(limit.get(), window.as_secs(), || {
+            format!("{limit}/{window:?}")
+        })
     }
 
     fn checked(
@@ -57,9 +59,9 @@ impl Rate {
         window_secs: u64,
         input: impl FnOnce() -> String,
     ) -> Result<Self, Error> {
-        if limit == 0 {
+        let Some(limit) = NonZeroU64::new(limit) else {
             return Err(Error::invalid_rate(input(), "the limit must be at least 1"));
-        }
+        };
         if window_secs == 0 {
             return Err(Error::invalid_rate(
                 input(),
@@ -78,7 +80,8 @@ impl Rate {
     /// `limit` requests per second.
     ///
     /// # Panics
-    /// When `limit` is zero: a constant zero limit is a programming error.
+    /// When `limit` is zero, a programming error: in a `const` or `static`
+    /// it fails the build. [`Rate::new`] takes a [`NonZeroU64`] instead.
     pub const fn per_second(limit: u64) -> Self {
         Self::per(limit, 1)
     }
@@ -99,13 +102,15 @@ impl Rate {
     }
 
     const fn per(limit: u64, window_secs: u64) -> Self {
-        assert!(limit > 0, "a rate limit must allow at least one request");
+        let Some(limit) = NonZeroU64::new(limit) else {
+            panic!("a rate limit must allow at least one request");
+        };
         Self { limit, window_secs }
     }
 
     /// Requests allowed per window.
     pub const fn limit(&self) -> u64 {
-        self.limit
+        self.limit.get()
     }
 
     /// Length of the window.
@@ -259,7 +264,8 @@ mod tests {
         assert_eq!(Rate::per_minute(1000), "1000/m".parse().unwrap());
         assert_eq!(Rate::per_hour(5), "5/h".parse().unwrap());
         assert_eq!(Rate::per_day(50000), "50000/d".parse().unwrap());
-        assert!(Rate::new(1, Duration::from_millis(10)).is_err());
+        assert!(Rate::new(NonZeroU64::MIN, Duration::from_millis(10)).is_err());
+        assert!(Rate::new(NonZeroU64::MIN, Duration::from_secs(366 * 86_400 + 1)).is_err());
     }
 
     #[test]

@@ -98,6 +98,14 @@ fn mistakes_in_a_file_are_reported_by_name() {
     assert!(parse_error("rate = \"10/fortnight\"").contains("\"10/fortnight\""));
     assert!(parse_error("rate = \"1/s\"\nalgorithm = \"leaky\"").contains("leaky"));
     assert!(parse_error("rate = \"1/s\"\nrat = \"1/s\"").contains("rat"));
+    // A burst is a NonZeroU64: zero is refused as the file is read, at its line.
+    let zero_burst = parse_error("rate = \"1/s\"\nalgorithm = \"gcra\"\nburst = 0");
+    assert!(
+        zero_burst.contains("burst") && zero_burst.contains("nonzero"),
+        "{zero_burst}"
+    );
+    let zero_limit_burst = parse_error("limits = [{ rate = \"1/s\", burst = 0 }]");
+    assert!(zero_limit_burst.contains("nonzero"), "{zero_limit_burst}");
     let build_error = |body: &str| {
         let config: PolicyConfig = toml::from_str(&policy(body)).unwrap();
         let policy = config.into_policy();

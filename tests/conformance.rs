@@ -14,9 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum_redis_ratelimit::{
     Algorithm, Decision, Limit, MemoryStore, Rate, RedisStore,
-    store::{Check, Store},
+    store::{Charge, Store},
 };
-use common::{RedisServer, check, current_thread, eventually, persist, pttl, redis, unique_prefix};
+use common::{
+    RedisServer, check, current_thread, eventually, nz, persist, pttl, redis, unique_prefix,
+};
 use futures::future::join_all;
 use proptest::prelude::*;
 
@@ -60,8 +62,8 @@ impl Pair {
         algorithm: Algorithm,
         limits: &'a [Limit],
         cost: u64,
-    ) -> Check<'a> {
-        Check {
+    ) -> Charge<'a> {
+        Charge {
             key,
             limits,
             algorithm,
@@ -232,7 +234,7 @@ async fn the_most_restrictive_limit_is_reported() {
 async fn a_check_with_no_or_too_many_limits_is_an_error_not_a_panic() {
     let pair = Pair::new().await;
     let nine: Vec<_> = (1..=9)
-        .map(|s| Limit::new(Rate::new(5, Duration::from_secs(s)).unwrap()))
+        .map(|s| Limit::new(Rate::new(nz(5), Duration::from_secs(s)).unwrap()))
         .collect();
     for limits in [&[][..], &nine[..]] {
         let check = check("rl:p:{k}", limits, Algorithm::FixedWindow);
@@ -330,8 +332,8 @@ fn both_stores_make_identical_decisions_on_random_sequences() {
             Limit::new(Rate::per_minute(12)),
         ],
         vec![
-            Limit::new(Rate::per_second(4)).burst(6),
-            Limit::new(Rate::per_minute(30)).burst(2),
+            Limit::new(Rate::per_second(4)).with_burst(nz(6)),
+            Limit::new(Rate::per_minute(30)).with_burst(nz(2)),
         ],
     ];
     // Steps in microseconds, biased towards the edges where off-by-ones
@@ -507,7 +509,7 @@ async fn an_app_clock_behind_or_ahead_of_redis_never_weakens_the_limit() {
             let five = limits(&["5/m"]);
             let mut admitted = 0;
             for _ in 0..100 {
-                let check = Check {
+                let check = Charge {
                     key: &client,
                     limits: &five,
                     algorithm,
@@ -577,7 +579,7 @@ async fn every_algorithm_gives_a_persisted_counter_its_ttl_back() {
         let client = format!("{}{{k}}", unique_prefix());
         let key = counter_key(&client, algorithm, 60);
         let three = limits(&["3/m"]);
-        let check = |cost| Check {
+        let check = |cost| Charge {
             cost,
             ..check(&client, &three, algorithm)
         };
@@ -606,7 +608,7 @@ async fn huge_costs_and_limits_get_the_same_answer_from_both_stores() {
     for algorithm in ALGORITHMS {
         let pair = Pair::new().await;
         let limits = match algorithm {
-            Algorithm::Gcra => vec![Limit::new(Rate::per_second(10)).burst(20)],
+            Algorithm::Gcra => vec![Limit::new(Rate::per_second(10)).with_burst(nz(20))],
             _ => limits(&["10/s"]),
         };
         for cost in [1 << 62, 1 << 63, u64::MAX - 1, u64::MAX] {
@@ -617,12 +619,12 @@ async fn huge_costs_and_limits_get_the_same_answer_from_both_stores() {
             pair.check("k", algorithm, &limits, 10).await.allowed,
             "{algorithm:?}"
         );
-        let zero = Check {
+        let zero = Charge {
             cost: 0,
             ..check("rl:p:{z}", &limits, algorithm)
         };
         let huge = [Limit::new(Rate::per_day(1 << 40))];
-        let too_large = Check {
+        let too_large = Charge {
             limits: &huge,
             cost: 1,
             ..zero

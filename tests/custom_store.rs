@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::{Router, body::Body, routing::post};
 use axum_redis_ratelimit::{
     Key, MemoryStore, Policy, Rate, RateLimitLayer,
-    store::{Check, Store},
+    store::{Charge, Store},
 };
 use http::{Request, StatusCode};
 use tower::ServiceExt;
@@ -24,7 +24,7 @@ impl Store for Recording {
     type Future = <MemoryStore as Store>::Future;
     type Refund = <MemoryStore as Store>::Refund;
 
-    fn check(&self, check: Check<'_>) -> Self::Future {
+    fn check(&self, check: Charge<'_>) -> Self::Future {
         let mut counter = String::new();
         for limit in check.limits {
             check.counter_key(limit, &mut counter);
@@ -33,7 +33,7 @@ impl Store for Recording {
         self.inner.check(check)
     }
 
-    fn refund(&self, check: Check<'_>) -> Self::Refund {
+    fn refund(&self, check: Charge<'_>) -> Self::Refund {
         self.inner.refund(check)
     }
 }

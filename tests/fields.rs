@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use axum::{Router, routing::post};
 use axum_redis_ratelimit::{Algorithm, Limit, Mode, Policy, Rate, RateLimitLayer, RateLimitStatus};
-use common::{EVENT_COUNT, HttpClient, Reply, TOKEN, batches, redis, serve};
+use common::{EVENT_COUNT, HttpClient, Reply, TOKEN, batches, nz, redis, serve};
 use http::StatusCode;
 use sfv::{BareItem, List, ListEntry, Parser};
 
@@ -84,7 +84,7 @@ async fn on_a_denial_t_is_retry_after_never_later() {
         ("gcra 5/m", batches(Algorithm::Gcra, "5/m")),
         (
             "gcra 5/s burst 10",
-            batches(Algorithm::Gcra, "5/s").burst(10),
+            batches(Algorithm::Gcra, "5/s").burst(nz(10)),
         ),
     ];
     for (name, policy) in cases {
@@ -118,7 +118,7 @@ async fn on_a_denial_t_is_retry_after_never_later() {
 #[tokio::test]
 async fn remaining_never_exceeds_the_stated_quota() {
     let burst = batches(Algorithm::Gcra, "5/s")
-        .burst(10)
+        .burst(nz(10))
         .legacy_headers(true);
     let http = reporting_client(burst).await;
     let first = http.post("/t", &[(TOKEN, b"a")]).await;
@@ -144,8 +144,8 @@ async fn remaining_never_exceeds_the_stated_quota() {
     // Several limits, bursts smaller and larger than their rates.
     // The first limit's burst is the policy's, the second has its own.
     let mixed = batches(Algorithm::Gcra, "10/s")
-        .burst(3)
-        .limit(Limit::new(Rate::per_minute(60)).burst(120));
+        .burst(nz(3))
+        .limit(Limit::new(Rate::per_minute(60)).with_burst(nz(120)));
     let reply = reporting_client(mixed)
         .await
         .post("/t", &[(TOKEN, b"a")])

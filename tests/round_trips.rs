@@ -5,7 +5,7 @@ mod common;
 
 use axum_redis_ratelimit::{
     Algorithm, Limit, Rate, RedisStore,
-    store::{Check, Store},
+    store::{Charge, Store},
 };
 use common::{RedisServer, check, command_calls, hget, reset_command_stats};
 
@@ -117,7 +117,7 @@ async fn an_error_other_than_noscript_is_not_sent_again() {
     let check = check("rl:p:{k}", &limits, Algorithm::FixedWindow);
     // Loaded once, on the first call, by its NOSCRIPT.
     store
-        .check(Check {
+        .check(Charge {
             key: "rl:p:{other}",
             ..check
         })

@@ -9,7 +9,7 @@
 //! `Policy::validate()`; see `policies.rs`, which names the variable behind
 //! the field it reports.
 
-use std::{ffi::OsStr, fmt, net::SocketAddr, time::Duration};
+use std::{ffi::OsStr, fmt, net::SocketAddr, num::NonZeroU64, time::Duration};
 
 use axum_redis_ratelimit::{Algorithm, ClientIp, Rate};
 use clap::{
@@ -56,8 +56,8 @@ pub struct Env {
 
     /// With `gcra` only: how many requests an agent may send at once, for
     /// every telemetry rate (default: each rate's own limit); at least 1.
-    #[arg(env = "TELEMETRY_BURST", value_parser = whole_number)]
-    pub telemetry_burst: Option<u64>,
+    #[arg(env = "TELEMETRY_BURST", value_parser = at_least_one)]
+    pub telemetry_burst: Option<NonZeroU64>,
 
     /// While Redis is down, each instance limits telemetry in-process at
     /// every telemetry limit divided by this: the number of app instances,
@@ -285,6 +285,10 @@ fn whole_number(text: &str) -> Result<u64, String> {
     (text.parse().ok())
         .filter(|_| !text.starts_with('+'))
         .ok_or_else(|| format!("{text:?} is not a whole number"))
+}
+
+fn at_least_one(text: &str) -> Result<NonZeroU64, String> {
+    NonZeroU64::new(whole_number(text)?).ok_or_else(|| format!("{text:?} must be at least 1"))
 }
 
 fn algorithm(text: &str) -> Result<Algorithm, String> {

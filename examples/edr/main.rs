@@ -300,7 +300,7 @@ fn limits_text(policy: &Policy) -> String {
     let gcra = policy.settings().algorithm == Algorithm::Gcra;
     let limits = policy.limits().map(|limit| {
         if gcra {
-            format!("{} burst {}", limit.rate(), limit.burst_size())
+            format!("{} burst {}", limit.rate(), limit.burst())
         } else {
             limit.rate().to_string()
         }

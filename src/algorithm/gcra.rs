@@ -16,7 +16,7 @@ pub(crate) fn decide(
     cost: u64,
 ) -> (Verdict, Option<Entry>) {
     let interval = limit.interval_us();
-    let tolerance = interval * limit.burst_size();
+    let tolerance = interval * limit.burst();
     let tat = entry.map_or(0, |e| e.value[0]).max(now);
     let new_tat = tat + cost * interval;
     let allow_at = new_tat - tolerance.min(new_tat);

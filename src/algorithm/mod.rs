@@ -20,7 +20,7 @@ mod fixed_window;
 mod gcra;
 mod sliding_window;
 
-use std::time::Duration;
+use std::{num::NonZeroU64, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -146,14 +146,16 @@ pub const MAX_LIMITS: usize = 8;
 /// ```
 /// use axum_redis_ratelimit::{algorithm::Limit, Rate};
 ///
-/// let limit = Limit::new(Rate::per_second(10)).burst(20);
-/// assert_eq!(limit.burst_size(), 20);
-/// assert_eq!(Limit::new(Rate::per_minute(1000)).burst_size(), 1000);
+/// use std::num::NonZeroU64;
+///
+/// let limit = Limit::new(Rate::per_second(10)).with_burst(NonZeroU64::new(20).unwrap());
+/// assert_eq!(limit.burst(), 20);
+/// assert_eq!(Limit::new(Rate::per_minute(1000)).burst(), 1000);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Limit {
     pub(crate) rate: Rate,
-    pub(crate) burst: Option<u64>,
+    pub(crate) burst: Option<NonZeroU64>,
 }
 
 impl From<Rate> for Limit {
@@ -168,8 +170,9 @@ impl Limit {
         Self { rate, burst: None }
     }
 
-    /// For [`Algorithm::Gcra`]: how many requests may arrive at once.
-    pub const fn burst(mut self, burst: u64) -> Self {
+    /// This limit with a burst size: for [`Algorithm::Gcra`], how many
+    /// requests may arrive at once.
+    pub const fn with_burst(mut self, burst: NonZeroU64) -> Self {
         self.burst = Some(burst);
         self
     }
@@ -180,8 +183,8 @@ impl Limit {
     }
 
     /// The GCRA bucket size: the burst if set, else the rate's limit.
-    pub fn burst_size(&self) -> u64 {
-        self.burst.unwrap_or(self.rate.limit())
+    pub fn burst(&self) -> u64 {
+        self.burst.map_or(self.rate.limit(), NonZeroU64::get)
     }
 
     /// The quota `RateLimit-Policy` states for this limit, `(q, w in
@@ -190,14 +193,14 @@ impl Limit {
     /// that `q / w` is still the rate and `remaining` never exceeds `q`.
     pub fn quota(&self) -> (u64, u64) {
         let (limit, window) = (self.rate.limit(), self.rate.window().as_secs());
-        let k = self.burst_size().div_ceil(limit).max(1);
+        let k = self.burst().div_ceil(limit).max(1);
         (limit.saturating_mul(k), window.saturating_mul(k))
     }
 
     /// The largest cost a single request can ever be allowed.
     pub fn capacity(&self, algorithm: Algorithm) -> u64 {
         match algorithm {
-            Algorithm::Gcra => self.burst_size(),
+            Algorithm::Gcra => self.burst(),
             _ => self.rate.limit(),
         }
     }
@@ -211,19 +214,16 @@ impl Limit {
     pub(crate) fn validate(&self, prefix: &str) -> Result<(), crate::Error> {
         let field = |name: &str| format!("{prefix}{name}");
         let (rate, exact) = (self.rate, 1u128 << 51);
-        if self.burst == Some(0) {
-            return Err(crate::Error::config(field("burst"), "must be at least 1"));
-        }
         if u128::from(rate.limit()) * u128::from(rate.window_ms()) > exact {
             return Err(crate::Error::config(
                 field("rate"),
                 format!("{rate} is too large to count exactly; use a shorter window"),
             ));
         }
-        if u128::from(self.interval_us()) * u128::from(self.burst_size()) > exact {
+        if u128::from(self.interval_us()) * u128::from(self.burst()) > exact {
             return Err(crate::Error::config(
                 field("burst"),
-                format!("{} is too large for {rate}", self.burst_size()),
+                format!("{} is too large for {rate}", self.burst()),
             ));
         }
         Ok(())
@@ -231,11 +231,12 @@ impl Limit {
 
     /// This limit with its rate and burst divided by `divisor`, at least 1.
     pub(crate) fn divided_by(&self, divisor: u64) -> Self {
-        let rate = Rate::new((self.rate.limit() / divisor).max(1), self.rate.window())
+        let divided = |n: u64| NonZeroU64::new(n / divisor).unwrap_or(NonZeroU64::MIN);
+        let rate = Rate::new(divided(self.rate.limit()), self.rate.window())
             .expect("a smaller limit over the same window is valid");
         Self {
             rate,
-            burst: self.burst.map(|b| (b / divisor).max(1)),
+            burst: self.burst.map(|b| divided(b.get())),
         }
     }
 
@@ -363,6 +364,10 @@ pub(crate) fn whole_seconds(duration: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    fn nz(n: u64) -> NonZeroU64 {
+        NonZeroU64::new(n).unwrap()
+    }
+
     #[test]
     fn seconds_round_up_and_are_never_zero() {
         for (us, secs) in [
@@ -410,7 +415,7 @@ mod tests {
 
     #[test]
     fn gcra_allows_the_burst_then_one_per_interval() {
-        let (limit, mut entry) = (Limit::new(Rate::per_second(10)).burst(3), None);
+        let (limit, mut entry) = (Limit::new(Rate::per_second(10)).with_burst(nz(3)), None);
         for remaining in [2, 1, 0] {
             assert_eq!(
                 run(Algorithm::Gcra, &mut entry, 0, limit, 1).remaining,
@@ -441,10 +446,14 @@ mod tests {
     fn limits_are_bounded_where_both_stores_stop_being_exact() {
         // 1 s / 15,625 is exactly 64 µs, so a burst of 2^45 reaches 2^51.
         let rate = Rate::per_second(15_625);
-        assert!(Limit::new(rate).burst(1 << 45).validate("").is_ok());
-        let err = Limit::new(rate).burst((1 << 45) + 1).validate("");
+        assert!(
+            Limit::new(rate)
+                .with_burst(nz(1 << 45))
+                .validate("")
+                .is_ok()
+        );
+        let err = Limit::new(rate).with_burst(nz((1 << 45) + 1)).validate("");
         assert!(err.unwrap_err().to_string().contains("burst"));
-        assert!(Limit::new(rate).burst(0).validate("").is_err());
         // A day is 86,400,000 ms: above 26,062,497 a day, limit × window > 2^51.
         let err = Limit::new(Rate::per_day(26_062_498)).validate("");
         assert!(err.unwrap_err().to_string().contains("rate"));
@@ -455,11 +464,11 @@ mod tests {
     fn the_quota_stretches_its_window_to_hold_a_burst() {
         let rate = Rate::per_second(5);
         assert_eq!(Limit::new(rate).quota(), (5, 1));
-        assert_eq!(Limit::new(rate).burst(3).quota(), (5, 1));
-        assert_eq!(Limit::new(rate).burst(5).quota(), (5, 1));
-        assert_eq!(Limit::new(rate).burst(6).quota(), (10, 2));
+        assert_eq!(Limit::new(rate).with_burst(nz(3)).quota(), (5, 1));
+        assert_eq!(Limit::new(rate).with_burst(nz(5)).quota(), (5, 1));
+        assert_eq!(Limit::new(rate).with_burst(nz(6)).quota(), (10, 2));
         assert_eq!(
-            Limit::new(Rate::per_minute(60)).burst(121).quota(),
+            Limit::new(Rate::per_minute(60)).with_burst(nz(121)).quota(),
             (180, 180)
         );
     }

@@ -15,7 +15,7 @@ use super::state::{Outcome, Shared};
 use crate::{
     Decision, Error, headers,
     key::KeyBuffer,
-    store::{Check, Store},
+    store::{Charge, Store},
 };
 
 pin_project! {
@@ -48,12 +48,12 @@ where
 pub(super) struct Pending<S, B> {
     pub inner: S,
     pub request: Request<B>,
-    pub charge: Charge,
+    pub counted: Counted,
 }
 
 /// What an allowed request counted, to give back if a layer inside refuses
 /// the request after all.
-pub(super) struct Charge {
+pub(super) struct Counted {
     pub key: KeyBuffer,
     pub cost: u64,
 }
@@ -82,7 +82,7 @@ pin_project! {
             #[pin]
             future: F,
             decision: Option<Decision>,
-            charge: Option<Charge>,
+            counted: Option<Counted>,
         },
         // An inner layer refused the request: giving back what it counted
         // before answering.
@@ -111,7 +111,7 @@ where
         let state = State::Calling {
             future,
             decision,
-            charge: None,
+            counted: None,
         };
         Self::with(state, shared)
     }
@@ -167,10 +167,10 @@ where
                     let Pending {
                         mut inner,
                         mut request,
-                        charge,
+                        counted,
                     } = pending.take().expect("polled after completion");
-                    let (key, cost) = (&charge.key, charge.cost);
-                    let (outcome, counted) = match answer {
+                    let (key, cost) = (&counted.key, counted.cost);
+                    let (outcome, allowed) = match answer {
                         Ok(decision) => {
                             shared.record_decision(key, cost, &decision);
                             (
@@ -187,11 +187,11 @@ where
                         Outcome::Respond(response) => return Poll::Ready(Ok(refused(response))),
                         Outcome::Forward(decision) => {
                             let future = inner.call(request);
-                            let charge = counted.then_some(charge);
+                            let counted = allowed.then_some(counted);
                             this.state.set(State::Calling {
                                 future,
                                 decision,
-                                charge,
+                                counted,
                             });
                         }
                     }
@@ -199,15 +199,15 @@ where
                 StateProj::Calling {
                     future,
                     decision,
-                    charge,
+                    counted,
                 } => {
                     let mut response = ready!(future.poll(cx))?.into_response();
-                    let refund = charge
+                    let refund = counted
                         .take()
                         .filter(|_| response.extensions().get::<Refused>().is_some());
                     if let Some(mut decision) = *decision {
-                        if let Some(charge) = &refund {
-                            decision.remaining = decision.remaining.saturating_add(charge.cost);
+                        if let Some(counted) = &refund {
+                            decision.remaining = decision.remaining.saturating_add(counted.cost);
                         }
                         headers::insert(
                             response.headers_mut(),
@@ -216,14 +216,14 @@ where
                             &decision,
                         );
                     }
-                    let Some(charge) = refund else {
+                    let Some(counted) = refund else {
                         return Poll::Ready(Ok(response));
                     };
-                    let refund = shared.store.refund(Check {
-                        key: &charge.key,
+                    let refund = shared.store.refund(Charge {
+                        key: &counted.key,
                         limits: &policy.limits,
                         algorithm: policy.settings.algorithm,
-                        cost: charge.cost,
+                        cost: counted.cost,
                         now_us: policy.now_us(),
                     });
                     this.state.set(State::Refunding {

@@ -10,13 +10,13 @@ use tower::{Layer, Service};
 
 use super::{
     breaker::CircuitBreaker,
-    future::{Charge, Pending, ResponseFuture},
+    future::{Counted, Pending, ResponseFuture},
     state::{Compiled, Outcome, Route, Shared},
     stats::Stats,
 };
 use crate::{
     Error, Policy,
-    store::{Check, Store},
+    store::{Charge, Store},
 };
 
 /// Applies one [`Policy`] to every request of the wrapped service. Stack
@@ -150,7 +150,7 @@ where
             return self.finish(outcome, request);
         }
         let policy = &self.shared.policy;
-        let check = self.shared.store.check(Check {
+        let check = self.shared.store.check(Charge {
             key: &key,
             limits: &policy.limits,
             algorithm: policy.settings.algorithm,
@@ -164,7 +164,7 @@ where
         let pending = Pending {
             inner,
             request,
-            charge: Charge { key, cost },
+            counted: Counted { key, cost },
         };
         ResponseFuture::check(
             tokio::time::timeout(policy.settings.timeout, check),
@@ -231,11 +231,11 @@ mod tests {
         type Future = Ready<Result<crate::Decision, Error>>;
         type Refund = Ready<Result<(), Error>>;
 
-        fn check(&self, _: Check<'_>) -> Self::Future {
+        fn check(&self, _: Charge<'_>) -> Self::Future {
             ready(Err(Error::Timeout(std::time::Duration::ZERO)))
         }
 
-        fn refund(&self, _: Check<'_>) -> Self::Refund {
+        fn refund(&self, _: Charge<'_>) -> Self::Refund {
             ready(Ok(()))
         }
     }

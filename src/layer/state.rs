@@ -19,11 +19,11 @@ use crate::{
     algorithm::Limit,
     block_cache::BlockCache,
     config::PolicyConfig,
-    headers::{self, PolicyItems},
+    headers::{self, PolicyHeader},
     key::{KeyBuffer, KeyError, layout},
     policy::{Checked, RejectionHook},
     response::{RateLimitInfo, RateLimitStatus, Rejection, STORE_RETRY_AFTER_SECS},
-    store::Check,
+    store::Charge,
 };
 
 /// What every clone of the service shares: the policy, its counters, its
@@ -48,7 +48,7 @@ pub(crate) struct Compiled {
     pub on_rejected: Option<RejectionHook>,
     /// `rl:telemetry:{`: the key up to the client's part.
     pub key_head: String,
-    pub items: PolicyItems,
+    pub items: PolicyHeader,
     pub block_cache: Option<BlockCache>,
     pub fallback: Option<Fallback>,
 }
@@ -72,7 +72,7 @@ impl Fallback {
         algorithm: Algorithm,
     ) -> Option<Decision> {
         let divided = self.limits.iter().map(|l| l.capacity(algorithm)).min();
-        let check = Check {
+        let check = Charge {
             key,
             limits: &self.limits,
             algorithm,
@@ -111,7 +111,7 @@ impl Compiled {
                 .map(|capacity| BlockCache::new(capacity, algorithm, &limits)),
             fallback,
             key_head: layout::head(&settings.prefix, &settings.name),
-            items: PolicyItems::new(&settings.name, &limits),
+            items: PolicyHeader::new(&settings.name, &limits),
             capacity: capacity.unwrap_or(1),
             name: settings.name.as_str().into(),
             limits,

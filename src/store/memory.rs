@@ -9,7 +9,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{Check, MAX_LIMITS, Store};
+use super::{Charge, MAX_LIMITS, Store};
 use crate::{
     Decision, Error,
     algorithm::{self, Entry},
@@ -31,15 +31,15 @@ const MIN_SWEEP_LEN: usize = 64;
 ///
 /// Its clock is the system time when the store was created plus a
 /// `tokio::time::Instant` since, so tests that pause Tokio's clock control
-/// the windows; a [`Check`] may also bring its own time.
+/// the windows; a [`Charge`] may also bring its own time.
 ///
 /// ```
-/// use axum_redis_ratelimit::{Algorithm, MemoryStore, Rate, store::{Check, Store}};
+/// use axum_redis_ratelimit::{Algorithm, MemoryStore, Rate, store::{Charge, Store}};
 ///
 /// # tokio_test_block_on(async {
 /// let store = MemoryStore::new();
 /// let limits = [Rate::per_minute(1).into()];
-/// let check = Check { key: "k", limits: &limits, algorithm: Algorithm::FixedWindow, cost: 1, now_us: None };
+/// let check = Charge { key: "k", limits: &limits, algorithm: Algorithm::FixedWindow, cost: 1, now_us: None };
 /// assert!(store.check(check).await.unwrap().allowed);
 /// assert!(!store.check(check).await.unwrap().allowed);
 /// # });
@@ -127,7 +127,7 @@ impl MemoryStore {
 
     /// A valid check's time (its own, or this store's) and the locked shard
     /// of its client, which holds all that client's counters.
-    fn open(&self, check: &Check<'_>) -> Result<(u64, MutexGuard<'_, Shard>), Error> {
+    fn open(&self, check: &Charge<'_>) -> Result<(u64, MutexGuard<'_, Shard>), Error> {
         check.validate()?;
         let now_us = check.now_us.unwrap_or_else(|| self.now_us());
         let index = self.inner.hasher.hash_one(check.key) as usize % SHARDS;
@@ -136,7 +136,7 @@ impl MemoryStore {
 
     /// Runs the algorithm's twin over the check's counters under one lock:
     /// the shard is chosen by the client's key, which all its counters share.
-    pub(crate) fn decide(&self, check: Check<'_>) -> Result<Decision, Error> {
+    pub(crate) fn decide(&self, check: Charge<'_>) -> Result<Decision, Error> {
         let (now_us, mut shard) = self.open(&check)?;
         let now_ms = now_us / 1000;
         let (limits, cost) = (check.limits, check.counted_cost());
@@ -171,7 +171,7 @@ impl MemoryStore {
     }
 
     /// Moves the check's live counters back by its cost, under one lock.
-    pub(crate) fn give_back(&self, check: Check<'_>) -> Result<(), Error> {
+    pub(crate) fn give_back(&self, check: Charge<'_>) -> Result<(), Error> {
         let (now_us, mut shard) = self.open(&check)?;
         let cost = check.counted_cost();
         let mut key = KeyBuffer::take();
@@ -229,13 +229,13 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl Store for MemoryStore {
     type Future = Ready<Result<Decision, Error>>;
 
-    fn check(&self, check: Check<'_>) -> Self::Future {
+    fn check(&self, check: Charge<'_>) -> Self::Future {
         ready(self.decide(check))
     }
 
     type Refund = Ready<Result<(), Error>>;
 
-    fn refund(&self, check: Check<'_>) -> Self::Refund {
+    fn refund(&self, check: Charge<'_>) -> Self::Refund {
         ready(self.give_back(check))
     }
 }
@@ -249,8 +249,8 @@ mod tests {
 
     const LIMITS: [Limit; 1] = [Limit::new(Rate::per_second(1))];
 
-    fn check(key: &str) -> Check<'_> {
-        Check {
+    fn check(key: &str) -> Charge<'_> {
+        Charge {
             key,
             limits: &LIMITS,
             algorithm: Algorithm::FixedWindow,

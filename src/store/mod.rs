@@ -14,10 +14,12 @@ pub use self::{memory::MemoryStore, redis::RedisStore};
 pub use crate::algorithm::MAX_LIMITS;
 use crate::{Algorithm, Decision, Error, algorithm::Limit, key::layout};
 
-/// One question to a store: may `cost` more requests be counted on `key`
-/// under every one of `limits`?
+/// What one request would cost a client: `cost` requests on `key`, under
+/// every one of `limits`. A store [`check`](Store::check)s a charge (counts
+/// it if it fits) and, when a later layer refuses the request,
+/// [`refund`](Store::refund)s it.
 #[derive(Clone, Copy, Debug)]
-pub struct Check<'a> {
+pub struct Charge<'a> {
     /// The client's key up to its hash tag, e.g.
     /// `rl:telemetry:{x-agent-token:AGENT-1}`; each limit appends its part
     /// (`:60`) to name its counter.
@@ -37,7 +39,7 @@ pub struct Check<'a> {
     pub now_us: Option<u64>,
 }
 
-impl Check<'_> {
+impl Charge<'_> {
     /// Policies are checked when built; this guards direct callers of a
     /// store, so that both stores answer every check alike and exactly.
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -76,16 +78,16 @@ impl Check<'_> {
     }
 }
 
-/// Counter storage that decides [`Check`]s atomically. Implemented by
+/// Counter storage that decides [`Charge`]s atomically. Implemented by
 /// [`RedisStore`] and [`MemoryStore`]; another store (a database, a test
-/// double) implements it too, with [`Check::counter_key`] to name its
+/// double) implements it too, with [`Charge::counter_key`] to name its
 /// counters and [`Decision`] to answer (`tests/custom_store.rs` shows one).
 pub trait Store: Clone + Send + Sync + 'static {
     /// The answer; stores that can answer at once use `std::future::Ready`.
     type Future: Future<Output = Result<Decision, Error>> + Send + 'static;
 
     /// Counts the request if it is within the rate and says what was decided.
-    fn check(&self, check: Check<'_>) -> Self::Future;
+    fn check(&self, check: Charge<'_>) -> Self::Future;
 
     /// What a [`refund`](Self::refund) answers.
     type Refund: Future<Output = Result<(), Error>> + Send + 'static;
@@ -93,5 +95,5 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Gives back what an allowed `check` with the same key, limits and cost
     /// counted, because a later layer refused the request: each counter
     /// moves back by the cost (never below empty) if it has not expired.
-    fn refund(&self, check: Check<'_>) -> Self::Refund;
+    fn refund(&self, check: Charge<'_>) -> Self::Refund;
 }

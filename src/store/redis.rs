@@ -16,7 +16,7 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
-use super::{Check, MAX_LIMITS, Store};
+use super::{Charge, MAX_LIMITS, Store};
 use crate::{Algorithm, Decision, Error, algorithm::Verdict, key::KeyBuffer};
 
 /// One script per algorithm, hashed once.
@@ -144,7 +144,7 @@ impl RedisStore {
     /// awaited; or the check's validation error.
     fn script_call(
         &self,
-        check: &Check<'_>,
+        check: &Charge<'_>,
         cost: i64,
     ) -> Result<impl Future<Output = Result<Vec<i64>, Error>> + Send + 'static, Error> {
         let evalsha = Self::evalsha(check, cost)?;
@@ -154,7 +154,7 @@ impl RedisStore {
 
     /// The `EVALSHA` of `check` with `cost` (negative: a refund), or the
     /// check's validation error.
-    fn evalsha(check: &Check<'_>, cost: i64) -> Result<redis::Cmd, Error> {
+    fn evalsha(check: &Charge<'_>, cost: i64) -> Result<redis::Cmd, Error> {
         check.validate()?;
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha
@@ -172,7 +172,7 @@ impl RedisStore {
             evalsha
                 .arg(limit.rate.limit())
                 .arg(limit.rate.window_ms())
-                .arg(limit.burst_size());
+                .arg(limit.burst());
         }
         Ok(evalsha)
     }
@@ -214,7 +214,7 @@ impl RedisStore {
 impl Store for RedisStore {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
 
-    fn check(&self, check: Check<'_>) -> Self::Future {
+    fn check(&self, check: Charge<'_>) -> Self::Future {
         let call = match self.script_call(&check, check.counted_cost() as i64) {
             Ok(call) => call,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
@@ -247,7 +247,7 @@ impl Store for RedisStore {
 
     type Refund = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
-    fn refund(&self, check: Check<'_>) -> Self::Refund {
+    fn refund(&self, check: Charge<'_>) -> Self::Refund {
         let call = match self.script_call(&check, -(check.counted_cost() as i64)) {
             Ok(call) => call,
             Err(e) => return Box::pin(std::future::ready(Err(e))),

@@ -29,7 +29,7 @@ use axum::{Router, body::Body, routing::post};
 use axum_redis_ratelimit::{
     Algorithm, Cost, Key, Limit, Policy, RateLimitLayer, RedisStore,
     layer::Stats,
-    store::{Check, Store},
+    store::{Charge, Store},
 };
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -304,8 +304,8 @@ pub async fn redis() -> RedisStore {
 }
 
 /// A check of cost 1 on the store's own clock.
-pub fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Check<'a> {
-    Check {
+pub fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Charge<'a> {
+    Charge {
         key,
         limits,
         algorithm,
@@ -315,6 +315,11 @@ pub fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Che
 }
 
 /// A current-thread runtime, for async code driven from a plain `fn`.
+/// A non-zero number for burst sizes and rate limits.
+pub fn nz(n: u64) -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(n).expect("test numbers are above zero")
+}
+
 pub fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
