@@ -27,7 +27,7 @@ async fn a_decision_with_three_limits_is_one_command() {
         Algorithm::Gcra,
     ] {
         let check = check("rl:p:{k}", &limits, algorithm);
-        // The first call also loads the script (NOSCRIPT, SCRIPT LOAD, retry).
+        // The first call also loads the script (NOSCRIPT, then EVAL).
         store.check(check).await.unwrap();
         reset_command_stats(&mut conn).await;
 
@@ -104,7 +104,7 @@ async fn concurrent_decisions_share_one_connection() {
     assert_eq!(connected, "2");
 }
 
-/// Only `NOSCRIPT` is answered by loading the script and sending it again:
+/// Only `NOSCRIPT` is answered by sending the script again (by `EVAL`):
 /// any other error (here a counter key that holds the wrong type) is the
 /// decision's, after one `EVALSHA`, since a script that ran may not run twice.
 #[tokio::test]
@@ -136,4 +136,36 @@ async fn an_error_other_than_noscript_is_not_sent_again() {
     let calls = command_calls(&mut conn).await;
     assert_eq!(calls.get("evalsha"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("script|load"), None, "{calls:?}");
+    assert_eq!(calls.get("eval"), None, "{calls:?}");
+}
+
+/// A server that lost the scripts (restarted, `SCRIPT FLUSH`, a replica
+/// just promoted) gets each by one `EVAL` to the node that lacks it, which
+/// decides the request; the next decisions are `EVALSHA` again.
+#[tokio::test]
+async fn a_server_without_the_script_gets_it_by_one_eval() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let limits = [Limit::new(Rate::per_minute(5))];
+    let check = check("rl:p:{k}", &limits, Algorithm::Gcra);
+    let mut conn = server.connection().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    reset_command_stats(&mut conn).await;
+    let first = store.check(check).await.unwrap();
+    assert_eq!((first.allowed, first.remaining), (true, 4));
+    let calls = command_calls(&mut conn).await;
+    assert_eq!(calls.get("evalsha"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("eval"), Some(&1), "{calls:?}");
+    reset_command_stats(&mut conn).await;
+    let second = store.check(check).await.unwrap();
+    assert_eq!(second.remaining, 3, "counted once each");
+    let calls = command_calls(&mut conn).await;
+    assert_eq!(calls.get("evalsha"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("eval"), None, "{calls:?}");
 }

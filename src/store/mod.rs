@@ -10,7 +10,10 @@ mod redis;
 
 use std::future::Future;
 
-pub use self::{memory::MemoryStore, redis::RedisStore};
+pub use self::{
+    memory::MemoryStore,
+    redis::{RedisConfig, RedisStore, TlsFiles},
+};
 pub use crate::algorithm::MAX_LIMITS;
 use crate::{Algorithm, Decision, Error, algorithm::Limit, key::layout};
 

@@ -1,33 +1,34 @@
-//! Counters in Redis, shared by every app server.
+//! Counters in Redis, shared by every app server: one server, a Redis
+//! Cluster, or the master a set of Sentinels names.
+
+mod config;
+mod connection;
+#[cfg(feature = "sentinel")]
+mod sentinel;
+mod tls;
 
 use std::{
     future::Future,
     pin::Pin,
-    sync::{
-        Arc, LazyLock,
-        atomic::{AtomicBool, Ordering::Relaxed},
-    },
-    time::Duration,
+    sync::{LazyLock, atomic::Ordering::Relaxed},
 };
 
-use redis::{
-    Client, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script,
-    ServerErrorKind,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use redis::{ErrorKind, Script, ServerErrorKind, aio::ConnectionManager};
 
+pub use self::config::{RedisConfig, TlsFiles};
+use self::connection::{Connection, Dropped};
 use super::{Charge, MAX_LIMITS, Store};
 use crate::{Algorithm, Decision, Error, algorithm::Verdict, key::KeyBuffer};
 
+const ALGORITHMS: [Algorithm; 3] = [
+    Algorithm::FixedWindow,
+    Algorithm::SlidingWindow,
+    Algorithm::Gcra,
+];
+
 /// One script per algorithm, hashed once.
-static SCRIPTS: LazyLock<[Script; 3]> = LazyLock::new(|| {
-    [
-        Algorithm::FixedWindow,
-        Algorithm::SlidingWindow,
-        Algorithm::Gcra,
-    ]
-    .map(|algorithm| Script::new(algorithm.script()))
-});
+static SCRIPTS: LazyLock<[Script; 3]> =
+    LazyLock::new(|| ALGORITHMS.map(|algorithm| Script::new(algorithm.script())));
 
 fn script(algorithm: Algorithm) -> &'static Script {
     &SCRIPTS[match algorithm {
@@ -38,30 +39,40 @@ fn script(algorithm: Algorithm) -> &'static Script {
 }
 
 /// Counters in Redis: one `EVALSHA` per decision, whatever the number of
-/// limits, over one multiplexed connection that all requests share (so
-/// concurrent decisions are pipelined) and that reconnects on its own after
-/// Redis restarts. Needs Redis 7 or later.
+/// limits, over multiplexed connections that all requests share (so
+/// concurrent decisions are pipelined) and that reconnect on their own.
+/// Needs Redis 7 or later, or Valkey.
+///
+/// Where it connects is a [`RedisConfig`]: one server (a URL, which selects
+/// the database as in `redis://127.0.0.1:6379/1`), a Redis Cluster (each
+/// script goes to its key's primary; the keys' hash tags keep a client's
+/// limits on one node), or the master a set of Sentinels names, followed
+/// through failovers. `rediss://` and [`TlsFiles`] need the `tls` feature.
 ///
 /// After the connection has dropped, the next decision first sends a `PING`,
 /// twice if the first fails, so that a Redis that is back answers it; the
-/// script itself is never sent twice, since Redis may have run it.
-///
-/// The URL selects the database, as in `redis://127.0.0.1:6379/1`; `rediss://`
-/// needs the `redis` crate's TLS features. The connection speaks RESP3
-/// whatever the URL's `protocol`, so that it learns of a drop as it happens.
+/// script itself is never sent twice by this store, since Redis may have run
+/// it. (A Cluster connection retries a call cut by a node's failure once,
+/// so such a call may be counted twice, never zero times.) A server that
+/// lacks the script (restarted, flushed, a new primary) gets it by `EVAL`.
 ///
 /// ```no_run
-/// use axum_redis_ratelimit::RedisStore;
+/// use axum_redis_ratelimit::{RedisStore, store::RedisConfig};
 ///
 /// # async fn run() -> Result<(), axum_redis_ratelimit::Error> {
-/// let store = RedisStore::connect("redis://127.0.0.1:6379/1").await?;
+/// let one = RedisStore::connect("redis://127.0.0.1:6379/1").await?;
+/// let cluster = RedisStore::connect(RedisConfig::cluster([
+///     "redis://10.0.0.1:6379",
+///     "redis://10.0.0.2:6379",
+/// ]))
+/// .await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     /// The connection dropped since the last decision that reached Redis.
-    dropped: Arc<AtomicBool>,
+    dropped: Dropped,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -72,18 +83,21 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url` and checks that Redis answers, so that a wrong
-    /// address or password fails at startup.
+    /// Connects to what `config` names (a URL, or a [`RedisConfig`]) and
+    /// checks that Redis answers and lets this user run the limiter's
+    /// scripts, so that a wrong address, password or ACL fails at startup.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `redis.url` for a malformed URL,
+    /// [`Error::Config`] naming the setting (`redis.url`, `redis.tls.ca`…)
+    /// for a configuration that cannot work, or `redis` for a user without
+    /// the permissions the scripts need (the README lists them);
     /// [`Error::Redis`] when Redis cannot be reached.
-    pub async fn connect(url: &str) -> Result<Self, Error> {
-        let store = Self::connect_lazy(url)?;
-        let mut connection = store.connection.clone();
-        redis::cmd("PING")
-            .query_async::<()>(&mut connection)
-            .await?;
+    pub async fn connect(config: impl Into<RedisConfig>) -> Result<Self, Error> {
+        let store = Self::connect_lazy(config)?;
+        store.connection.query::<()>(&redis::cmd("PING")).await?;
+        for algorithm in ALGORITHMS {
+            store.probe(algorithm).await?;
+        }
         Ok(store)
     }
 
@@ -92,29 +106,10 @@ impl RedisStore {
     /// mode then applies).
     ///
     /// # Errors
-    /// [`Error::Config`] naming `redis.url` for a malformed URL.
-    pub fn connect_lazy(url: &str) -> Result<Self, Error> {
-        let bad_url = |e: redis::RedisError| {
-            Error::config("redis.url", format!("{e}; expected redis://host:6379/db"))
-        };
-        let info = url.into_connection_info().map_err(bad_url)?;
-        // Over RESP3 the connection reports its own drop as it happens, so
-        // the manager reconnects at once and the store knows to check the
-        // connection before the next decision.
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(resp3)).map_err(bad_url)?;
-        let dropped = Arc::new(AtomicBool::new(false));
-        let on_drop = dropped.clone();
-        let config = Self::manager_config().set_push_sender(move |push: PushInfo| {
-            if push.kind == PushKind::Disconnection {
-                on_drop.store(true, Relaxed);
-            }
-            Ok::<_, ()>(())
-        });
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// [`Error::Config`] naming the setting that cannot work.
+    pub fn connect_lazy(config: impl Into<RedisConfig>) -> Result<Self, Error> {
+        let dropped = Dropped::default();
+        let connection = Connection::open(&config.into(), &dropped)?;
         Ok(Self {
             connection,
             dropped,
@@ -125,19 +120,39 @@ impl RedisStore {
     /// tells the store of a drop only through a decision that fails.
     pub fn from_connection(connection: ConnectionManager) -> Self {
         Self {
-            connection,
-            dropped: Arc::default(),
+            connection: Connection::Standalone(connection),
+            dropped: Dropped::default(),
         }
     }
 
-    /// One connection attempt per reconnect, without backoff, so that no
-    /// decision waits on a backoff's sleep while Redis is already back; while
-    /// it is down, the policy's breaker paces the attempts. Each request has
-    /// its own timeout in the policy, so the connection needs none.
-    fn manager_config() -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(0)
+    /// Runs `algorithm`'s script on no key at all, a refund of nothing that
+    /// reads only `TIME`: it proves the user may run the script.
+    async fn probe(&self, algorithm: Algorithm) -> Result<(), Error> {
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
+            .arg(script(algorithm).get_hash())
+            .arg(0)
+            .arg(-1)
+            .arg(-1);
+        let reply = Self::run(
+            self.connection.clone(),
+            self.dropped.clone(),
+            algorithm,
+            evalsha,
+        );
+        match reply.await {
+            Ok(_) => Ok(()),
+            Err(Error::Redis(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                Err(Error::config(
+                    "redis",
+                    format!(
+                        "the Redis user may not run the limiter's scripts ({e}); grant the \
+                         ACL the README's Deployments section lists"
+                    ),
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The script call for `check` with `cost` (negative: a refund), to be
@@ -177,37 +192,73 @@ impl RedisStore {
         Ok(evalsha)
     }
 
-    /// Runs `evalsha`, loading the script when Redis does not have it.
+    /// Runs `evalsha`; a server without the script gets it by `EVAL`, which
+    /// reaches exactly the node that lacks it (in a Cluster, the key's
+    /// primary, newly promoted or importing the slot).
     async fn run(
-        mut connection: ConnectionManager,
-        dropped: Arc<AtomicBool>,
+        connection: Connection,
+        dropped: Dropped,
         algorithm: Algorithm,
         evalsha: redis::Cmd,
     ) -> Result<Vec<i64>, Error> {
+        // A call the policy's timeout abandons, or that fails, may mean the
+        // master moved.
+        let watch = Watch(Some(&connection));
         if dropped.load(Relaxed) {
             // The script must not run twice, and once sent it cannot be
             // known not to have run; a PING can be sent twice. The first
             // one fails if the reconnection was refused or cut short, and
             // has the manager connect again for the second.
             let ping = redis::cmd("PING");
-            if ping.query_async::<()>(&mut connection).await.is_err() {
-                ping.query_async::<()>(&mut connection).await?;
+            if connection.query::<()>(&ping).await.is_err() {
+                connection.query::<()>(&ping).await?;
             }
             dropped.store(false, Relaxed);
         }
-        let reply = match evalsha.query_async(&mut connection).await {
+        let reply = match connection.query(&evalsha).await {
             Err(e) if e.is_connection_dropped() => {
                 dropped.store(true, Relaxed);
                 Err(e)
             }
-            // Redis restarted or its script cache was flushed.
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script(algorithm).load_async(&mut connection).await?;
-                evalsha.query_async(&mut connection).await
+                connection.query(&eval(&evalsha, algorithm)).await
             }
             reply => reply,
         };
+        if reply.is_ok() {
+            watch.done();
+        }
         Ok(reply?)
+    }
+}
+
+/// `evalsha` as an `EVAL` of the script's body, same keys and arguments.
+fn eval(evalsha: &redis::Cmd, algorithm: Algorithm) -> redis::Cmd {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(algorithm.script());
+    for arg in evalsha.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            eval.arg(bytes);
+        }
+    }
+    eval
+}
+
+/// Tells the connection of a call that ended without an answer, by error
+/// or by being dropped.
+struct Watch<'a>(Option<&'a Connection>);
+
+impl Watch<'_> {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0 {
+            connection.suspect();
+        }
     }
 }
 

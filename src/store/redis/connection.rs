@@ -1,0 +1,189 @@
+//! The connection behind a [`RedisStore`](super::RedisStore), whatever the
+//! topology: one multiplexed connection to one server, a Cluster
+//! connection that routes each script to its key's primary, or a
+//! connection to the master the Sentinels name, followed through failovers.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use redis::{
+    Client, Cmd, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisResult,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+use super::{
+    RedisConfig,
+    config::Topology,
+    tls::{self, TlsCertificates},
+};
+use crate::Error;
+
+/// One of the topologies, cloned per call (each is a handle to shared,
+/// multiplexed connections).
+#[derive(Clone)]
+pub(super) enum Connection {
+    Standalone(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+    #[cfg(feature = "sentinel")]
+    Sentinel(Arc<super::sentinel::Following>),
+}
+
+/// What a connection reports: the connection dropped since the last
+/// decision that reached Redis (set by the manager's push of a
+/// disconnection, over RESP3, or by a failed call).
+pub(super) type Dropped = Arc<AtomicBool>;
+
+impl Connection {
+    /// Opens the connection `config` names, without waiting for any server
+    /// (Sentinel: without asking the sentinels yet).
+    pub(super) fn open(config: &RedisConfig, dropped: &Dropped) -> Result<Self, Error> {
+        let timeout = config.connect_timeout_or_default();
+        match config.topology()? {
+            Topology::Standalone(url) => {
+                let certs = tls::certificates(config.tls.as_ref(), std::iter::once(url))?;
+                let client = client(url, "redis.url", certs)?;
+                Ok(Self::Standalone(manager(client, timeout, dropped)?))
+            }
+            #[cfg(feature = "cluster")]
+            Topology::Cluster(nodes) => cluster(config, nodes, timeout),
+            #[cfg(feature = "sentinel")]
+            Topology::Sentinel {
+                sentinels,
+                master_name,
+            } => super::sentinel::Following::new(config, sentinels, master_name, dropped.clone())
+                .map(|following| Self::Sentinel(Arc::new(following))),
+            #[cfg(not(feature = "cluster"))]
+            Topology::Cluster(_) => Err(missing_feature("redis.cluster_nodes", "cluster")),
+            #[cfg(not(feature = "sentinel"))]
+            Topology::Sentinel { .. } => Err(missing_feature("redis.sentinels", "sentinel")),
+        }
+    }
+
+    /// Sends `cmd` and reads its reply.
+    pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Self::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cmd.query_async(&mut cluster.clone()).await,
+            #[cfg(feature = "sentinel")]
+            Self::Sentinel(following) => following.query(cmd).await,
+        }
+    }
+
+    /// Told of a failed or abandoned call: Sentinel asks again who the
+    /// master is (at most a few times a second); the others reconnect on
+    /// their own.
+    pub(super) fn suspect(&self) {
+        #[cfg(feature = "sentinel")]
+        if let Self::Sentinel(following) = self {
+            following.suspect();
+        }
+    }
+}
+
+#[cfg(not(all(feature = "cluster", feature = "sentinel")))]
+fn missing_feature(field: &str, feature: &str) -> Error {
+    Error::config(
+        field,
+        format!("needs the crate's `{feature}` feature (on by default)"),
+    )
+}
+
+/// A client for one server at `url`, with the TLS files if any, speaking
+/// RESP3 whatever the URL's `protocol`: over RESP3 a connection reports its
+/// own drop as it happens, so the manager reconnects at once and the store
+/// knows to check the connection before the next decision.
+pub(super) fn client(
+    url: impl IntoConnectionInfo,
+    field: &str,
+    certs: Option<TlsCertificates>,
+) -> Result<Client, Error> {
+    let bad_url =
+        |e: redis::RedisError| Error::config(field, format!("{e}; expected redis://host:6379/db"));
+    let info = url.into_connection_info().map_err(bad_url)?;
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(resp3);
+    match certs {
+        #[cfg(feature = "tls")]
+        Some(certs) => Client::build_with_tls(info, certs).map_err(bad_url),
+        _ => Client::open(info).map_err(bad_url),
+    }
+}
+
+/// A lazily connecting manager for `client` that flags `dropped`.
+///
+/// One connection attempt per reconnect, without backoff, so that no
+/// decision waits on a backoff's sleep while Redis is already back; while
+/// it is down, the policy's breaker paces the attempts. Each request has its
+/// own timeout in the policy, so the connection needs none beyond the
+/// attempt's.
+pub(super) fn manager(
+    client: Client,
+    timeout: Duration,
+    dropped: &Dropped,
+) -> RedisResult<ConnectionManager> {
+    let on_drop = dropped.clone();
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_number_of_retries(0)
+        .set_push_sender(move |push: PushInfo| {
+            if push.kind == PushKind::Disconnection {
+                on_drop.store(true, Relaxed);
+            }
+            Ok::<_, ()>(())
+        });
+    ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// A Cluster connection sized for a limiter: a decision follows a `MOVED`
+/// or `ASK` redirect (and survives one reconnect) but never waits out the
+/// default retry schedule of seconds; the policy's timeout bounds it anyway.
+#[cfg(feature = "cluster")]
+fn cluster(config: &RedisConfig, nodes: &[String], timeout: Duration) -> Result<Connection, Error> {
+    use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+
+    let field = "redis.cluster_nodes";
+    let mut infos = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let info = node
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| Error::config(field, format!("{e}; expected redis://host:6379")))?;
+        if info.redis_settings().db() != 0 {
+            return Err(Error::config(
+                field,
+                "a cluster has only database 0: drop the /db from the URL and give each \
+                 use its own key prefix instead",
+            ));
+        }
+        infos.push(info);
+    }
+    let certs = tls::certificates(config.tls.as_ref(), nodes.iter().map(String::as_str))?;
+    let builder = ClusterClientBuilder::new(infos)
+        .use_protocol(ProtocolVersion::RESP3)
+        .retries(2)
+        .min_retry_wait(5)
+        .max_retry_wait(50)
+        .connection_timeout(timeout);
+    let builder = match certs {
+        #[cfg(feature = "tls")]
+        Some(certs) => builder.certs(certs),
+        _ => builder,
+    };
+    let client = builder
+        .build()
+        .map_err(|e| Error::config(field, e.to_string()))?;
+    Ok(Connection::Cluster(
+        client.get_pending_async_connection_with_config(ClusterConfig::new()),
+    ))
+}
