@@ -12,9 +12,9 @@ use std::{
 };
 
 use redis::{
-    Client, Cmd, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
-    RedisResult,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Client, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind,
+    RedisFuture, RedisResult, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
 };
 
 use super::{
@@ -24,10 +24,28 @@ use super::{
 };
 use crate::Error;
 
-/// One of the topologies, cloned per call (each is a handle to shared,
-/// multiplexed connections).
+/// A connection to what a [`RedisConfig`] names, for the store and for an
+/// application's own commands on the same servers: one server, a Cluster
+/// (each command routed by its first key), or the master the Sentinels
+/// name, followed through failovers. Cheap to clone: clones share the
+/// multiplexed connections. It connects on its first command.
+///
+/// ```no_run
+/// use axum_redis_ratelimit::store::{RedisConfig, RedisConnection};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = RedisConfig::sentinel(["redis://10.0.0.1:26379"], "mymaster");
+/// let mut queue = RedisConnection::open(config)?;
+/// let _: () = redis::cmd("RPUSH").arg("jobs").arg("job").query_async(&mut queue).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
-pub(super) enum Connection {
+pub struct RedisConnection {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
     Standalone(ConnectionManager),
     #[cfg(feature = "cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
@@ -40,40 +58,62 @@ pub(super) enum Connection {
 /// disconnection, over RESP3, or by a failed call).
 pub(super) type Dropped = Arc<AtomicBool>;
 
-impl Connection {
-    /// Opens the connection `config` names, without waiting for any server
-    /// (Sentinel: without asking the sentinels yet).
-    pub(super) fn open(config: &RedisConfig, dropped: &Dropped) -> Result<Self, Error> {
+impl RedisConnection {
+    /// A connection to what `config` names; it connects on its first
+    /// command (Sentinel: asks the sentinels then).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting that cannot work.
+    pub fn open(config: impl Into<RedisConfig>) -> Result<Self, Error> {
+        Self::with_drops(&config.into(), &Dropped::default())
+    }
+
+    /// As [`open`](Self::open), flagging `dropped` when a connection drops.
+    pub(super) fn with_drops(config: &RedisConfig, dropped: &Dropped) -> Result<Self, Error> {
         let timeout = config.connect_timeout_or_default();
-        match config.topology()? {
+        let inner = match config.topology()? {
             Topology::Standalone(url) => {
                 let certs = tls::certificates(config.tls.as_ref(), std::iter::once(url))?;
                 let client = client(url, "redis.url", certs)?;
-                Ok(Self::Standalone(manager(client, timeout, dropped)?))
+                Inner::Standalone(manager(client, timeout, dropped)?)
             }
             #[cfg(feature = "cluster")]
-            Topology::Cluster(nodes) => cluster(config, nodes, timeout),
+            Topology::Cluster(nodes) => cluster(config, nodes, timeout)?,
             #[cfg(feature = "sentinel")]
             Topology::Sentinel {
                 sentinels,
                 master_name,
-            } => super::sentinel::Following::new(config, sentinels, master_name, dropped.clone())
-                .map(|following| Self::Sentinel(Arc::new(following))),
+            } => Inner::Sentinel(Arc::new(super::sentinel::Following::new(
+                config,
+                sentinels,
+                master_name,
+                dropped.clone(),
+            )?)),
             #[cfg(not(feature = "cluster"))]
-            Topology::Cluster(_) => Err(missing_feature("redis.cluster_nodes", "cluster")),
+            Topology::Cluster(_) => return Err(missing_feature("redis.cluster_nodes", "cluster")),
             #[cfg(not(feature = "sentinel"))]
-            Topology::Sentinel { .. } => Err(missing_feature("redis.sentinels", "sentinel")),
+            Topology::Sentinel { .. } => {
+                return Err(missing_feature("redis.sentinels", "sentinel"));
+            }
+        };
+        Ok(Self { inner })
+    }
+
+    pub(super) fn from_manager(manager: ConnectionManager) -> Self {
+        Self {
+            inner: Inner::Standalone(manager),
         }
     }
 
-    /// Sends `cmd` and reads its reply.
+    /// Sends `cmd` and reads its reply, straight to the inner connection
+    /// (no second boxed future per call, as through [`ConnectionLike`]).
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        match self {
-            Self::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
+        match &self.inner {
+            Inner::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
             #[cfg(feature = "cluster")]
-            Self::Cluster(cluster) => cmd.query_async(&mut cluster.clone()).await,
+            Inner::Cluster(cluster) => cmd.query_async(&mut cluster.clone()).await,
             #[cfg(feature = "sentinel")]
-            Self::Sentinel(following) => following.query(cmd).await,
+            Inner::Sentinel(following) => cmd.query_async(&mut following.master().await?).await,
         }
     }
 
@@ -82,9 +122,83 @@ impl Connection {
     /// their own.
     pub(super) fn suspect(&self) {
         #[cfg(feature = "sentinel")]
-        if let Self::Sentinel(following) = self {
+        if let Inner::Sentinel(following) = &self.inner {
             following.suspect();
         }
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let reply = match &mut self.inner {
+                Inner::Standalone(manager) => manager.req_packed_command(cmd).await,
+                #[cfg(feature = "cluster")]
+                Inner::Cluster(cluster) => cluster.req_packed_command(cmd).await,
+                #[cfg(feature = "sentinel")]
+                Inner::Sentinel(following) => {
+                    following.master().await?.req_packed_command(cmd).await
+                }
+            };
+            if reply.is_err() {
+                self.suspect();
+            }
+            reply
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let replies = match &mut self.inner {
+                Inner::Standalone(manager) => {
+                    manager.req_packed_commands(pipeline, offset, count).await
+                }
+                #[cfg(feature = "cluster")]
+                Inner::Cluster(cluster) => {
+                    cluster.req_packed_commands(pipeline, offset, count).await
+                }
+                #[cfg(feature = "sentinel")]
+                Inner::Sentinel(following) => {
+                    let mut master = following.master().await?;
+                    master.req_packed_commands(pipeline, offset, count).await
+                }
+            };
+            if replies.is_err() {
+                self.suspect();
+            }
+            replies
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.inner {
+            Inner::Standalone(manager) => manager.get_db(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(_) => 0,
+            #[cfg(feature = "sentinel")]
+            Inner::Sentinel(following) => following.db(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The inner connections' Debug would print URLs, passwords included.
+        let topology = match &self.inner {
+            Inner::Standalone(_) => "standalone",
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(_) => "cluster",
+            #[cfg(feature = "sentinel")]
+            Inner::Sentinel(_) => "sentinel",
+        };
+        f.debug_struct("RedisConnection")
+            .field("topology", &topology)
+            .finish_non_exhaustive()
     }
 }
 
@@ -149,7 +263,7 @@ pub(super) fn manager(
 /// or `ASK` redirect (and survives one reconnect) but never waits out the
 /// default retry schedule of seconds; the policy's timeout bounds it anyway.
 #[cfg(feature = "cluster")]
-fn cluster(config: &RedisConfig, nodes: &[String], timeout: Duration) -> Result<Connection, Error> {
+fn cluster(config: &RedisConfig, nodes: &[String], timeout: Duration) -> Result<Inner, Error> {
     use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 
     let field = "redis.cluster_nodes";
@@ -183,7 +297,7 @@ fn cluster(config: &RedisConfig, nodes: &[String], timeout: Duration) -> Result<
     let client = builder
         .build()
         .map_err(|e| Error::config(field, e.to_string()))?;
-    Ok(Connection::Cluster(
+    Ok(Inner::Cluster(
         client.get_pending_async_connection_with_config(ClusterConfig::new()),
     ))
 }

@@ -16,7 +16,8 @@ use std::{
 use redis::{ErrorKind, Script, ServerErrorKind, aio::ConnectionManager};
 
 pub use self::config::{RedisConfig, TlsFiles};
-use self::connection::{Connection, Dropped};
+use self::connection::Dropped;
+pub use self::connection::RedisConnection;
 use super::{Charge, MAX_LIMITS, Store};
 use crate::{Algorithm, Decision, Error, algorithm::Verdict, key::KeyBuffer};
 
@@ -70,7 +71,7 @@ fn script(algorithm: Algorithm) -> &'static Script {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: Connection,
+    connection: RedisConnection,
     /// The connection dropped since the last decision that reached Redis.
     dropped: Dropped,
 }
@@ -109,7 +110,7 @@ impl RedisStore {
     /// [`Error::Config`] naming the setting that cannot work.
     pub fn connect_lazy(config: impl Into<RedisConfig>) -> Result<Self, Error> {
         let dropped = Dropped::default();
-        let connection = Connection::open(&config.into(), &dropped)?;
+        let connection = RedisConnection::with_drops(&config.into(), &dropped)?;
         Ok(Self {
             connection,
             dropped,
@@ -120,7 +121,7 @@ impl RedisStore {
     /// tells the store of a drop only through a decision that fails.
     pub fn from_connection(connection: ConnectionManager) -> Self {
         Self {
-            connection: Connection::Standalone(connection),
+            connection: RedisConnection::from_manager(connection),
             dropped: Dropped::default(),
         }
     }
@@ -196,7 +197,7 @@ impl RedisStore {
     /// reaches exactly the node that lacks it (in a Cluster, the key's
     /// primary, newly promoted or importing the slot).
     async fn run(
-        connection: Connection,
+        connection: RedisConnection,
         dropped: Dropped,
         algorithm: Algorithm,
         evalsha: redis::Cmd,
@@ -246,7 +247,7 @@ fn eval(evalsha: &redis::Cmd, algorithm: Algorithm) -> redis::Cmd {
 
 /// Tells the connection of a call that ended without an answer, by error
 /// or by being dropped.
-struct Watch<'a>(Option<&'a Connection>);
+struct Watch<'a>(Option<&'a RedisConnection>);
 
 impl Watch<'_> {
     fn done(mut self) {

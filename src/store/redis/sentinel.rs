@@ -17,7 +17,7 @@ use std::{
 };
 
 use redis::{
-    Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisResult, TlsMode,
+    ConnectionAddr, IntoConnectionInfo, ProtocolVersion, RedisResult, TlsMode,
     aio::ConnectionManager,
     sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
@@ -39,6 +39,7 @@ pub(crate) struct Following {
     asking: AtomicBool,
     last_asked: Mutex<Option<Instant>>,
     connect_timeout: Duration,
+    db: i64,
     dropped: Dropped,
 }
 
@@ -107,24 +108,28 @@ impl Following {
             asking: AtomicBool::new(false),
             last_asked: Mutex::new(None),
             connect_timeout: config.connect_timeout_or_default(),
+            db: config.db.unwrap_or(0),
             dropped,
         })
     }
 
-    /// Sends `cmd` to the master, asking the sentinels first if no master
+    /// The master's connection, asking the sentinels first if no master
     /// is known yet.
-    pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        let current = self
-            .master
-            .read()
-            .unwrap()
-            .as_ref()
-            .map(|m| m.connection.clone());
-        let mut connection = match current {
-            Some(connection) => connection,
-            None => self.ask(false).await?,
-        };
-        cmd.query_async(&mut connection).await
+    pub(super) async fn master(&self) -> RedisResult<ConnectionManager> {
+        match self.known() {
+            Some(connection) => Ok(connection),
+            None => self.ask(false).await,
+        }
+    }
+
+    fn known(&self) -> Option<ConnectionManager> {
+        let master = self.master.read().unwrap();
+        master.as_ref().map(|m| m.connection.clone())
+    }
+
+    /// The master's database.
+    pub(super) fn db(&self) -> i64 {
+        self.db
     }
 
     /// Asks the sentinels again in the background, unless a question is
@@ -149,13 +154,7 @@ impl Following {
     /// sentinels' current answer, connected anew only if it moved.
     async fn ask(&self, again: bool) -> RedisResult<ConnectionManager> {
         let mut sentinels = self.sentinels.lock().await;
-        let known = self
-            .master
-            .read()
-            .unwrap()
-            .as_ref()
-            .map(|m| m.connection.clone());
-        if let (false, Some(known)) = (again, known) {
+        if let (false, Some(known)) = (again, self.known()) {
             return Ok(known);
         }
         let client = sentinels.async_get_client().await?;
