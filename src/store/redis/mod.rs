@@ -27,6 +27,11 @@ const ALGORITHMS: [Algorithm; 3] = [
     Algorithm::Gcra,
 ];
 
+/// What a limiter's user must be allowed: the connection's commands, the
+/// scripts, and what they run inside.
+const SCRIPT_COMMANDS: &str = "PING, HELLO, SELECT (for a database other than 0), EVALSHA, EVAL, \
+     and within the scripts TIME, GET, SET, DEL, PTTL, PEXPIRE, HMGET, HSET and HINCRBY";
+
 /// One script per algorithm, hashed once.
 static SCRIPTS: LazyLock<[Script; 3]> =
     LazyLock::new(|| ALGORITHMS.map(|algorithm| Script::new(algorithm.script())));
@@ -127,7 +132,8 @@ impl RedisStore {
     }
 
     /// Runs `algorithm`'s script on no key at all, a refund of nothing that
-    /// reads only `TIME`: it proves the user may run the script.
+    /// reads only `TIME`: it proves the user may run the script, and `TIME`
+    /// within it.
     async fn probe(&self, algorithm: Algorithm) -> Result<(), Error> {
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha
@@ -141,18 +147,20 @@ impl RedisStore {
             algorithm,
             evalsha,
         );
+        let denied = |e: &redis::RedisError| {
+            e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
+                || e.to_string().contains("can't run this command")
+        };
         match reply.await {
-            Ok(_) => Ok(()),
-            Err(Error::Redis(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => {
-                Err(Error::config(
-                    "redis",
-                    format!(
-                        "the Redis user may not run the limiter's scripts ({e}); grant the \
-                         ACL the README's Deployments section lists"
-                    ),
-                ))
-            }
-            Err(e) => Err(e),
+            Err(Error::Redis(e)) if denied(&e) => Err(Error::config(
+                "redis",
+                format!(
+                    "the Redis user may not run the limiter's scripts ({e}); it needs \
+                     {SCRIPT_COMMANDS} on the keys under the policies' prefixes (the \
+                     README's Deployments section has the ACL)"
+                ),
+            )),
+            reply => reply.map(drop),
         }
     }
 
