@@ -1,0 +1,713 @@
+//! One suite, two stores: the Redis store and the memory store must make the
+//! same decisions, on every Redis topology. Each `tests/conformance*.rs`
+//! binary runs this suite against its own target (`super::target()`): one
+//! server, a Cluster, Sentinel, TLS, Valkey.
+//!
+//! Most cases pass the time explicitly (the policy setting `Clock::App`), so
+//! both stores see the same clock and every decision can be compared exactly,
+//! property tests included. The logical clock starts an hour ahead of the
+//! real one, so Redis's own expiry never fires during a test and the scripts'
+//! own notion of time is what is tested. The last cases use each store's own
+//! clock: Redis `TIME`, and Tokio's paused clock for the memory store.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum_redis_ratelimit::{
+    Algorithm, Decision, Limit, MemoryStore, Rate, RedisStore,
+    store::{Charge, RedisConnection, Store},
+};
+use futures::future::join_all;
+use proptest::prelude::*;
+
+use super::common::{check, current_thread, eventually, nz, unique_prefix};
+
+/// A Redis store on this binary's target.
+async fn redis() -> RedisStore {
+    RedisStore::connect(super::target()).await.unwrap()
+}
+
+/// A plain connection to the target, to look at what the store wrote.
+fn inspect() -> RedisConnection {
+    RedisConnection::open(super::target()).unwrap()
+}
+
+/// `PTTL` of `key`: -1 without a TTL, -2 if absent.
+async fn pttl(key: &str) -> i64 {
+    let pttl = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut inspect())
+        .await;
+    pttl.unwrap()
+}
+
+/// Removes the TTL of `key`, as a restore or an operator's `PERSIST` would;
+/// fails if it had none.
+async fn persist(key: &str) {
+    let persist: redis::RedisResult<bool> = redis::cmd("PERSIST")
+        .arg(key)
+        .query_async(&mut inspect())
+        .await;
+    assert!(persist.unwrap(), "{key} had no TTL to remove");
+}
+
+const ALGORITHMS: [Algorithm; 3] = [
+    Algorithm::FixedWindow,
+    Algorithm::SlidingWindow,
+    Algorithm::Gcra,
+];
+
+/// Both stores, asked the same questions at the same logical time.
+struct Pair {
+    memory: MemoryStore,
+    redis: RedisStore,
+    prefix: String,
+    now_us: u64,
+}
+
+impl Pair {
+    async fn new() -> Self {
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        Self {
+            memory: MemoryStore::new(),
+            redis: redis().await,
+            prefix: unique_prefix(),
+            // A whole second, so that window arithmetic in tests reads easily.
+            now_us: (real / 1_000_000 + 3600) * 1_000_000,
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now_us += by.as_micros() as u64;
+    }
+
+    /// `key` under this pair's prefix, at this pair's time.
+    fn check_of<'a>(
+        &self,
+        key: &'a str,
+        algorithm: Algorithm,
+        limits: &'a [Limit],
+        cost: u64,
+    ) -> Charge<'a> {
+        Charge {
+            key,
+            limits,
+            algorithm,
+            cost,
+            now_us: Some(self.now_us),
+        }
+    }
+
+    /// Asks both stores; they must agree exactly.
+    async fn check(
+        &self,
+        key: &str,
+        algorithm: Algorithm,
+        limits: &[Limit],
+        cost: u64,
+    ) -> Decision {
+        let key = format!("{}{{{key}}}", self.prefix);
+        let check = self.check_of(&key, algorithm, limits, cost);
+        let memory = self.memory.check(check).await.unwrap();
+        let redis = self.redis.check(check).await.unwrap();
+        assert_eq!(
+            memory, redis,
+            "stores disagree on {key} cost {cost} at {}",
+            self.now_us
+        );
+        memory
+    }
+
+    /// Refunds in both stores.
+    async fn refund(&self, key: &str, algorithm: Algorithm, limits: &[Limit], cost: u64) {
+        let key = format!("{}{{{key}}}", self.prefix);
+        let check = self.check_of(&key, algorithm, limits, cost);
+        self.memory.refund(check).await.unwrap();
+        self.redis.refund(check).await.unwrap();
+    }
+}
+
+fn limits(rates: &[&str]) -> Vec<Limit> {
+    rates
+        .iter()
+        .map(|r| Limit::new(r.parse().unwrap()))
+        .collect()
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+#[tokio::test]
+async fn every_algorithm_admits_exactly_the_limit_then_reports_an_honest_retry() {
+    for algorithm in ALGORITHMS {
+        let pair = Pair::new().await;
+        let three = limits(&["3/s"]);
+        for remaining in [2, 1, 0] {
+            let d = pair.check("k", algorithm, &three, 1).await;
+            assert_eq!(
+                (d.allowed, d.remaining, d.retry_after),
+                (true, remaining, None),
+                "{algorithm:?}"
+            );
+        }
+        let denied = pair.check("k", algorithm, &three, 1).await;
+        assert!(!denied.allowed, "{algorithm:?}");
+        let retry = denied.retry_after.unwrap();
+        // A sliding window may wait into the next window for the previous one to fade.
+        assert!(
+            retry > Duration::ZERO && retry <= Duration::from_secs(2),
+            "{algorithm:?} {retry:?}"
+        );
+        // Not a moment earlier…
+        let mut early = Pair {
+            now_us: pair.now_us + retry.as_micros() as u64 - 1,
+            ..pair
+        };
+        assert!(
+            !early.check("k", algorithm, &three, 1).await.allowed,
+            "{algorithm:?} early"
+        );
+        // …but then it is.
+        early.advance(Duration::from_micros(1));
+        assert!(
+            early.check("k", algorithm, &three, 1).await.allowed,
+            "{algorithm:?} on time"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_fixed_window_opens_at_the_first_request_and_renews_when_it_ends() {
+    let mut pair = Pair::new().await;
+    let three = limits(&["3/s"]);
+    let first = pair.check("k", Algorithm::FixedWindow, &three, 3).await;
+    assert_eq!(first.reset_after, Duration::from_secs(1));
+    pair.advance(ms(999));
+    let last_ms = pair.check("k", Algorithm::FixedWindow, &three, 1).await;
+    assert_eq!((last_ms.allowed, last_ms.retry_after), (false, Some(ms(1))));
+    pair.advance(ms(1));
+    let renewed = pair.check("k", Algorithm::FixedWindow, &three, 1).await;
+    assert_eq!(
+        (renewed.allowed, renewed.remaining, renewed.reset_after),
+        (true, 2, ms(1000))
+    );
+}
+
+#[tokio::test]
+async fn keys_are_independent_and_costs_all_or_nothing() {
+    for algorithm in ALGORITHMS {
+        let pair = Pair::new().await;
+        let five = limits(&["5/s"]);
+        let d = pair.check("a", algorithm, &five, 3).await;
+        assert_eq!((d.allowed, d.remaining), (true, 2), "{algorithm:?}");
+        let d = pair.check("a", algorithm, &five, 3).await;
+        assert_eq!(
+            (d.allowed, d.remaining),
+            (false, 2),
+            "{algorithm:?}: a denial consumes nothing"
+        );
+        let d = pair.check("a", algorithm, &five, 2).await;
+        assert_eq!((d.allowed, d.remaining), (true, 0), "{algorithm:?}");
+        let other = pair.check("b", algorithm, &five, 1).await;
+        assert_eq!((other.allowed, other.remaining), (true, 4), "{algorithm:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_denied_by_one_limit_is_counted_by_none() {
+    for algorithm in ALGORITHMS {
+        let pair = Pair::new().await;
+        let both = limits(&["2/s", "10/m"]);
+        for _ in 0..2 {
+            assert!(pair.check("k", algorithm, &both, 1).await.allowed);
+        }
+        let denied = pair.check("k", algorithm, &both, 1).await;
+        assert_eq!(
+            (denied.allowed, denied.limit),
+            (false, 2),
+            "{algorithm:?}: the per-second limit denies"
+        );
+        // The per-minute limit alone shows it spent 2, not 3.
+        let minute = pair.check("k", algorithm, &limits(&["10/m"]), 1).await;
+        assert_eq!(minute.remaining, 7, "{algorithm:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_most_restrictive_limit_is_reported() {
+    let mut pair = Pair::new().await;
+    let both = limits(&["10/s", "12/m"]);
+    let d = pair.check("k", Algorithm::FixedWindow, &both, 9).await;
+    assert_eq!(
+        (d.limit, d.remaining, d.window),
+        (10, 1, Duration::from_secs(1))
+    );
+    pair.advance(ms(1000));
+    let d = pair.check("k", Algorithm::FixedWindow, &both, 2).await;
+    assert_eq!(
+        (d.limit, d.remaining, d.window),
+        (12, 1, Duration::from_secs(60))
+    );
+    let d = pair.check("k", Algorithm::FixedWindow, &both, 2).await;
+    assert_eq!(
+        (d.allowed, d.limit, d.retry_after),
+        (false, 12, Some(ms(59_000)))
+    );
+}
+
+#[tokio::test]
+async fn a_check_with_no_or_too_many_limits_is_an_error_not_a_panic() {
+    let pair = Pair::new().await;
+    let nine: Vec<_> = (1..=9)
+        .map(|s| Limit::new(Rate::new(nz(5), Duration::from_secs(s)).unwrap()))
+        .collect();
+    for limits in [&[][..], &nine[..]] {
+        let check = check("rl:p:{k}", limits, Algorithm::FixedWindow);
+        for error in [
+            pair.memory.check(check).await.unwrap_err(),
+            pair.redis.check(check).await.unwrap_err(),
+        ] {
+            assert!(error.to_string().contains("limits"), "{error}");
+        }
+    }
+}
+
+/// The edge that motivates the other algorithms: `limit` just before a
+/// window boundary and `limit` just after it.
+#[tokio::test]
+async fn only_the_fixed_window_admits_twice_the_limit_at_an_edge() {
+    for algorithm in ALGORITHMS {
+        let mut pair = Pair::new().await;
+        let ten = limits(&["10/s"]);
+        pair.check("k", algorithm, &ten, 1).await;
+        pair.advance(ms(998));
+        let mut admitted = 1;
+        for _ in 0..2 {
+            for _ in 0..12 {
+                admitted += u64::from(pair.check("k", algorithm, &ten, 1).await.allowed);
+            }
+            pair.advance(ms(2));
+        }
+        // All of these fell within 3 ms.
+        match algorithm {
+            Algorithm::FixedWindow => assert_eq!(admitted, 20),
+            _ => assert!(admitted <= 11, "{algorithm:?} admitted {admitted}"),
+        }
+    }
+}
+
+/// Sliding windows and GCRA keep their documented bounds whatever the
+/// arrival pattern: in any span of one window, sliding admits at most twice
+/// the limit; in any span `t`, GCRA admits at most `burst + t / T`.
+#[test]
+fn sliding_window_and_gcra_keep_their_bounds_under_random_load() {
+    let runtime = current_thread();
+    let steps = proptest::collection::vec(0u64..300, 20..150);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(16));
+    runner
+        .run(&(prop::bool::ANY, steps), |(gcra, steps)| {
+            let algorithm = if gcra {
+                Algorithm::Gcra
+            } else {
+                Algorithm::SlidingWindow
+            };
+            let admitted = runtime.block_on(async {
+                let mut pair = Pair::new().await;
+                let (start, ten) = (pair.now_us, limits(&["10/s"]));
+                let mut admitted = Vec::new();
+                for step in steps {
+                    pair.advance(ms(step));
+                    if pair.check("k", algorithm, &ten, 1).await.allowed {
+                        admitted.push(pair.now_us - start);
+                    }
+                }
+                admitted
+            });
+            for (i, &from) in admitted.iter().enumerate() {
+                for span in [100_000u64, 500_000, 1_000_000] {
+                    let within = admitted[i..]
+                        .iter()
+                        .take_while(|&&t| t < from + span)
+                        .count() as u64;
+                    // GCRA: burst + span / T with T = 100 ms. Sliding: twice the limit.
+                    let bound = if gcra { 10 + span / 100_000 } else { 20 };
+                    prop_assert!(
+                        within <= bound,
+                        "{:?}: {} in {} us",
+                        algorithm,
+                        within,
+                        span
+                    );
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Random sequences of (time step, key, cost), the same for both stores,
+/// for every algorithm and a few limit sets: every decision must match.
+#[test]
+fn both_stores_make_identical_decisions_on_random_sequences() {
+    let runtime = current_thread();
+    let limit_sets = [
+        vec![Limit::new(Rate::per_second(3))],
+        vec![
+            Limit::new("5/2s".parse().unwrap()),
+            Limit::new(Rate::per_minute(12)),
+        ],
+        vec![
+            Limit::new(Rate::per_second(4)).with_burst(nz(6)),
+            Limit::new(Rate::per_minute(30)).with_burst(nz(2)),
+        ],
+    ];
+    // Steps in microseconds, biased towards the edges where off-by-ones
+    // live: the same instant, a few microseconds, around a window or an
+    // emission interval, and anywhere.
+    let step = prop_oneof![
+        0u64..5,
+        0u64..2_000,
+        999_000u64..1_001_000,
+        332_000u64..335_000,
+        0u64..1_500_000,
+    ];
+    let op = (step, 0usize..3, 1u64..4);
+    let sequence = proptest::collection::vec(op, 1..60);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(160));
+    runner
+        .run(&(0usize..3, 0usize..3, sequence), |(a, l, ops)| {
+            let (algorithm, limits) = (ALGORITHMS[a], &limit_sets[l]);
+            // Bursts are for GCRA only; other algorithms use the plain rates.
+            let limits: Vec<_> = match algorithm {
+                Algorithm::Gcra => limits.clone(),
+                _ => limits.iter().map(|l| Limit::new(l.rate())).collect(),
+            };
+            runtime.block_on(async {
+                let mut pair = Pair::new().await;
+                for (step, key, cost) in ops {
+                    pair.advance(Duration::from_micros(step));
+                    pair.check(&format!("k{key}"), algorithm, &limits, cost)
+                        .await;
+                }
+            });
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// With the store's own clock: Redis `TIME` inside the script, or Tokio's
+/// (paused) clock for the memory store.
+trait OwnClock {
+    async fn check(&self, key: &str, rate: Rate, algorithm: Algorithm) -> Decision;
+    async fn await_reset(&self, key: &str, decision: &Decision);
+}
+
+struct Memory(MemoryStore);
+
+struct Redis(RedisStore, String);
+
+async fn check_on(store: &impl Store, key: &str, rate: Rate, algorithm: Algorithm) -> Decision {
+    let limits = [Limit::new(rate)];
+    store.check(check(key, &limits, algorithm)).await.unwrap()
+}
+
+impl OwnClock for Memory {
+    async fn check(&self, key: &str, rate: Rate, algorithm: Algorithm) -> Decision {
+        check_on(&self.0, key, rate, algorithm).await
+    }
+
+    async fn await_reset(&self, _key: &str, decision: &Decision) {
+        tokio::time::advance(decision.reset_after).await;
+    }
+}
+
+impl OwnClock for Redis {
+    async fn check(&self, key: &str, rate: Rate, algorithm: Algorithm) -> Decision {
+        check_on(&self.0, &format!("{}{key}", self.1), rate, algorithm).await
+    }
+
+    /// Waits until Redis has expired the counter: the window is over.
+    async fn await_reset(&self, key: &str, _decision: &Decision) {
+        let key = format!("{}{key}:1", self.1);
+        let conn = inspect();
+        eventually(Duration::from_secs(5), || {
+            let (key, mut conn) = (key.clone(), conn.clone());
+            async move {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                !exists
+            }
+        })
+        .await;
+    }
+}
+
+async fn the_window_expires_and_renews(store: &impl OwnClock) {
+    let three = Rate::per_second(3);
+    for _ in 0..3 {
+        assert!(
+            store
+                .check("w", three, Algorithm::FixedWindow)
+                .await
+                .allowed
+        );
+    }
+    let denied = store.check("w", three, Algorithm::FixedWindow).await;
+    assert!(!denied.allowed);
+    store.await_reset("w", &denied).await;
+    let renewed = store.check("w", three, Algorithm::FixedWindow).await;
+    assert_eq!((renewed.allowed, renewed.remaining), (true, 2));
+}
+
+async fn concurrent_requests_admit_exactly_the_limit(store: &impl OwnClock) {
+    for algorithm in ALGORITHMS {
+        let key = format!("many-{algorithm:?}");
+        // All start before any is awaited, so the Redis store pipelines them.
+        let decisions =
+            join_all((0..200).map(|_| store.check(&key, Rate::per_minute(50), algorithm))).await;
+        assert_eq!(
+            decisions.iter().filter(|d| d.allowed).count(),
+            50,
+            "{algorithm:?}"
+        );
+    }
+}
+
+macro_rules! own_clock {
+    ($($case:ident),* $(,)?) => {
+        mod memory_store {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $case() {
+                    super::$case(&super::Memory(super::MemoryStore::new())).await;
+                }
+            )*
+        }
+        mod redis_store {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let store = super::redis().await;
+                    super::$case(&super::Redis(store, super::unique_prefix())).await;
+                }
+            )*
+        }
+    };
+}
+
+own_clock!(
+    the_window_expires_and_renews,
+    concurrent_requests_admit_exactly_the_limit
+);
+
+fn unix_now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The counter keys of one client, as the stores name them.
+fn counter_key(client: &str, algorithm: Algorithm, window_secs: u64) -> String {
+    let suffix = match algorithm {
+        Algorithm::FixedWindow => "",
+        Algorithm::SlidingWindow => ":sliding",
+        _ => ":gcra",
+    };
+    format!("{client}:{window_secs}{suffix}")
+}
+
+/// `Clock::App` with the app's clock two hours behind Redis's, or ahead of
+/// it: Redis expires keys by its own clock, so an expiry written as an
+/// instant of the app's clock would drop every counter at once (behind) or
+/// keep it for hours (ahead). Skew may shift windows, never lift the limit.
+#[tokio::test]
+async fn an_app_clock_behind_or_ahead_of_redis_never_weakens_the_limit() {
+    let two_hours = 2 * 3600 * 1_000_000u64;
+    let redis = redis().await;
+    for algorithm in ALGORITHMS {
+        for skew in [-(two_hours as i64), -300_000, 300_000, two_hours as i64] {
+            let client = format!("{}{{k}}", unique_prefix());
+            let five = limits(&["5/m"]);
+            let mut admitted = 0;
+            for _ in 0..100 {
+                let check = Charge {
+                    key: &client,
+                    limits: &five,
+                    algorithm,
+                    cost: 1,
+                    now_us: Some(unix_now_us().saturating_add_signed(skew)),
+                };
+                admitted += u32::from(redis.check(check).await.unwrap().allowed);
+            }
+            assert_eq!(
+                admitted, 5,
+                "{algorithm:?} with the app clock {skew} us off"
+            );
+            // And the counter lives no longer than its algorithm needs.
+            let ttl = pttl(&counter_key(&client, algorithm, 60)).await;
+            assert!(
+                ttl > 0 && ttl <= 120_000,
+                "{algorithm:?} {skew}: PTTL {ttl}"
+            );
+        }
+    }
+}
+
+/// Two app servers whose clocks differ by 50 ms take turns around a window
+/// boundary: the one behind must count in the newer window, not reset it.
+#[tokio::test]
+async fn app_servers_with_skewed_clocks_never_reset_each_others_windows() {
+    for algorithm in ALGORITHMS {
+        let mut pair = Pair::new().await;
+        let five = limits(&["5/s"]);
+        // 10 ms past a second boundary on the clock that is ahead.
+        let ahead = pair.now_us + 10_000;
+        let mut admitted = 0;
+        for i in 0..40 {
+            let skew = if i % 2 == 0 { 0 } else { 50_000 };
+            pair.now_us = ahead + i * 1_000 - skew;
+            admitted += u32::from(pair.check("k", algorithm, &five, 1).await.allowed);
+        }
+        assert_eq!(admitted, 5, "{algorithm:?}");
+    }
+}
+
+/// A client whose clock is behind the sliding window it finds is told to
+/// wait from its own clock: never less than the clock that is ahead says.
+#[tokio::test]
+async fn a_caller_behind_the_window_waits_on_its_own_clock() {
+    let mut pair = Pair::new().await;
+    let five = limits(&["5/s"]);
+    let start = pair.now_us;
+    pair.check("k", Algorithm::SlidingWindow, &five, 5).await;
+    pair.now_us = start + 100_000;
+    let ahead = pair.check("k", Algorithm::SlidingWindow, &five, 1).await;
+    pair.now_us = start - 50_000;
+    let behind = pair.check("k", Algorithm::SlidingWindow, &five, 1).await;
+    assert!(!ahead.allowed && !behind.allowed);
+    assert_eq!(
+        behind.retry_after.unwrap(),
+        ahead.retry_after.unwrap() + ms(150),
+    );
+}
+
+/// A counter whose TTL was removed (PERSIST, a restore) gets one back from
+/// the next request, allowed or denied, with every algorithm.
+#[tokio::test]
+async fn every_algorithm_gives_a_persisted_counter_its_ttl_back() {
+    let redis = redis().await;
+    for algorithm in ALGORITHMS {
+        let client = format!("{}{{k}}", unique_prefix());
+        let key = counter_key(&client, algorithm, 60);
+        let three = limits(&["3/m"]);
+        let check = |cost| Charge {
+            cost,
+            ..check(&client, &three, algorithm)
+        };
+        assert!(redis.check(check(1)).await.unwrap().allowed);
+        persist(&key).await;
+        assert!(
+            redis.check(check(1)).await.unwrap().allowed,
+            "{algorithm:?}"
+        );
+        assert!(pttl(&key).await > 0, "{algorithm:?}: allowed in the window");
+        assert!(redis.check(check(1)).await.unwrap().allowed);
+        persist(&key).await;
+        assert!(
+            !redis.check(check(1)).await.unwrap().allowed,
+            "{algorithm:?}"
+        );
+        assert!(pttl(&key).await > 0, "{algorithm:?}: denied");
+    }
+}
+
+/// Through the public `Store` API, costs near `u64::MAX` are denied by both
+/// stores alike (the memory store used to wrap around and admit them), and
+/// limits beyond exact arithmetic are errors in both.
+#[tokio::test]
+async fn huge_costs_and_limits_get_the_same_answer_from_both_stores() {
+    for algorithm in ALGORITHMS {
+        let pair = Pair::new().await;
+        let limits = match algorithm {
+            Algorithm::Gcra => vec![Limit::new(Rate::per_second(10)).with_burst(nz(20))],
+            _ => limits(&["10/s"]),
+        };
+        for cost in [1 << 62, 1 << 63, u64::MAX - 1, u64::MAX] {
+            let d = pair.check("k", algorithm, &limits, cost).await;
+            assert!(!d.allowed, "{algorithm:?} admitted cost {cost}");
+        }
+        assert!(
+            pair.check("k", algorithm, &limits, 10).await.allowed,
+            "{algorithm:?}"
+        );
+        let zero = Charge {
+            cost: 0,
+            ..check("rl:p:{z}", &limits, algorithm)
+        };
+        let huge = [Limit::new(Rate::per_day(1 << 40))];
+        let too_large = Charge {
+            limits: &huge,
+            cost: 1,
+            ..zero
+        };
+        for check in [zero, too_large] {
+            for error in [
+                pair.memory.check(check).await.unwrap_err(),
+                pair.redis.check(check).await.unwrap_err(),
+            ] {
+                let error = error.to_string();
+                assert!(
+                    error.contains("cost") || error.contains("limits.rate"),
+                    "{error}"
+                );
+            }
+        }
+    }
+}
+
+/// A refund gives back exactly what an allowed check counted, in both stores
+/// alike: afterwards the key answers as if the request had never come, and
+/// a refund never makes room beyond an empty counter.
+#[tokio::test]
+async fn a_refund_gives_back_exactly_what_was_counted() {
+    for algorithm in ALGORITHMS {
+        let mut pair = Pair::new().await;
+        let both = limits(&["5/s", "20/m"]);
+        // The reference key "j" sees only the first request, of cost 2.
+        pair.check("k", algorithm, &both, 2).await;
+        pair.check("j", algorithm, &both, 2).await;
+        pair.advance(ms(100));
+        let charged = pair.check("k", algorithm, &both, 3).await;
+        assert!(charged.allowed, "{algorithm:?}");
+        pair.refund("k", algorithm, &both, 3).await;
+        let refunded = pair.check("k", algorithm, &both, 3).await;
+        let reference = pair.check("j", algorithm, &both, 3).await;
+        assert_eq!(refunded, reference, "{algorithm:?}");
+        // Refunds beyond what was counted leave an empty counter, no credit.
+        for _ in 0..5 {
+            pair.refund("k", algorithm, &both, 5).await;
+        }
+        let fresh = pair.check("n", algorithm, &both, 5).await;
+        assert_eq!(
+            pair.check("k", algorithm, &both, 5).await.remaining,
+            fresh.remaining
+        );
+        assert!(
+            !pair.check("k", algorithm, &both, 1).await.allowed,
+            "{algorithm:?}"
+        );
+        // A refund of a key that does not exist, or has expired, creates none.
+        pair.refund("absent", algorithm, &both, 1).await;
+        pair.advance(Duration::from_secs(180));
+        pair.refund("k", algorithm, &both, 1).await;
+        let after = pair.check("k", algorithm, &both, 5).await;
+        assert_eq!((after.allowed, after.remaining), (true, 0), "{algorithm:?}");
+    }
+}
