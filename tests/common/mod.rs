@@ -40,6 +40,9 @@ use hyper_util::{
 use redis::aio::MultiplexedConnection;
 use tower::ServiceExt;
 
+/// Production topologies: Redis Cluster, Sentinel, TLS, ACL users, Valkey.
+pub mod topology;
+
 /// A Redis server for tests: the user's `REDIS_URL`, or a `redis-server`
 /// child of this test binary.
 pub struct RedisServer {
