@@ -4,11 +4,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use axum_redis_ratelimit::{
     Algorithm, Error, Limit, Rate, RedisStore,
     store::{RedisConfig, Store},
 };
 use common::{RedisServer, check, unique_prefix};
+use redis as _;
 
 /// The ACL the README documents for the limiter's user: the connection's
 /// own commands, the scripts, what they run inside, and keys under the
@@ -153,4 +156,205 @@ fn two_topologies_at_once_is_a_startup_error() {
     assert!(matches!(error, Error::Config { .. }), "{error}");
     assert!(error.to_string().contains("redis.url"), "{error}");
     assert!(error.to_string().contains("redis.sentinels"), "{error}");
+}
+
+/// Decides `n` requests of `key` at once on `stores` in turn; how many were
+/// allowed, and the errors.
+async fn burst(stores: &[RedisStore], key: &str, limits: &[Limit], n: usize) -> (usize, usize) {
+    let checks = (0..n).map(|i| {
+        let charge = check(key, limits, Algorithm::Gcra);
+        // As a policy's timeout bounds a decision.
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            stores[i % stores.len()].check(charge),
+        )
+    });
+    let decisions = futures::future::join_all(checks).await;
+    let allowed = decisions
+        .iter()
+        .filter(|d| matches!(d, Ok(Ok(d)) if d.allowed))
+        .count();
+    (
+        allowed,
+        decisions.iter().filter(|d| !matches!(d, Ok(Ok(_)))).count(),
+    )
+}
+
+#[cfg(feature = "cluster")]
+mod cluster {
+    use std::collections::HashSet;
+
+    use axum_redis_ratelimit::{
+        Algorithm, Limit, Rate, RedisStore,
+        store::{RedisConfig, Store},
+    };
+    use futures::future::join_all;
+
+    use super::{ALGORITHMS, Duration, burst, common::topology::RedisCluster};
+    use crate::common::{check, unique_prefix};
+
+    async fn store(cluster: &RedisCluster) -> RedisStore {
+        RedisStore::connect(RedisConfig::cluster(cluster.seed_urls()))
+            .await
+            .unwrap()
+    }
+
+    /// Blocking harness work (starting nodes, failovers) off the runtime's
+    /// thread, so that decisions keep running meanwhile.
+    async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+        tokio::task::spawn_blocking(work).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn two_app_instances_admit_exactly_the_limit_on_every_primary() {
+        let cluster = RedisCluster::shared();
+        let stores = [store(cluster).await, store(cluster).await];
+        let primaries = cluster.primaries();
+        let tags: Vec<String> = primaries.iter().map(|&p| cluster.tag_on(p)).collect();
+        let homes: HashSet<u16> = tags.iter().map(|t| cluster.primary_for_key(t)).collect();
+        assert_eq!(homes.len(), 3, "the keys land on three primaries: {tags:?}");
+        let limits = [
+            Limit::new(Rate::per_minute(50)),
+            Limit::new(Rate::per_hour(500)),
+        ];
+        for algorithm in ALGORITHMS {
+            for tag in &tags {
+                let key = format!("rl:{}{tag}", unique_prefix());
+                let checks = (0..200).map(|i| {
+                    let charge = check(&key, &limits, algorithm);
+                    stores[i % 2].check(charge)
+                });
+                let decisions: Vec<_> = join_all(checks).await;
+                let allowed = decisions
+                    .iter()
+                    .filter(|d| d.as_ref().unwrap().allowed)
+                    .count();
+                assert_eq!(allowed, 50, "{algorithm:?} on {tag}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_script_flush_on_every_node_costs_no_decision() {
+        let cluster = RedisCluster::shared();
+        let store = store(cluster).await;
+        let limits = [Limit::new(Rate::per_minute(5))];
+        let key = format!("rl:{}{{flushed}}", unique_prefix());
+        for remaining in [4, 3] {
+            let decision = store
+                .check(check(&key, &limits, Algorithm::FixedWindow))
+                .await;
+            assert_eq!(decision.unwrap().remaining, remaining);
+            cluster.script_flush_all();
+        }
+        let decision = store
+            .check(check(&key, &limits, Algorithm::FixedWindow))
+            .await;
+        assert_eq!(decision.unwrap().remaining, 2);
+    }
+
+    #[tokio::test]
+    async fn a_replica_promoted_mid_load_loses_and_adds_nothing() {
+        let cluster = blocking(RedisCluster::start).await;
+        let store = store(&cluster).await;
+        let primary = cluster.primaries()[0];
+        let replica = cluster.replica_of(primary);
+        let key = format!("rl:{}{}", unique_prefix(), cluster.tag_on(primary));
+        let limits = [Limit::new(Rate::per_hour(150))];
+        let (first, errors) = burst(std::slice::from_ref(&store), &key, &limits, 100).await;
+        assert_eq!((first, errors), (100, 0));
+        let cluster = std::sync::Arc::new(cluster);
+        let promoting = {
+            let cluster = cluster.clone();
+            tokio::task::spawn_blocking(move || cluster.failover(replica))
+        };
+        let mut during = 0;
+        while !promoting.is_finished() {
+            let (allowed, errors) = burst(std::slice::from_ref(&store), &key, &limits, 5).await;
+            assert_eq!(errors, 0, "a graceful failover fails no decision");
+            during += allowed;
+        }
+        promoting.await.unwrap();
+        assert_eq!(cluster.primary_for_key(&key), replica);
+        let (after, errors) = burst(std::slice::from_ref(&store), &key, &limits, 100).await;
+        assert_eq!(errors, 0);
+        assert_eq!(
+            first + during + after,
+            150,
+            "exactly the limit across the failover"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_killed_primary_is_replaced_without_restarting_the_app() {
+        let cluster = blocking(RedisCluster::start).await;
+        let store = store(&cluster).await;
+        let primary = cluster.primaries()[1];
+        let key = format!("rl:{}{}", unique_prefix(), cluster.tag_on(primary));
+        let limits = [Limit::new(Rate::per_hour(1000))];
+        let charge = || check(&key, &limits, Algorithm::SlidingWindow);
+        assert!(store.check(charge()).await.unwrap().allowed);
+        let cluster = std::sync::Arc::new(cluster);
+        {
+            let cluster = cluster.clone();
+            blocking(move || cluster.kill(primary)).await;
+        }
+        let killed = tokio::time::Instant::now();
+        // Each decision is bounded as a policy's timeout bounds it; the gap
+        // is the fail mode's, then the promoted replica answers.
+        let mut failed = 0;
+        loop {
+            let answer = tokio::time::timeout(Duration::from_millis(100), store.check(charge()));
+            match answer.await {
+                Ok(Ok(decision)) => {
+                    assert!(decision.allowed);
+                    break;
+                }
+                _ => failed += 1,
+            }
+            assert!(killed.elapsed() < Duration::from_secs(30), "no new primary");
+        }
+        let gap = killed.elapsed();
+        eprintln!(
+            "cluster: decisions resumed {gap:?} after kill -9 of a primary ({failed} failed)"
+        );
+        let settled = cluster.clone();
+        blocking(move || settled.wait_until_ok()).await;
+        assert_ne!(cluster.primary_for_key(&key), primary);
+    }
+
+    #[tokio::test]
+    async fn a_slot_migrated_by_hand_keeps_every_decision_and_count() {
+        let cluster = blocking(RedisCluster::start).await;
+        let store = store(&cluster).await;
+        let [from, to, ..] = cluster.primaries()[..] else {
+            panic!("three primaries");
+        };
+        let tag = cluster.tag_on(from);
+        let key = format!("rl:{}{tag}", unique_prefix());
+        let limits = [
+            Limit::new(Rate::per_minute(30)),
+            Limit::new(Rate::per_hour(300)),
+        ];
+        let counters: Vec<String> = ["60", "3600"].map(|w| format!("{key}:{w}:gcra")).into();
+        let (mut allowed, errors) = burst(std::slice::from_ref(&store), &key, &limits, 10).await;
+        assert_eq!(errors, 0);
+        let migration = cluster.begin_migration(cluster.slot_of(&key), to);
+        // MIGRATING on the source, the keys still there: answered by it.
+        let (more, errors) = burst(std::slice::from_ref(&store), &key, &limits, 5).await;
+        assert_eq!((more, errors), (5, 0));
+        allowed += more;
+        // The keys moved, the slot not yet: ASK, answered by the target.
+        let names: Vec<&str> = counters.iter().map(String::as_str).collect();
+        assert!(migration.move_keys_named(&names));
+        let (more, errors) = burst(std::slice::from_ref(&store), &key, &limits, 5).await;
+        assert_eq!((more, errors), (5, 0), "ASK is followed");
+        allowed += more;
+        migration.finish();
+        assert_eq!(cluster.primary_for_key(&key), to);
+        let (more, errors) = burst(std::slice::from_ref(&store), &key, &limits, 40).await;
+        assert_eq!(errors, 0, "MOVED is followed");
+        allowed += more;
+        assert_eq!(allowed, 30, "counts carried across the migration");
+    }
 }

@@ -111,7 +111,12 @@ impl RedisConnection {
         match &self.inner {
             Inner::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
             #[cfg(feature = "cluster")]
-            Inner::Cluster(cluster) => cmd.query_async(&mut cluster.clone()).await,
+            Inner::Cluster(cluster) => match cmd.query_async(&mut cluster.clone()).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask) => {
+                    asked(cluster.clone(), cmd, e).await
+                }
+                reply => reply,
+            },
             #[cfg(feature = "sentinel")]
             Inner::Sentinel(following) => cmd.query_async(&mut following.master().await?).await,
         }
@@ -257,6 +262,38 @@ pub(super) fn manager(
             Ok::<_, ()>(())
         });
     ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// Follows the `ASK` of a slot being migrated: the command, preceded by
+/// `ASKING`, to the node the slot is moving to. redis-rs sends the two as
+/// separate requests on a connection other requests share, so under load
+/// another request can come between them and be refused; as one pipeline
+/// they reach the node together.
+#[cfg(feature = "cluster")]
+async fn asked<T: FromRedisValue>(
+    mut cluster: redis::cluster_async::ClusterConnection,
+    cmd: &Cmd,
+    ask: redis::RedisError,
+) -> RedisResult<T> {
+    use redis::cluster_routing::SingleNodeRoutingInfo;
+
+    let target = ask.redirect_node().and_then(|(address, _slot)| {
+        let (host, port) = address.rsplit_once(':')?;
+        Some((host.to_owned(), port.parse().ok()?))
+    });
+    let Some((host, port)) = target else {
+        return Err(ask);
+    };
+    let mut pipeline = redis::pipe();
+    pipeline.cmd("ASKING").add_command(cmd.clone());
+    let route = SingleNodeRoutingInfo::ByAddress { host, port };
+    let reply = cluster.route_pipeline(pipeline, 1, 1, route).await?;
+    let reply = reply
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Nil)
+        .extract_error()?;
+    Ok(T::from_redis_value(reply)?)
 }
 
 /// A Cluster connection sized for a limiter: a decision follows a `MOVED`
