@@ -27,6 +27,14 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 const EXAMPLE_VARS: &[&str] = &[
     "LISTEN_ADDR",
     "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
+    "REDIS_SENTINELS",
+    "REDIS_MASTER_NAME",
+    "REDIS_MASTER_USERNAME",
+    "REDIS_MASTER_PASSWORD",
+    "REDIS_TLS_CA",
+    "REDIS_TLS_CERT",
+    "REDIS_TLS_KEY",
     "QUEUE_URL",
     "QUEUE_DEDUP_SECONDS",
     "TELEMETRY_RATE",
@@ -1243,4 +1251,448 @@ fn the_log_names_the_store_and_each_policy() {
     let from_file =
         format!("algorithm=gcra limits=10/s burst 20, 1000/m burst 20 from={SAMPLE_POLICIES}");
     assert!(output.contains(&from_file), "{output}");
+}
+
+#[test]
+fn two_topologies_stop_startup_naming_both_variables() {
+    let url = "redis://:hunter2@127.0.0.1:6399/1";
+    let node = "redis://:hunter2@127.0.0.1:7000";
+    let sentinel = "redis://:hunter2@127.0.0.1:26379";
+    let cases: &[(Env, &[&str])] = &[
+        (
+            &[("REDIS_URL", url), ("REDIS_CLUSTER_NODES", node)],
+            &["REDIS_URL", "REDIS_CLUSTER_NODES"],
+        ),
+        (
+            &[
+                ("REDIS_URL", url),
+                ("REDIS_SENTINELS", sentinel),
+                ("REDIS_MASTER_NAME", "mymaster"),
+            ],
+            &["REDIS_URL", "REDIS_SENTINELS"],
+        ),
+        (
+            &[
+                ("REDIS_CLUSTER_NODES", node),
+                ("REDIS_SENTINELS", sentinel),
+                ("REDIS_MASTER_NAME", "mymaster"),
+            ],
+            &["REDIS_CLUSTER_NODES", "REDIS_SENTINELS"],
+        ),
+        (
+            &[
+                ("REDIS_URL", url),
+                ("REDIS_CLUSTER_NODES", node),
+                ("REDIS_SENTINELS", sentinel),
+                ("REDIS_MASTER_NAME", "mymaster"),
+            ],
+            &["REDIS_URL", "REDIS_CLUSTER_NODES", "REDIS_SENTINELS"],
+        ),
+    ];
+    for (env, named) in cases {
+        let (status, output) = run_to_exit(env);
+        assert!(!status.success(), "{env:?}: {status}: {output}");
+        // The first line of the error names every variable set.
+        let error = output
+            .lines()
+            .find(|l| l.starts_with("edr: "))
+            .unwrap_or("");
+        let head = error.split(": ").nth(1).unwrap_or("");
+        for var in *named {
+            assert!(head.contains(var), "{var}: {output}");
+        }
+        assert!(output.contains("choose one topology"), "{output}");
+        assert!(!output.contains("hunter2"), "password printed: {output}");
+        assert!(!output.contains("panicked"), "{output}");
+    }
+}
+
+#[test]
+fn sentinels_and_master_name_stop_startup_without_each_other() {
+    let sentinel = "redis://127.0.0.1:26379";
+    let cases: &[(Env, &str)] = &[
+        // The sentinels, but not which master.
+        (&[("REDIS_SENTINELS", sentinel)], "REDIS_MASTER_NAME: "),
+        (
+            &[
+                ("REDIS_SENTINELS", sentinel),
+                ("REDIS_MASTER_PASSWORD", "hunter3"),
+            ],
+            "REDIS_MASTER_NAME: ",
+        ),
+        // A master, but no sentinels to ask for it.
+        (&[("REDIS_MASTER_NAME", "mymaster")], "REDIS_MASTER_NAME: "),
+        (
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:6399/1"),
+                ("REDIS_MASTER_NAME", "mymaster"),
+            ],
+            "REDIS_MASTER_NAME: ",
+        ),
+        // The master's credentials belong to Sentinel alone.
+        (
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:6399/1"),
+                ("REDIS_MASTER_PASSWORD", "hunter3"),
+            ],
+            "REDIS_MASTER_PASSWORD: ",
+        ),
+        // A sentinel has no database to choose.
+        (
+            &[
+                ("REDIS_SENTINELS", "redis://127.0.0.1:26379/1"),
+                ("REDIS_MASTER_NAME", "mymaster"),
+            ],
+            "REDIS_SENTINELS: ",
+        ),
+    ];
+    for (env, named) in cases {
+        let (status, output) = run_to_exit(env);
+        assert!(!status.success(), "{env:?}: {status}: {output}");
+        assert!(output.contains(named), "{env:?}: {output}");
+        assert!(output.contains("REDIS_SENTINELS"), "{env:?}: {output}");
+        assert!(!output.contains("hunter3"), "password printed: {output}");
+        assert!(!output.contains("panicked"), "{env:?}: {output}");
+    }
+
+    // Sentinels that do not answer stop startup too, naming them, with
+    // neither their password nor the master's.
+    let closed = format!("redis://:hunter2@127.0.0.1:{}", free_port());
+    let (status, output) = run_to_exit(&[
+        ("REDIS_SENTINELS", &closed),
+        ("REDIS_MASTER_NAME", "mymaster"),
+        ("REDIS_MASTER_PASSWORD", "hunter3"),
+    ]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("REDIS_SENTINELS: "), "{output}");
+    assert!(!output.contains("hunter"), "password printed: {output}");
+}
+
+#[test]
+fn a_cluster_node_url_with_a_database_stops_startup() {
+    let nodes = "redis://:hunter2@127.0.0.1:7000,redis://:hunter2@127.0.0.1:7001/1";
+    let (status, output) = run_to_exit(&[("REDIS_CLUSTER_NODES", nodes)]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("REDIS_CLUSTER_NODES: "), "{output}");
+    assert!(output.contains("127.0.0.1:7001/1"), "{output}");
+    assert!(output.contains("only database 0"), "{output}");
+    assert!(output.contains("key prefix"), "{output}");
+    assert!(!output.contains("hunter2"), "password printed: {output}");
+    assert!(!output.contains("panicked"), "{output}");
+}
+
+#[test]
+fn a_missing_tls_file_stops_startup_naming_the_variable_and_the_path() {
+    let missing = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/no-such-ca.pem");
+    let rediss = format!("rediss://:hunter2@127.0.0.1:{}/1", free_port());
+    // The example is built with the crate's features, as this test is:
+    // without `tls`, any TLS setting is refused for want of it.
+    if !cfg!(feature = "tls") {
+        let plain = format!("redis://:hunter2@127.0.0.1:{}/1", free_port());
+        let cases: [(Env, &str); 2] = [
+            (
+                &[("REDIS_URL", &plain), ("REDIS_TLS_CA", missing)],
+                "REDIS_TLS_CA: ",
+            ),
+            (&[("REDIS_URL", &rediss)], "REDIS_URL: "),
+        ];
+        for (env, named) in cases {
+            let (status, output) = run_to_exit(env);
+            assert!(!status.success(), "{env:?}: {status}: {output}");
+            assert!(output.contains(named), "{env:?}: {output}");
+            assert!(output.contains("`tls` feature"), "{env:?}: {output}");
+            assert!(!output.contains("hunter2"), "password printed: {output}");
+        }
+        return;
+    }
+    let (status, output) = run_to_exit(&[("REDIS_URL", &rediss), ("REDIS_TLS_CA", missing)]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("REDIS_TLS_CA: "), "{output}");
+    assert!(!output.contains("hunter2"), "password printed: {output}");
+    assert!(!output.contains("panicked"), "{output}");
+    assert!(output.contains(missing), "{output}");
+
+    // The same file for a cluster's nodes.
+    let node = format!("rediss://127.0.0.1:{}", free_port());
+    let (status, output) =
+        run_to_exit(&[("REDIS_CLUSTER_NODES", &node), ("REDIS_TLS_CA", missing)]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("REDIS_TLS_CA: "), "{output}");
+    assert!(output.contains(missing), "{output}");
+
+    let cases: &[(Env, &str)] = &[
+        // TLS files with nothing to use them on.
+        (
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:6399/1"),
+                ("REDIS_TLS_CA", missing),
+            ],
+            "REDIS_TLS_CA: ",
+        ),
+        (&[("REDIS_TLS_CA", missing)], "REDIS_TLS_CA: "),
+        // A client certificate without its key, and the reverse.
+        (
+            &[("REDIS_URL", &rediss), ("REDIS_TLS_CERT", missing)],
+            "REDIS_TLS_KEY: ",
+        ),
+        (
+            &[("REDIS_URL", &rediss), ("REDIS_TLS_KEY", missing)],
+            "REDIS_TLS_CERT: ",
+        ),
+        (
+            &[
+                ("REDIS_URL", &rediss),
+                ("REDIS_TLS_CERT", missing),
+                ("REDIS_TLS_KEY", missing),
+            ],
+            "REDIS_TLS_CERT: ",
+        ),
+    ];
+    for (env, named) in cases {
+        let (status, output) = run_to_exit(env);
+        assert!(!status.success(), "{env:?}: {status}: {output}");
+        assert!(output.contains(named), "{env:?}: {output}");
+        assert!(!output.contains("hunter2"), "password printed: {output}");
+        assert!(!output.contains("panicked"), "{env:?}: {output}");
+    }
+}
+
+/// A `redis-server` of a test's own other than [`RedisServer`]'s: a
+/// cluster node or a sentinel. Killed when dropped, its files removed.
+struct RedisProcess {
+    child: Child,
+    port: u16,
+    files: Vec<PathBuf>,
+}
+
+impl RedisProcess {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A connection to it (database 0).
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until its answer to `command` is as `expected`.
+    async fn wait_for<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+        expected: impl Fn(&T) -> bool,
+    ) {
+        let client = redis::Client::open(self.url()).unwrap();
+        eventually(Duration::from_secs(10), || async {
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            matches!(command.query_async(&mut conn).await, Ok(value) if expected(&value))
+        })
+        .await;
+    }
+
+    /// A Redis Cluster of one node that holds every slot: enough for the
+    /// cluster's rules (a script's keys in one slot, database 0 only).
+    async fn cluster_node() -> RedisProcess {
+        let port = free_port();
+        let nodes =
+            std::env::temp_dir().join(format!("edr-{}-nodes-{port}.conf", std::process::id()));
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-announce-ip", "127.0.0.1"])
+            // The bus port would be the port + 10000, beyond 65535 for a
+            // high free port.
+            .args(["--cluster-port", &free_port().to_string()])
+            .arg("--cluster-config-file")
+            .arg(&nodes)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn_reaped(command).expect("redis-server must be installed");
+        let node = RedisProcess {
+            child,
+            port,
+            files: vec![nodes],
+        };
+        node.wait_for(&redis::cmd("PING"), |_: &String| true).await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg(&["ADDSLOTSRANGE", "0", "16383"][..])
+            .query_async(&mut node.connection().await)
+            .await
+            .unwrap();
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
+        node.wait_for(&info, |info: &String| info.contains("cluster_state:ok"))
+            .await;
+        node
+    }
+
+    /// A sentinel that monitors `master` as `mymaster`.
+    async fn sentinel(master: &RedisServer) -> RedisProcess {
+        let port = free_port();
+        let master_port = master
+            .url()
+            .rsplit(':')
+            .next()
+            .and_then(|rest| rest.split('/').next())
+            .expect("redis://127.0.0.1:<port>/1");
+        let config =
+            std::env::temp_dir().join(format!("edr-{}-sentinel-{port}.conf", std::process::id()));
+        // A sentinel rewrites its configuration file, so it must have one.
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n",
+                std::env::temp_dir().display()
+            ),
+        )
+        .expect("write the sentinel's configuration");
+        let mut command = Command::new("redis-server");
+        command
+            .arg(&config)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn_reaped(command).expect("redis-server must be installed");
+        let sentinel = RedisProcess {
+            child,
+            port,
+            files: vec![config],
+        };
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg(&["GET-MASTER-ADDR-BY-NAME", "mymaster"][..]);
+        sentinel
+            .wait_for(&ask, |addr: &Vec<String>| addr.len() == 2)
+            .await;
+        sentinel
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// `KEYS pattern` on `conn`, sorted.
+async fn keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn telemetry_follows_a_redis_cluster_with_the_marks_in_the_lists_slot() {
+    if std::env::var_os("REDIS_URL").is_some() {
+        eprintln!("skipped: REDIS_URL is set, and this test runs a cluster node of its own");
+        return;
+    }
+    let node = RedisProcess::cluster_node().await;
+    // Database 0 may be named: it is the only one.
+    let seed = format!("{}/0", node.url());
+    let edr = Edr::start(&[("REDIS_CLUSTER_NODES", &seed), ("TELEMETRY_RATE", "2/m")]).await;
+    let agent = ("x-agent-token", &b"AGENT-1"[..]);
+    let batch = r#"[{"event":"cluster"}]"#;
+
+    // Queued once, however often it is retried; its id is its own.
+    for _ in 0..2 {
+        let reply = edr
+            .post_bytes(&[agent, ("x-batch-id", b"batch-1")], batch)
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    }
+    // Counted in the cluster: the third request of the minute is refused.
+    let reply = edr
+        .post_bytes(&[agent, ("x-batch-id", b"batch-2")], batch)
+        .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    let other = ("x-agent-token", &b"AGENT-2"[..]);
+    let reply = edr
+        .post_bytes(&[other, ("x-batch-id", b"batch-1")], "[{}]")
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    let reply = edr
+        .post_bytes(&[other, ("x-batch-id", b"batch-1")], "[{},{}]")
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+
+    let mut conn = node.connection().await;
+    let queued: Vec<String> = redis::cmd("LRANGE")
+        .arg("edr:telemetry")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(queued, [batch, "[{}]"], "the workers' list keeps its name");
+    let marks = keys(&mut conn, "{edr:telemetry}:batch:*").await;
+    assert_eq!(marks.len(), 2, "{marks:?}");
+    let slot = |key: &str| {
+        let mut keyslot = redis::cmd("CLUSTER");
+        keyslot.arg("KEYSLOT").arg(key);
+        keyslot
+    };
+    let list_slot: i64 = slot("edr:telemetry").query_async(&mut conn).await.unwrap();
+    for mark in &marks {
+        let mark_slot: i64 = slot(mark).query_async(&mut conn).await.unwrap();
+        assert_eq!(mark_slot, list_slot, "{mark}");
+    }
+    let counters = keys(&mut conn, "rl:telemetry:*").await;
+    assert_eq!(counters.len(), 2, "one counter per agent: {counters:?}");
+}
+
+#[tokio::test]
+async fn telemetry_follows_the_sentinel_master_counters_in_db1_and_queue_in_db0() {
+    let Some(master) = RedisServer::private() else {
+        return;
+    };
+    let sentinel = RedisProcess::sentinel(&master).await;
+    let edr = Edr::start(&[
+        ("REDIS_SENTINELS", &sentinel.url()),
+        ("REDIS_MASTER_NAME", "mymaster"),
+        ("TELEMETRY_RATE", "2/m"),
+    ])
+    .await;
+    let agent = ("x-agent-token", &b"AGENT-1"[..]);
+    let batch = r#"[{"event":"sentinel"}]"#;
+    for _ in 0..2 {
+        let reply = edr
+            .post_bytes(&[agent, ("x-batch-id", b"batch-1")], batch)
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    }
+    let reply = edr
+        .post_bytes(&[agent, ("x-batch-id", b"batch-2")], batch)
+        .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+
+    // As on one server: the queue and its marks in database 0, the
+    // counters in database 1.
+    assert_eq!(queued(&master).await, [batch]);
+    let mut db0 = queue_db(&master).await;
+    assert_eq!(keys(&mut db0, "edr:telemetry:batch:*").await.len(), 1);
+    assert!(keys(&mut db0, "rl:*").await.is_empty(), "counters in db 0");
+    let mut db1 = master.connection().await;
+    assert_eq!(keys(&mut db1, "rl:telemetry:*").await.len(), 1);
+    assert!(
+        keys(&mut db1, "edr:*").await.is_empty(),
+        "the queue in db 1"
+    );
 }

@@ -7,17 +7,32 @@
 //! variable and quoting the value. What the library checks in a policy
 //! (a burst only with GCRA, one limit per window…) is left to
 //! `Policy::validate()`; see `policies.rs`, which names the variable behind
-//! the field it reports.
+//! the field it reports. What the library checks in a Redis configuration
+//! (`Error::Config` on a `redis.*` field) is named the same way, by
+//! [`Env::redis_error`].
+//!
+//! Redis is one of three topologies, each named by its own variables:
+//! `REDIS_URL` (one server), `REDIS_CLUSTER_NODES` (Redis Cluster) or
+//! `REDIS_SENTINELS` with `REDIS_MASTER_NAME` (the master Sentinel names),
+//! with `REDIS_TLS_CA`, `REDIS_TLS_CERT` and `REDIS_TLS_KEY` for any of
+//! them; [`Env::redis`] checks that they name one. No password is ever
+//! printed: URLs are shown redacted, and [`Env::scrub`] removes every
+//! password the variables hold from a startup error.
 
-use std::{ffi::OsStr, fmt, net::SocketAddr, num::NonZeroU64, time::Duration};
+use std::{ffi::OsStr, fmt, net::SocketAddr, num::NonZeroU64, path::PathBuf, time::Duration};
 
-use axum_redis_ratelimit::{Algorithm, ClientIp, Rate};
+use axum_redis_ratelimit::{
+    Algorithm, ClientIp, Error, Rate,
+    store::{RedisConfig, TlsFiles},
+};
 use clap::{
     ArgAction, CommandFactory, FromArgMatches, Parser,
     error::{ContextKind, ContextValue},
     parser::ValueSource,
 };
 use redis::{ConnectionInfo, IntoConnectionInfo};
+
+use crate::queue::{CLUSTER_MARK_PREFIX, QUEUE_KEY};
 
 /// The largest `QUEUE_DEDUP_SECONDS`: a week.
 const MAX_DEDUP_SECONDS: u64 = 7 * 24 * 3600;
@@ -97,15 +112,66 @@ pub struct Env {
     #[arg(env = "POLICY_FILE", value_parser = text)]
     pub policy_file: Option<String>,
 
-    /// Rate-limit counters, e.g. `redis://:password@host:6379/1`; unset, they
-    /// are kept in this process (the log says so).
-    #[arg(env = "REDIS_URL", value_parser = redis_url)]
+    /// One Redis server, `redis://[user:password@]host:6379/1` or
+    /// `rediss://` for TLS: rate-limit counters go to the URL's database
+    /// (`/1`; 0 if the URL names none), accepted telemetry to its database 0.
+    /// With no Redis at all (neither this, REDIS_CLUSTER_NODES nor
+    /// REDIS_SENTINELS), counters are kept in this process (the log says so)
+    /// and telemetry is not queued.
+    #[arg(env = "REDIS_URL", value_parser = redis_url, hide_env_values = true)]
     pub redis_url: Option<RedisTarget>,
 
-    /// Where accepted telemetry goes (the list `edr:telemetry`); default
-    /// database 0 of `REDIS_URL`; `off` accepts telemetry without queueing
-    /// it (to measure the limiter alone).
-    #[arg(env = "QUEUE_URL", value_parser = queue_url)]
+    /// Redis Cluster instead: comma-separated URLs of some of its nodes,
+    /// `redis://[user:password@]host:6379` (the others are discovered). A
+    /// cluster has only database 0, so counters (`rl:…`) and the queue
+    /// (`edr:telemetry`, its batch marks `{edr:telemetry}:batch:…`) are told
+    /// apart by key prefix; a node URL naming another database is an error.
+    #[arg(env = "REDIS_CLUSTER_NODES", value_parser = cluster_nodes, hide_env_values = true)]
+    pub redis_cluster_nodes: Option<UrlList>,
+
+    /// Sentinel instead: comma-separated sentinel URLs,
+    /// `redis://[:sentinel-password@]host:26379`, with REDIS_MASTER_NAME.
+    /// Counters go to database 1 of the master, telemetry to its database 0,
+    /// and failovers are followed.
+    #[arg(env = "REDIS_SENTINELS", value_parser = sentinel_urls, hide_env_values = true)]
+    pub redis_sentinels: Option<UrlList>,
+
+    /// With REDIS_SENTINELS, and only then: the name the sentinels monitor
+    /// the master by.
+    #[arg(env = "REDIS_MASTER_NAME", value_parser = text)]
+    pub redis_master_name: Option<String>,
+
+    /// With REDIS_SENTINELS: the master's ACL user, if not `default`.
+    #[arg(env = "REDIS_MASTER_USERNAME", value_parser = text)]
+    pub redis_master_username: Option<String>,
+
+    /// With REDIS_SENTINELS: the master's password, if it has one (the
+    /// sentinels' own goes in their URLs).
+    #[arg(env = "REDIS_MASTER_PASSWORD", value_parser = text, hide_env_values = true)]
+    pub redis_master_password: Option<String>,
+
+    /// A PEM file of the CA that signed the Redis servers' certificates,
+    /// for `rediss://` URLs (default: the system's roots). TLS needs the
+    /// example built with `--features tls`.
+    #[arg(env = "REDIS_TLS_CA", value_parser = file_path)]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// A PEM client certificate, for servers that require mutual TLS; with
+    /// REDIS_TLS_KEY.
+    #[arg(env = "REDIS_TLS_CERT", value_parser = file_path)]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of REDIS_TLS_CERT.
+    #[arg(env = "REDIS_TLS_KEY", value_parser = file_path)]
+    pub redis_tls_key: Option<PathBuf>,
+
+    /// Where accepted telemetry goes (the list `edr:telemetry`), if not
+    /// where the counters are: the URL of one Redis server (not a cluster
+    /// node), whatever holds the counters; the REDIS_TLS_* files apply to it
+    /// if it is `rediss://`. Default: database 0 of REDIS_URL's server or of
+    /// the Sentinel master, or the cluster of REDIS_CLUSTER_NODES. `off`
+    /// accepts telemetry without queueing it (to measure the limiter alone).
+    #[arg(env = "QUEUE_URL", value_parser = queue_url, hide_env_values = true)]
     pub queue_url: Option<QueueUrl>,
 
     /// How long a queued batch's id is remembered, so that retries within it
@@ -124,8 +190,15 @@ pub struct Env {
 #[derive(Clone)]
 pub struct RedisTarget {
     pub url: String,
-    pub info: Box<ConnectionInfo>,
     /// The URL without credentials, for logs and errors.
+    pub shown: String,
+}
+
+/// Checked Redis URLs, from a comma-separated list.
+#[derive(Clone)]
+pub struct UrlList {
+    pub urls: Vec<String>,
+    /// The URLs without credentials, for logs and errors.
     pub shown: String,
 }
 
@@ -133,18 +206,54 @@ pub struct RedisTarget {
 #[derive(Clone)]
 pub enum QueueUrl {
     Off,
-    Redis(Box<ConnectionInfo>),
+    Redis(RedisTarget),
 }
 
-/// Where telemetry goes.
-pub enum QueueTarget {
-    Off,
-    /// `var` is the variable the target came from, for error messages.
-    Redis {
-        var: &'static str,
-        info: Box<ConnectionInfo>,
-    },
+/// The Redis the variables name: where the counters go, and where the queue
+/// goes unless `QUEUE_URL` says otherwise.
+pub struct Redis {
+    /// The variable naming the topology (`REDIS_URL`, `REDIS_CLUSTER_NODES`
+    /// or `REDIS_SENTINELS`), for messages.
+    pub var: &'static str,
+    /// The counters' configuration.
+    pub counters: RedisConfig,
+    /// Where the counters are, without credentials, for logs and errors.
+    pub shown: String,
+    /// The queue's default: database 0 of the same server or master, or
+    /// the same cluster.
+    pub queue: Queue,
 }
+
+/// A Redis to queue telemetry in.
+#[derive(Clone)]
+pub struct Queue {
+    /// The variable it came from, for messages.
+    pub var: &'static str,
+    pub config: RedisConfig,
+    /// Where it is, without credentials, for logs and errors.
+    pub shown: String,
+    /// A Redis Cluster: the batch marks must hash to the list's slot.
+    pub cluster: bool,
+}
+
+/// The variables behind the `redis.*` fields the library's `Error::Config`
+/// names. `redis.url` and `redis` (the whole configuration) are the
+/// variable of the Redis at hand (`REDIS_URL` or `QUEUE_URL`, or the
+/// topology's), `redis.tls` those of the TLS files that are set.
+const REDIS_VARIABLES: &[(&str, &str)] = &[
+    ("redis.cluster_nodes", "REDIS_CLUSTER_NODES"),
+    ("redis.sentinels", "REDIS_SENTINELS"),
+    ("redis.master_name", "REDIS_MASTER_NAME"),
+    ("redis.username", "REDIS_MASTER_USERNAME"),
+    ("redis.password", "REDIS_MASTER_PASSWORD"),
+    ("redis.tls.ca", "REDIS_TLS_CA"),
+    ("redis.tls.cert", "REDIS_TLS_CERT"),
+    ("redis.tls.key", "REDIS_TLS_KEY"),
+];
+
+/// The database of the Sentinel master that holds the counters (the queue
+/// is in database 0), as `REDIS_URL`'s `/1` in the documented layout.
+const SENTINEL_COUNTERS_DB: i64 = 1;
 
 /// `TELEMETRY_RATE`'s rates, in order (a newtype, as clap reads a `Vec` as
 /// repeated values).
@@ -210,25 +319,303 @@ impl Env {
             .map(|(_, value)| value.as_str())
     }
 
-    /// Where telemetry goes: `QUEUE_URL`, else database 0 of `REDIS_URL`
-    /// (the seed's layout: counters in one database, Celery's queue in
-    /// database 0 of the same server), else nowhere.
-    pub fn queue(&self) -> QueueTarget {
-        match (&self.queue_url, &self.redis_url) {
-            (Some(QueueUrl::Off), _) | (None, None) => QueueTarget::Off,
-            (Some(QueueUrl::Redis(info)), _) => QueueTarget::Redis {
-                var: "QUEUE_URL",
-                info: info.clone(),
+    /// The Redis the variables name, checked: one topology at most, Sentinel
+    /// settings only with Sentinel, both TLS client files or neither, and TLS
+    /// files only with a `rediss://` URL to use them on. `None`: no Redis.
+    pub fn redis(&self) -> Result<Option<Redis>, StartupError> {
+        let var = self.topology()?;
+        let tls = self.tls_files()?;
+        if tls.is_some() && !self.urls().any(is_tls) {
+            return Err(StartupError::new(
+                self.tls_vars(),
+                "set, but no Redis URL is rediss:// (REDIS_URL, REDIS_CLUSTER_NODES, \
+                 REDIS_SENTINELS or QUEUE_URL): TLS is for rediss:// URLs",
+            ));
+        }
+        // The TLS files go with the URLs that use TLS.
+        let with_tls = |config: RedisConfig, urls: &[String]| match &tls {
+            Some(files) if urls.iter().any(|url| is_tls(url)) => config.tls(files.clone()),
+            _ => config,
+        };
+        let Some(var) = var else { return Ok(None) };
+
+        if let Some(one) = &self.redis_url {
+            let urls = [one.url.clone()];
+            let db0 = with_db(&one.url, 0).unwrap_or_else(|| one.url.clone());
+            return Ok(Some(Redis {
+                var,
+                counters: with_tls(RedisConfig::from(&one.url), &urls),
+                shown: one.shown.clone(),
+                queue: Queue {
+                    var,
+                    shown: redact(&db0),
+                    config: with_tls(RedisConfig::from(db0), &urls),
+                    cluster: false,
+                },
+            }));
+        }
+        if let Some(nodes) = &self.redis_cluster_nodes {
+            let config = with_tls(RedisConfig::cluster(nodes.urls.clone()), &nodes.urls);
+            let shown = format!("Redis Cluster via {}", nodes.shown);
+            return Ok(Some(Redis {
+                var,
+                counters: config.clone(),
+                shown: shown.clone(),
+                queue: Queue {
+                    var,
+                    config,
+                    shown,
+                    cluster: true,
+                },
+            }));
+        }
+        let (Some(sentinels), Some(master_name)) = (&self.redis_sentinels, &self.redis_master_name)
+        else {
+            return Ok(None);
+        };
+        let mut config = RedisConfig::sentinel(sentinels.urls.clone(), master_name);
+        config.username = self.redis_master_username.clone();
+        config.password = self.redis_master_password.clone();
+        let config = with_tls(config, &sentinels.urls);
+        let shown = |db: i64| {
+            let sentinels = &sentinels.shown;
+            format!("master {master_name:?} of the sentinels {sentinels}, db {db}")
+        };
+        Ok(Some(Redis {
+            var,
+            counters: config.clone().db(SENTINEL_COUNTERS_DB),
+            shown: shown(SENTINEL_COUNTERS_DB),
+            queue: Queue {
+                var,
+                config: config.db(0),
+                shown: shown(0),
+                cluster: false,
             },
-            (None, Some(redis)) => {
-                let db0 = redis.info.redis_settings().clone().set_db(0);
-                QueueTarget::Redis {
-                    var: "REDIS_URL",
-                    info: Box::new((*redis.info).clone().set_redis_settings(db0)),
-                }
+        }))
+    }
+
+    /// The variable naming the one topology set, if any: two are an error,
+    /// and so are Sentinel's settings without the other half of Sentinel.
+    fn topology(&self) -> Result<Option<&'static str>, StartupError> {
+        let topologies = [
+            ("REDIS_URL", self.redis_url.is_some()),
+            ("REDIS_CLUSTER_NODES", self.redis_cluster_nodes.is_some()),
+            ("REDIS_SENTINELS", self.redis_sentinels.is_some()),
+        ];
+        let set: Vec<&'static str> = (topologies.iter().filter(|(_, on)| *on))
+            .map(|(var, _)| *var)
+            .collect();
+        if let [first, .., last] = set[..] {
+            let (what, both) = match set.len() {
+                2 => (format!("{first} and {last}"), "both are set"),
+                _ => (format!("{first}, {} and {last}", set[1]), "all are set"),
+            };
+            return Err(StartupError::new(
+                what,
+                format!(
+                    "{both}: choose one topology: REDIS_URL (one server), REDIS_CLUSTER_NODES \
+                     (Redis Cluster), or REDIS_SENTINELS with REDIS_MASTER_NAME (Sentinel)"
+                ),
+            ));
+        }
+        if self.redis_sentinels.is_some() {
+            if self.redis_master_name.is_none() {
+                return Err(StartupError::new(
+                    "REDIS_MASTER_NAME",
+                    "is required with REDIS_SENTINELS: the name the sentinels monitor the \
+                     master by",
+                ));
             }
+            return Ok(Some("REDIS_SENTINELS"));
+        }
+        let sentinel_only = [
+            ("REDIS_MASTER_NAME", self.redis_master_name.is_some()),
+            (
+                "REDIS_MASTER_USERNAME",
+                self.redis_master_username.is_some(),
+            ),
+            (
+                "REDIS_MASTER_PASSWORD",
+                self.redis_master_password.is_some(),
+            ),
+        ];
+        if let Some((var, _)) = sentinel_only.iter().find(|(_, on)| *on) {
+            let reason = match set.first() {
+                Some(other) => format!(
+                    "applies only with REDIS_SENTINELS, which is not set ({other} is, and its \
+                     URLs carry their own credentials)"
+                ),
+                None => "is set but REDIS_SENTINELS is not: Sentinel needs both \
+                         REDIS_SENTINELS and REDIS_MASTER_NAME"
+                    .to_owned(),
+            };
+            return Err(StartupError::new(*var, reason));
+        }
+        Ok(set.first().copied())
+    }
+
+    /// Every Redis URL the variables hold: the topology's and `QUEUE_URL`'s.
+    fn urls(&self) -> impl Iterator<Item = &str> {
+        let one = self.redis_url.iter().map(|one| one.url.as_str());
+        let lists = [&self.redis_cluster_nodes, &self.redis_sentinels];
+        let listed = lists.into_iter().flatten().flat_map(|list| &list.urls);
+        let queue = match &self.queue_url {
+            Some(QueueUrl::Redis(queue)) => Some(queue.url.as_str()),
+            _ => None,
+        };
+        one.chain(listed.map(String::as_str)).chain(queue)
+    }
+
+    /// Where telemetry goes: `QUEUE_URL` (one server, whatever holds the
+    /// counters), else the queue of the Redis the variables name (database
+    /// 0 of the server or master: the seed's layout, counters in one
+    /// database and Celery's queue in database 0; or the same cluster),
+    /// else nowhere (`None`).
+    pub fn queue(&self, redis: Option<&Redis>) -> Result<Option<Queue>, StartupError> {
+        Ok(match (&self.queue_url, redis) {
+            (Some(QueueUrl::Off), _) | (None, None) => None,
+            (Some(QueueUrl::Redis(queue)), _) => {
+                let mut config = RedisConfig::from(&queue.url);
+                if is_tls(&queue.url)
+                    && let Some(files) = self.tls_files()?
+                {
+                    config = config.tls(files);
+                }
+                Some(Queue {
+                    var: "QUEUE_URL",
+                    config,
+                    shown: queue.shown.clone(),
+                    cluster: false,
+                })
+            }
+            (None, Some(redis)) => Some(redis.queue.clone()),
+        })
+    }
+
+    /// `REDIS_TLS_*` as the library takes them, checked for a certificate
+    /// without its key (or the reverse) and for the `tls` feature.
+    fn tls_files(&self) -> Result<Option<TlsFiles>, StartupError> {
+        let (ca, cert, key) = (
+            &self.redis_tls_ca,
+            &self.redis_tls_cert,
+            &self.redis_tls_key,
+        );
+        if ca.is_none() && cert.is_none() && key.is_none() {
+            return Ok(None);
+        }
+        if !cfg!(feature = "tls") {
+            return Err(StartupError::new(
+                self.tls_vars(),
+                "TLS needs the crate's `tls` feature: cargo run --features tls --example edr",
+            ));
+        }
+        let mut files = TlsFiles::default();
+        files.ca = ca.clone();
+        match (cert, key) {
+            (Some(cert), Some(key)) => files = files.client_cert(cert, key),
+            (Some(_), None) => {
+                return Err(StartupError::new(
+                    "REDIS_TLS_KEY",
+                    "is required with REDIS_TLS_CERT: the client certificate's private key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(StartupError::new(
+                    "REDIS_TLS_CERT",
+                    "is required with REDIS_TLS_KEY: the client certificate of that key",
+                ));
+            }
+            (None, None) => {}
+        }
+        Ok(Some(files))
+    }
+
+    /// The TLS variables that are set, as `REDIS_TLS_CA, REDIS_TLS_KEY`.
+    fn tls_vars(&self) -> String {
+        let vars = [
+            ("REDIS_TLS_CA", self.redis_tls_ca.is_some()),
+            ("REDIS_TLS_CERT", self.redis_tls_cert.is_some()),
+            ("REDIS_TLS_KEY", self.redis_tls_key.is_some()),
+        ];
+        let set: Vec<&str> = (vars.iter().filter(|(_, on)| *on))
+            .map(|(var, _)| *var)
+            .collect();
+        set.join(", ")
+    }
+
+    /// The library's error about the Redis that `var` names (shown as
+    /// `shown`), naming the variable behind the setting at fault: an
+    /// `Error::Config` by its field, anything else (Redis unreachable, a
+    /// user without the scripts' permissions) by `var`.
+    pub fn redis_error(&self, var: &'static str, shown: &str, err: Error) -> StartupError {
+        let field = match &err {
+            Error::Config { field, .. } => field.as_str(),
+            _ => return StartupError::new(var, format!("{shown}: {err}")),
+        };
+        let named = REDIS_VARIABLES.iter().find(|(f, _)| *f == field);
+        let what = match named {
+            Some((_, named)) => (*named).to_owned(),
+            None if field == "redis.tls" && !self.tls_vars().is_empty() => self.tls_vars(),
+            None => var.to_owned(),
+        };
+        StartupError::new(what, format!("{shown}: {err}"))
+    }
+
+    /// `err` without any password the variables hold, in whatever form a
+    /// message may quote it: a last line of defence, as URLs are shown
+    /// redacted and the library's messages name no password.
+    pub fn scrub(&self, err: StartupError) -> StartupError {
+        let mut secrets: Vec<String> = self.urls().flat_map(passwords).collect();
+        secrets.extend(self.redis_master_password.clone());
+        secrets.retain(|secret| !secret.is_empty());
+        // The longest first, so that no part of one is left behind.
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        let scrub = |text: String| {
+            (secrets.iter()).fold(text, |text, secret| text.replace(secret.as_str(), "***"))
+        };
+        StartupError {
+            what: scrub(err.what),
+            reason: scrub(err.reason),
         }
     }
+}
+
+/// The password in `url`, as written (percent-encoded) and as sent.
+fn passwords(url: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(parsed) = redis::parse_redis_url(url) {
+        found.extend(parsed.password().map(str::to_owned));
+    }
+    if let Ok(info) = url.into_connection_info() {
+        found.extend(info.redis_settings().password().map(str::to_owned));
+    }
+    found
+}
+
+/// A URL the library connects to with TLS.
+fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://")
+}
+
+/// `url` naming database `db` instead of its own: the path of a TCP URL,
+/// the `db` parameter of a Unix socket's. `None` for a URL redis-rs cannot
+/// read (the parsers refuse those).
+fn with_db(url: &str, db: i64) -> Option<String> {
+    let mut parsed = redis::parse_redis_url(url)?;
+    if matches!(parsed.scheme(), "redis" | "rediss" | "valkey" | "valkeys") {
+        parsed.set_path(&format!("/{db}"));
+    } else {
+        let others: Vec<(String, String)> = (parsed.query_pairs())
+            .filter(|(name, _)| name != "db")
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        parsed
+            .query_pairs_mut()
+            .clear()
+            .extend_pairs(others)
+            .append_pair("db", &db.to_string());
+    }
+    Some(parsed.to_string())
 }
 
 /// A variable's value, trimmed, if it is set and UTF-8.
@@ -326,19 +713,63 @@ fn trusted_proxies(text: &str) -> Result<ClientIp, String> {
     }
 }
 
+fn file_path(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text.trim()))
+}
+
 fn redis_url(text: &str) -> Result<RedisTarget, String> {
     let url = text.trim().to_owned();
+    connection_info(&url)?;
     Ok(RedisTarget {
-        info: Box::new(connection_info(&url)?),
         shown: redact(&url),
         url,
+    })
+}
+
+/// Comma-separated Redis URLs (blank items skipped), each checked, none
+/// naming a database but 0: `why_not(db)` says why.
+fn url_list(text: &str, why_not: fn(i64) -> String) -> Result<UrlList, String> {
+    let mut urls = Vec::new();
+    for url in text.split(',').map(str::trim).filter(|url| !url.is_empty()) {
+        let db = connection_info(url)?.redis_settings().db();
+        if db != 0 {
+            return Err(format!("{:?}: {}", redact(url), why_not(db)));
+        }
+        urls.push(url.to_owned());
+    }
+    if urls.is_empty() {
+        return Err(format!("{text:?} names no URL"));
+    }
+    let shown: Vec<String> = urls.iter().map(|url| redact(url)).collect();
+    Ok(UrlList {
+        shown: shown.join(", "),
+        urls,
+    })
+}
+
+fn cluster_nodes(text: &str) -> Result<UrlList, String> {
+    url_list(text, |db| {
+        format!(
+            "a cluster has only database 0, so drop the /{db}: counters (`rl:…`) and the \
+             queue (`{QUEUE_KEY}`, its marks `{CLUSTER_MARK_PREFIX}…`) are separated by key \
+             prefix instead"
+        )
+    })
+}
+
+fn sentinel_urls(text: &str) -> Result<UrlList, String> {
+    url_list(text, |db| {
+        format!(
+            "a sentinel has no database to choose, so drop the /{db}: counters go to database \
+             {SENTINEL_COUNTERS_DB} of the master, the queue to database 0"
+        )
     })
 }
 
 fn queue_url(text: &str) -> Result<QueueUrl, String> {
     match text.trim() {
         text if text.eq_ignore_ascii_case("off") => Ok(QueueUrl::Off),
-        url => Ok(QueueUrl::Redis(Box::new(connection_info(url)?))),
+        url => redis_url(url).map(QueueUrl::Redis),
     }
 }
 
@@ -353,6 +784,12 @@ fn dedup_seconds(text: &str) -> Result<Duration, String> {
 }
 
 fn connection_info(url: &str) -> Result<ConnectionInfo, String> {
+    if is_tls(url) && !cfg!(feature = "tls") {
+        return Err(format!(
+            "{:?}: TLS needs the crate's `tls` feature: cargo run --features tls --example edr",
+            redact(url)
+        ));
+    }
     url.into_connection_info().map_err(|e| {
         format!(
             "{:?} is not a Redis URL such as redis://127.0.0.1:6379/1: {e}",

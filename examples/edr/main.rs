@@ -22,10 +22,11 @@
 //!
 //! The routes and the policies are below; the rest is in the modules:
 //! `config.rs` (the environment: every variable, its default and its
-//! check), `policies.rs` (the policies checked, and `POLICY_FILE`, which
-//! may replace any of them but not the routes), `telemetry.rs` (the
-//! telemetry handler), `batch.rs` (a batch must hold the events it was
-//! charged for), `queue.rs` (the idempotent hand-off to Redis).
+//! check, and the Redis topology they name), `policies.rs` (the policies
+//! checked, and `POLICY_FILE`, which may replace any of them but not the
+//! routes), `telemetry.rs` (the telemetry handler), `batch.rs` (a batch
+//! must hold the events it was charged for), `queue.rs` (the idempotent
+//! hand-off to Redis).
 //!
 //! With Redis, counters live in database 1 and accepted telemetry is pushed
 //! onto the list `edr:telemetry` in database 0 of the same server, where the
@@ -40,9 +41,24 @@
 //! cargo run --example edr -- --help    # every variable and its default
 //! ```
 //!
-//! Without `REDIS_URL`, counters are kept in this process and telemetry is
+//! Instead of `REDIS_URL`, `REDIS_CLUSTER_NODES` names a Redis Cluster (its
+//! database 0 holds both; the queue's batch marks carry the list's hash
+//! tag, see `queue.rs`), and `REDIS_SENTINELS` with `REDIS_MASTER_NAME` the
+//! master Sentinel names (database 1 for counters, 0 for the queue, as on
+//! one server). `REDIS_TLS_CA`, `REDIS_TLS_CERT` and `REDIS_TLS_KEY` go with
+//! `rediss://` URLs, in a build with `--features tls`:
+//!
+//! ```sh
+//! REDIS_CLUSTER_NODES=redis://10.0.0.1:6379,redis://10.0.0.2:6379 cargo run --example edr
+//! REDIS_SENTINELS=redis://10.0.0.1:26379,redis://10.0.0.2:26379 REDIS_MASTER_NAME=mymaster \
+//!     cargo run --example edr
+//! REDIS_URL=rediss://redis.internal:6380/1 REDIS_TLS_CA=/etc/redis/ca.pem \
+//!     cargo run --features tls --example edr
+//! ```
+//!
+//! Without any of them, counters are kept in this process and telemetry is
 //! accepted but not queued: `cargo run --example edr`. A queued batch is
-//! answered `202 {"status":"queued"}`; without a queue (no `REDIS_URL`, or
+//! answered `202 {"status":"queued"}`; without a queue (no Redis, or
 //! `QUEUE_URL=off`) it is `202 {"status":"accepted"}`, as nothing is queued.
 //!
 //! A bad setting stops the program at startup with a message naming the
@@ -75,7 +91,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     batch::BatchCost,
-    config::{Env, QueueTarget, StartupError},
+    config::{Env, Redis, StartupError},
     policies::{Policies, PolicySpec},
     queue::EventQueue,
     telemetry::{json_error, telemetry_handler},
@@ -213,38 +229,22 @@ enum Counters {
 
 async fn run() -> Result<(), StartupError> {
     let env = Env::load()?;
+    // Whatever fails, no password the variables hold is printed.
+    serve(&env).await.map_err(|err| env.scrub(err))
+}
+
+async fn serve(env: &Env) -> Result<(), StartupError> {
     let policies = Policies::new(
-        &env,
+        env,
         [
-            telemetry_policy(&env),
-            login_policy(&env),
-            dashboard_policy(&env),
+            telemetry_policy(env),
+            login_policy(env),
+            dashboard_policy(env),
         ],
     )?;
-    // Counters first: they are what REDIS_URL is mainly for.
-    let counters = match &env.redis_url {
-        _ if !env.rate_limit => {
-            tracing::warn!(
-                "RATE_LIMIT=off: NO RATE LIMITS on any route, and no 401 for a missing agent \
-                 token; a baseline for benchmarks, never for production"
-            );
-            Counters::Off
-        }
-        Some(redis) => {
-            let store = RedisStore::connect(&redis.url)
-                .await
-                .map_err(|e| StartupError::new("REDIS_URL", format!("{}: {e}", redis.shown)))?;
-            tracing::info!(store = %redis.shown, "rate-limit counters in Redis");
-            Counters::Redis(store)
-        }
-        None => {
-            tracing::warn!(
-                "REDIS_URL is not set: using the embedded in-memory store; counters are per \
-                 process (not shared between instances) and lost on restart"
-            );
-            Counters::Memory
-        }
-    };
+    let redis = env.redis()?;
+    // Counters first: they are what Redis is mainly for.
+    let counters = counters(env, redis.as_ref()).await?;
     if env.rate_limit {
         for spec in policies.all() {
             let policy = &spec.policy;
@@ -257,17 +257,22 @@ async fn run() -> Result<(), StartupError> {
             );
         }
     }
-    let queue = match env.queue() {
-        QueueTarget::Off => {
+    let queue = match env.queue(redis.as_ref())? {
+        None => {
             tracing::info!(
-                "no telemetry queue (QUEUE_URL=off, or no REDIS_URL): events are accepted, \
-                 not queued"
+                "no telemetry queue (QUEUE_URL=off, or no Redis): events are accepted, not \
+                 queued"
             );
             None
         }
-        QueueTarget::Redis { var, info } => {
-            Some(EventQueue::connect(var, &info, env.queue_dedup_seconds).await?)
-        }
+        Some(queue) => Some(
+            EventQueue::connect(&queue, env.queue_dedup_seconds)
+                .await
+                .map_err(|e| {
+                    let shown = format!("telemetry queue at {}", queue.shown);
+                    env.redis_error(queue.var, &shown, e)
+                })?,
+        ),
     };
     // The policies were checked when read, so this cannot fail on them.
     let policies = &policies;
@@ -292,6 +297,35 @@ async fn run() -> Result<(), StartupError> {
     .map_err(|e| StartupError::new("server", e.to_string()))?;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Where the counters go: nowhere (`RATE_LIMIT=off`, though a Redis
+/// configuration is still checked), the Redis the variables name, checked
+/// to answer, or this process.
+async fn counters(env: &Env, redis: Option<&Redis>) -> Result<Counters, StartupError> {
+    let fail = |redis: &Redis, err| env.redis_error(redis.var, &redis.shown, err);
+    if !env.rate_limit {
+        tracing::warn!(
+            "RATE_LIMIT=off: NO RATE LIMITS on any route, and no 401 for a missing agent \
+             token; a baseline for benchmarks, never for production"
+        );
+        if let Some(redis) = redis {
+            // Connects to nothing: checks the configuration, TLS files included.
+            RedisStore::connect_lazy(redis.counters.clone()).map_err(|e| fail(redis, e))?;
+        }
+        return Ok(Counters::Off);
+    }
+    let Some(redis) = redis else {
+        tracing::warn!(
+            "no Redis is set (REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS): using the \
+             embedded in-memory store; counters are per process (not shared between \
+             instances) and lost on restart"
+        );
+        return Ok(Counters::Memory);
+    };
+    let store = (RedisStore::connect(redis.counters.clone()).await).map_err(|e| fail(redis, e))?;
+    tracing::info!(store = %redis.shown, "rate-limit counters in Redis");
+    Ok(Counters::Redis(store))
 }
 
 /// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one

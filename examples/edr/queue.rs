@@ -21,26 +21,40 @@
 //! marks are ordinary keys with a TTL in the queue's database: a Redis that
 //! forgets them (restarted without persistence, or evicting under a
 //! `volatile-*` or `allkeys-*` `maxmemory-policy`) forgets the window too.
+//!
+//! The queue follows the counters' topology (or `QUEUE_URL`'s one server):
+//! its connection is the library's `RedisConnection`, to one server, a
+//! Redis Cluster, or the master the sentinels name. The list is
+//! `edr:telemetry` in each. A script's keys must share a cluster slot, so in
+//! a cluster the marks are `{edr:telemetry}:batch:<hash>`: their hash tag is
+//! the list's name, and a key without braces hashes by its whole name, so
+//! the marks and the list are in one slot (and so on one node, as one list
+//! always is). On one server the marks keep their name,
+//! `edr:telemetry:batch:<hash>`.
 
 use std::{fmt::Write as _, sync::LazyLock, time::Duration};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use redis::{
-    ConnectionInfo,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use axum_redis_ratelimit::{Error, store::RedisConnection};
 use sha2::{Digest, Sha256};
 
-use crate::{AGENT_TOKEN_HEADER, config::StartupError};
+use crate::{AGENT_TOKEN_HEADER, config::Queue};
 
-/// The list the seed's workers consume.
-const QUEUE_KEY: &str = "edr:telemetry";
+/// The list the seed's workers consume, whatever the topology.
+pub const QUEUE_KEY: &str = "edr:telemetry";
 /// An agent's name for a batch, so that its retries are known as retries.
 pub const BATCH_ID_HEADER: HeaderName = HeaderName::from_static("x-batch-id");
 /// Queued batches are marked under `<prefix><hash>` for the dedup window.
 const BATCH_MARK_PREFIX: &str = "edr:telemetry:batch:";
+/// In a Redis Cluster, the marks' prefix: its hash tag is the list's whole
+/// name, so a mark hashes to the list's slot.
+pub const CLUSTER_MARK_PREFIX: &str = "{edr:telemetry}:batch:";
 /// Longest a batch waits for the queue before its agent is told to retry.
 const QUEUE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How many times startup asks the queue for a `PING`, each within
+/// [`STARTUP_PING`], before it gives up.
+const STARTUP_PINGS: usize = 3;
+const STARTUP_PING: Duration = Duration::from_secs(2);
 
 /// The agent's name for its batch, if it gives one: one line of 1 to 128
 /// visible ASCII characters (a UUID, a sequence number…).
@@ -64,8 +78,9 @@ pub fn batch_id(headers: &HeaderMap) -> Result<Option<HeaderValue>, String> {
 /// that no agent can pass its batch off as another's. Only hashes reach
 /// Redis.
 pub struct BatchMark {
-    /// `edr:telemetry:batch:<hash of the token lines and the id or bytes>`.
-    pub key: String,
+    /// A hash of the token lines and the id or bytes: the mark is
+    /// `edr:telemetry:batch:<hash>` (in a cluster `{edr:telemetry}:batch:<hash>`).
+    pub hash: String,
     /// A hash of the bytes: tells a retry from another batch under the
     /// same id.
     pub digest: String,
@@ -95,7 +110,7 @@ impl BatchMark {
         }
         // 128 bits, as the limiter's keys.
         Self {
-            key: format!("{BATCH_MARK_PREFIX}{}", hex(&hash.finalize()[..16])),
+            hash: hex(&hash.finalize()[..16]),
             digest: hex(&body_hash[..16]),
         }
     }
@@ -141,39 +156,55 @@ return 1
     )
 });
 
-/// The hand-off to the workers: one multiplexed connection shared by all
-/// requests, reconnecting by itself.
+/// The hand-off to the workers: one connection shared by all requests
+/// (multiplexed, to one server, a cluster's nodes or the Sentinel master),
+/// reconnecting by itself.
 #[derive(Clone)]
 pub struct EventQueue {
-    pub connection: ConnectionManager,
+    pub connection: RedisConnection,
     /// How long a batch stays marked once queued.
     pub window: Duration,
+    /// [`BATCH_MARK_PREFIX`], or in a cluster [`CLUSTER_MARK_PREFIX`].
+    mark_prefix: &'static str,
 }
 
 impl EventQueue {
-    pub async fn connect(
-        var: &'static str,
-        info: &ConnectionInfo,
-        window: Duration,
-    ) -> Result<Self, StartupError> {
-        let shown = format!("{}, db {}", info.addr(), info.redis_settings().db());
-        let client = redis::Client::open(info.clone()).map_err(|e| StartupError::new(var, e))?;
+    /// A connection to `queue`, checked with a `PING`: a queue that cannot
+    /// be reached stops startup.
+    pub async fn connect(queue: &Queue, window: Duration) -> Result<Self, Error> {
         // Bounded, so that a dead queue turns into a quick 503 rather than
         // agents waiting on a hung request.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(QUEUE_TIMEOUT))
-            .set_response_timeout(Some(QUEUE_TIMEOUT))
-            .set_number_of_retries(2);
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| StartupError::new(var, format!("telemetry queue at {shown}: {e}")))?;
+        let config = queue.config.clone().connect_timeout(QUEUE_TIMEOUT);
+        let connection = RedisConnection::open(config)?;
+        // It connects on its first command.
+        let (mut ping, command) = (Ok(()), redis::cmd("PING"));
+        for _ in 0..STARTUP_PINGS {
+            let mut connection = connection.clone();
+            let answer = command.query_async::<()>(&mut connection);
+            ping = (tokio::time::timeout(STARTUP_PING, answer).await)
+                .unwrap_or_else(|_| Err(timed_out("no answer to PING").into()));
+            if ping.is_ok() {
+                break;
+            }
+        }
+        ping?;
+        let mark_prefix = if queue.cluster {
+            CLUSTER_MARK_PREFIX
+        } else {
+            BATCH_MARK_PREFIX
+        };
         tracing::info!(
-            queue = %shown,
+            queue = %queue.shown,
             list = QUEUE_KEY,
+            marks = %format_args!("{mark_prefix}<hash>"),
             dedup_seconds = window.as_secs(),
             "telemetry queued in Redis"
         );
-        Ok(Self { connection, window })
+        Ok(Self {
+            connection,
+            window,
+            mark_prefix,
+        })
     }
 
     /// Queues `batch` at most once per window, within `QUEUE_TIMEOUT`. The
@@ -182,7 +213,7 @@ impl EventQueue {
     pub async fn enqueue(&self, mark: &BatchMark, batch: &[u8]) -> redis::RedisResult<Enqueued> {
         let mut connection = self.connection.clone();
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
-        let mut call = ENQUEUE.key(&mark.key);
+        let mut call = ENQUEUE.key(format!("{}{}", self.mark_prefix, mark.hash));
         call.key(QUEUE_KEY)
             .arg(batch)
             .arg(&mark.digest)
@@ -190,13 +221,15 @@ impl EventQueue {
         let outcome =
             tokio::time::timeout(QUEUE_TIMEOUT, call.invoke_async::<i64>(&mut connection))
                 .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the queue")
-                })??;
+                .map_err(|_| timed_out("no answer from the queue"))??;
         Ok(match outcome {
             1 => Enqueued::Queued,
             0 => Enqueued::AlreadyQueued,
             _ => Enqueued::IdReused,
         })
     }
+}
+
+fn timed_out(what: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
 }
