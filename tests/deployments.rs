@@ -358,3 +358,120 @@ mod cluster {
         assert_eq!(allowed, 30, "counts carried across the migration");
     }
 }
+
+/// Asks until a decision comes back, each bounded as a policy's timeout
+/// bounds it; the decision and how many calls failed before it.
+async fn until_answered(store: &RedisStore, key: &str, limits: &[Limit]) -> (bool, usize) {
+    let started = tokio::time::Instant::now();
+    let mut failed = 0;
+    loop {
+        let charge = check(key, limits, Algorithm::FixedWindow);
+        match tokio::time::timeout(Duration::from_millis(100), store.check(charge)).await {
+            Ok(Ok(decision)) => return (decision.allowed, failed),
+            _ => failed += 1,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never answered again"
+        );
+    }
+}
+
+#[cfg(feature = "sentinel")]
+mod sentinel {
+    use std::sync::Arc;
+
+    use axum_redis_ratelimit::{Limit, Rate, RedisStore, store::RedisConfig};
+
+    use super::{
+        common::topology::{RedisSentinels, query},
+        until_answered,
+    };
+    use crate::common::unique_prefix;
+
+    async fn start() -> (Arc<RedisSentinels>, RedisStore) {
+        let set = Arc::new(
+            tokio::task::spawn_blocking(RedisSentinels::start)
+                .await
+                .unwrap(),
+        );
+        let config = RedisConfig::sentinel(set.sentinel_urls(), set.master_name()).db(1);
+        (set, RedisStore::connect(config).await.unwrap())
+    }
+
+    /// Whether the counter of client `key` (its one hourly limit) is in
+    /// database 1 of the node on `port`.
+    fn holds(port: u16, key: &str) -> bool {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/1")).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let counter = format!("{key}:3600");
+        redis::cmd("EXISTS").arg(counter).query(&mut conn).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_killed_master_is_followed_without_restarting_the_app() {
+        let (set, store) = start().await;
+        let limits = [Limit::new(Rate::per_hour(100))];
+        let key = format!("rl:{}{{agent}}", unique_prefix());
+        assert_eq!(until_answered(&store, &key, &limits).await, (true, 0));
+        let old = set.master_port();
+        let killed = tokio::time::Instant::now();
+        set.kill(old);
+        let (allowed, failed) = until_answered(&store, &key, &limits).await;
+        assert!(allowed);
+        eprintln!(
+            "sentinel: decisions resumed {:?} after kill -9 of the master ({failed} failed)",
+            killed.elapsed()
+        );
+        let waiting = set.clone();
+        let new = tokio::task::spawn_blocking(move || waiting.wait_for_new_master(old))
+            .await
+            .unwrap();
+        let fresh = format!("rl:{}{{after}}", unique_prefix());
+        assert_eq!(until_answered(&store, &fresh, &limits).await, (true, 0));
+        assert!(holds(new, &fresh), "written to the new master");
+        // The old master comes back empty, a master until the sentinels
+        // demote it: it must get none of the limiter's writes.
+        let restarting = set.clone();
+        tokio::task::spawn_blocking(move || restarting.restart(old))
+            .await
+            .unwrap();
+        let later = format!("rl:{}{{later}}", unique_prefix());
+        for _ in 0..20 {
+            assert!(until_answered(&store, &later, &limits).await.0);
+        }
+        assert!(holds(new, &later));
+        assert!(!holds(old, &later), "no write to the old master");
+    }
+
+    #[tokio::test]
+    async fn a_master_demoted_in_place_is_left_at_its_first_readonly() {
+        let (set, store) = start().await;
+        let limits = [Limit::new(Rate::per_hour(100))];
+        let key = format!("rl:{}{{agent}}", unique_prefix());
+        assert_eq!(until_answered(&store, &key, &limits).await, (true, 0));
+        let old = set.master_port();
+        // A failover the sentinels run on their own: the old master stays up,
+        // now a replica, and the store's connection to it stays open.
+        let sentinel = set.sentinel_ports()[0];
+        let () = query(sentinel, &["SENTINEL", "FAILOVER", set.master_name()]).unwrap();
+        // Until the sentinels have turned the old master into a replica it
+        // takes writes (Sentinel's own window, which the store cannot see);
+        // from then on it answers READONLY, which sends the store to the new
+        // master.
+        let waiting = set.clone();
+        let new = tokio::task::spawn_blocking(move || {
+            let new = waiting.wait_for_new_master(old);
+            waiting.wait_until_replica(old);
+            new
+        })
+        .await
+        .unwrap();
+        let (allowed, failed) = until_answered(&store, &key, &limits).await;
+        assert!(allowed);
+        eprintln!("sentinel: {failed} decisions failed on the demoted master");
+        let fresh = format!("rl:{}{{after}}", unique_prefix());
+        assert_eq!(until_answered(&store, &fresh, &limits).await, (true, 0));
+        assert!(holds(new, &fresh), "written to the new master");
+    }
+}
