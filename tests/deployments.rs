@@ -475,3 +475,94 @@ mod sentinel {
         assert!(holds(new, &fresh), "written to the new master");
     }
 }
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::OnceLock;
+
+    use axum_redis_ratelimit::{
+        RedisStore,
+        store::{RedisConfig, TlsFiles},
+    };
+
+    use super::{Duration, common::topology::TlsRedis};
+    use crate::common::within;
+
+    fn server() -> &'static TlsRedis {
+        static SERVER: OnceLock<TlsRedis> = OnceLock::new();
+        SERVER.get_or_init(TlsRedis::start)
+    }
+
+    fn config(files: TlsFiles) -> RedisConfig {
+        RedisConfig::from(server().url()).tls(files)
+    }
+
+    async fn connect(config: RedisConfig) -> Result<RedisStore, axum_redis_ratelimit::Error> {
+        // An error, never a hang: the bound is a guard, not a measurement.
+        within(Duration::from_secs(10), RedisStore::connect(config)).await
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_connects_with_the_right_files() {
+        let s = server();
+        let files =
+            TlsFiles::ca(s.ca_path()).client_cert(s.client_cert_path(), s.client_key_path());
+        connect(config(files)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_client_certificate_the_server_refuses_at_startup() {
+        let error = connect(config(TlsFiles::ca(server().ca_path())))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("CertificateRequired"), "{error}");
+        assert!(error.is_store_error(), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_of_another_ca_is_refused_at_startup() {
+        let s = server();
+        let files = TlsFiles::ca(s.ca_path())
+            .client_cert(s.wrong_client_cert_path(), s.wrong_client_key_path());
+        assert!(connect(config(files)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_certificate_of_another_ca_is_refused_at_startup() {
+        let s = server();
+        let files =
+            TlsFiles::ca(s.wrong_ca_path()).client_cert(s.client_cert_path(), s.client_key_path());
+        let error = connect(config(files)).await.unwrap_err();
+        assert!(
+            error.to_string().to_lowercase().contains("certificate"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_url_to_the_tls_port_is_an_error_not_a_hang() {
+        let plain = server().url().replacen("rediss://", "redis://", 1);
+        let error = connect(RedisConfig::from(plain)).await.unwrap_err();
+        assert_eq!(error.config_path().as_deref(), Some("redis.url"), "{error}");
+        assert!(error.to_string().contains("use rediss://"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_is_named_at_startup() {
+        let missing = RedisStore::connect_lazy(config(TlsFiles::ca("/nonexistent/ca.pem")));
+        let error = missing.unwrap_err();
+        assert_eq!(error.config_path().as_deref(), Some("redis.tls.ca"));
+        assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+        let s = server();
+        let not_a_key = TlsFiles::ca(s.ca_path()).client_cert(s.client_cert_path(), s.ca_path());
+        let error = RedisStore::connect_lazy(config(not_a_key)).unwrap_err();
+        assert_eq!(
+            error.config_path().as_deref(),
+            Some("redis.tls.key"),
+            "{error}"
+        );
+        let plain = RedisConfig::from("redis://127.0.0.1:1").tls(TlsFiles::ca(s.ca_path()));
+        let error = RedisStore::connect_lazy(plain).unwrap_err();
+        assert_eq!(error.config_path().as_deref(), Some("redis.tls"), "{error}");
+    }
+}

@@ -166,6 +166,22 @@ impl RedisConfig {
             .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis)
     }
 
+    /// The setting of a topology reached without TLS, if it is.
+    pub(super) fn plain_field(&self) -> Option<&'static str> {
+        let urls = self
+            .url
+            .iter()
+            .chain(&self.cluster_nodes)
+            .chain(&self.sentinels);
+        match self.topology() {
+            Ok(_) if urls.clone().any(|url| url.starts_with("rediss://")) => None,
+            Ok(Topology::Standalone(_)) => Some("redis.url"),
+            Ok(Topology::Cluster(_)) => Some("redis.cluster_nodes"),
+            Ok(Topology::Sentinel { .. }) => Some("redis.sentinels"),
+            Err(_) => None,
+        }
+    }
+
     /// The one topology named, or an error naming the setting at fault.
     pub(super) fn topology(&self) -> Result<Topology<'_>, Error> {
         let named = [

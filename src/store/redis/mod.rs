@@ -99,8 +99,23 @@ impl RedisStore {
     /// the permissions the scripts need (the README lists them);
     /// [`Error::Redis`] when Redis cannot be reached.
     pub async fn connect(config: impl Into<RedisConfig>) -> Result<Self, Error> {
-        let store = Self::connect_lazy(config)?;
-        store.connection.query::<()>(&redis::cmd("PING")).await?;
+        let config = config.into();
+        let store = Self::connect_lazy(config.clone())?;
+        let ping = store.connection.query::<()>(&redis::cmd("PING")).await;
+        if let Err(e) = ping {
+            return Err(match config.plain_field() {
+                // A TLS port drops a plaintext client at once.
+                Some(field) if e.kind() == ErrorKind::Io && e.is_connection_dropped() => {
+                    Error::config(
+                        field,
+                        format!(
+                            "the server closed the connection at once ({e}); if it speaks TLS, use rediss://"
+                        ),
+                    )
+                }
+                _ => e.into(),
+            });
+        }
         for algorithm in ALGORITHMS {
             store.probe(algorithm).await?;
         }
