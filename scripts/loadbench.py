@@ -4,8 +4,10 @@
     python3 scripts/loadbench.py
 
 Builds `examples/edr/` and `examples/naive_baseline.rs` in release, starts a
-redis-server of its own (a free port, no persistence; never the one on 6379),
-installs wrk from Debian's package if it is missing, and then, for each
+redis-server of its own (a free port, no persistence; never the one on 6379)
+and, for the cluster variants, a Redis Cluster of its own (three primaries, no
+replicas, on free ports; created with `redis-cli --cluster create`), installs
+wrk from Debian's package if it is missing, and then, for each
 scenario and variant, starts the server with QUEUE_URL=off (so the figures
 measure the limiter, not the queue hand-off), waits for /healthz, and runs
 
@@ -25,26 +27,38 @@ Variants:
   memory       the EDR example, in-memory store (block cache off)
   redis        the EDR example, Redis store, TELEMETRY_BLOCK_CACHE=off
   redis+cache  the EDR example, Redis store and block cache (its default)
+  cluster      the EDR example on the Redis Cluster (REDIS_CLUSTER_NODES, the
+               three primaries' URLs), TELEMETRY_BLOCK_CACHE=off
+  cluster+cache
+               the same with the block cache (TELEMETRY_BLOCK_CACHE=on)
   naive        examples/naive_baseline.rs: GET, INCR, EXPIRE per request
 
 Each round runs every scenario and, within it, every variant, the variants'
 order rotated from round to round; ROUNDS rounds, so that a noisy machine
 shows up as the spread between min and max. Redis is flushed before each run
-(it is ours) and each run starts a fresh server process. For each run it
-reads wrk's req/s and p50/p99 latency and Redis's INFO commandstats before
-and after, and prints one markdown table per scenario with medians and
-ratios against the no-limiter variant.
+(it is ours; the cluster's three primaries too) and each run starts a fresh
+server process. For each run it reads wrk's req/s and p50/p99 latency and
+Redis's INFO commandstats before and after (for the cluster variants, on each
+of the three primaries, summed; their CPU time too), and prints one markdown
+table per scenario with medians and ratios against the no-limiter variant,
+then, if both are measured, how cluster compares with redis (and
+cluster+cache with redis+cache): the server's CPU per request and req/s.
+
+The cluster is started once, before the first run, only if a cluster variant
+is asked for, and stopped at the end as the redis-server is (also on an error,
+Ctrl-C or SIGTERM).
 
 Environment (defaults in brackets):
   DURATION [10]      seconds per wrk run
   ROUNDS [3]         rounds
-  VARIANTS [off,memory,redis,redis+cache,naive]
+  VARIANTS [off,memory,redis,redis+cache,cluster,cluster+cache,naive]
   SCENARIOS [allowed,flood,mixed]
   CONNECTIONS [64]   wrk -c
   THREADS [1]        wrk -t
   REDIS_SERVER [redis-server]
+  REDIS_CLI [redis-cli]  for `--cluster create` (the cluster variants only)
 
-A full default run takes about 9 minutes plus the build. Quick check:
+A full default run takes about 13 minutes plus the build. Quick check:
   DURATION=2 ROUNDS=1 VARIANTS=off,redis SCENARIOS=flood python3 scripts/loadbench.py
 """
 
@@ -71,7 +85,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TELEMETRY_PATH = "/api/v1/telemetry/"
 
-ALL_VARIANTS = ["off", "memory", "redis", "redis+cache", "naive"]
+ALL_VARIANTS = ["off", "memory", "redis", "redis+cache", "cluster", "cluster+cache", "naive"]
+CLUSTER_VARIANTS = {"cluster", "cluster+cache"}
+# Primaries of the cluster variants' Redis Cluster (no replicas).
+CLUSTER_SIZE = 3
 ALL_SCENARIOS = ["allowed", "flood", "mixed"]
 SCENARIO_RATE = {
     "allowed": "1000000000/m",
@@ -86,6 +103,8 @@ TOP_LEVEL = {
     "memory": (),
     "redis": ("evalsha", "eval", "script"),
     "redis+cache": ("evalsha", "eval", "script"),
+    "cluster": ("evalsha", "eval", "script"),
+    "cluster+cache": ("evalsha", "eval", "script"),
     "naive": ("get", "incr", "expire"),
 }
 # Ours, not the variants'.
@@ -182,8 +201,30 @@ class Redis:
         self.sock.close()
 
 
-def start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+@dataclass
+class Server:
+    """A redis-server of ours: the process, its port and a client."""
+
+    process: subprocess.Popen
+    port: int
+    client: Redis | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def spawn_redis(binary: str, workdir: Path, port: int, logname: str, *extra: str) -> Server:
     command = [
         binary,
         "--port", str(port),
@@ -191,24 +232,106 @@ def start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen, int]:
         "--save", "",
         "--appendonly", "no",
         "--dir", str(workdir),
+        *extra,
     ]
     process = subprocess.Popen(
         command,
-        stdout=open(workdir / "redis.log", "wb"),
+        stdout=open(workdir / logname, "wb"),
         stderr=subprocess.STDOUT,
     )
+    return Server(process=process, port=port)
+
+
+def wait_ping(server: Server, logfile: Path) -> None:
+    """Waits for PONG, then keeps the client."""
     deadline = time.monotonic() + 10
     while True:
         try:
-            client = Redis(port)
+            client = Redis(server.port)
             if client.call("PING") == "PONG":
-                client.close()
-                return process, port
+                server.client = client
+                return
+            client.close()
         except OSError:
             pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"loadbench: redis-server did not start; see {workdir / 'redis.log'}")
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            # The log goes with the temporary directory: quoted here.
+            sys.exit(f"loadbench: redis-server did not start:\n{logfile.read_text(errors='replace')}")
         time.sleep(0.05)
+
+
+def start_redis(binary: str, workdir: Path, servers: list[Server]) -> Server:
+    """One redis-server; appended to `servers` as soon as it runs, for the
+    caller to stop whatever happens."""
+    server = spawn_redis(binary, workdir, free_port(), "redis.log")
+    servers.append(server)
+    wait_ping(server, workdir / "redis.log")
+    return server
+
+
+def start_cluster(binary: str, cli: str, workdir: Path, servers: list[Server]) -> list[Server]:
+    """A Redis Cluster of CLUSTER_SIZE primaries and no replicas, each on a
+    free port with its bus on another (the default, port + 10000, may not be
+    free or even exist), created with `redis-cli --cluster create`; returns
+    once every node says cluster_state:ok. Each node is appended to
+    `servers` as soon as it runs, for the caller to stop whatever happens."""
+    ports = free_ports(2 * CLUSTER_SIZE)
+    nodes = []
+    for port, bus in zip(ports[:CLUSTER_SIZE], ports[CLUSTER_SIZE:]):
+        node = spawn_redis(
+            binary, workdir, port, f"cluster-{port}.log",
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(workdir / f"nodes-{port}.conf"),
+            "--cluster-port", str(bus),
+        )
+        servers.append(node)
+        nodes.append(node)
+    for node in nodes:
+        wait_ping(node, workdir / f"cluster-{node.port}.log")
+    command = [
+        cli, "--cluster", "create",
+        *(f"127.0.0.1:{node.port}" for node in nodes),
+        "--cluster-replicas", "0", "--cluster-yes",
+    ]
+    log(f"$ {shlex.join(command)}")
+    created = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    if created.returncode != 0:
+        sys.exit(
+            f"loadbench: redis-cli --cluster create failed:\n{created.stdout}{created.stderr}"
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        infos = [node.client.call("CLUSTER", "INFO") for node in nodes]
+        if all(
+            "cluster_state:ok" in info.split() and f"cluster_known_nodes:{CLUSTER_SIZE}" in info.split()
+            for info in infos
+        ):
+            return nodes
+        if time.monotonic() > deadline:
+            sys.exit(
+                "loadbench: the cluster is not ok after 30 s:\n"
+                + "\n".join(f"127.0.0.1:{n.port}:\n{i}" for n, i in zip(nodes, infos))
+            )
+        time.sleep(0.1)
+
+
+def stop_servers(servers: list[Server]) -> None:
+    for server in servers:
+        if server.client:
+            try:
+                server.client.close()
+            except OSError:
+                pass
+        if server.process.poll() is None:
+            server.process.terminate()
+    for server in servers:
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
 
 
 # ------------------------------------------------------------------ setup
@@ -258,7 +381,8 @@ class Run:
     all_commands: int
     redis_usec: int
     load: float
-    # CPU seconds during the wrk run: the server, redis-server, wrk.
+    # CPU seconds during the wrk run: the server, redis-server (the cluster
+    # variants: its three primaries, summed), wrk.
     cpu_server: float
     cpu_redis: float
     cpu_wrk: float
@@ -268,8 +392,9 @@ class Run:
 class Setup:
     examples: Path
     wrk: str
-    redis_port: int
-    redis_pid: int
+    redis: Server
+    # The cluster's primaries; empty if no cluster variant is measured.
+    cluster: list[Server]
     duration: int
     connections: int
     threads: int
@@ -285,9 +410,14 @@ def server_command(setup: Setup, variant: str, scenario: str, port: int):
         if not (key.startswith("TELEMETRY_") or key in {
             "LISTEN_ADDR", "REDIS_URL", "QUEUE_URL", "RATE_LIMIT", "POLICY_FILE",
             "LOGIN_RATE", "DASHBOARD_RATE", "TRUSTED_PROXIES", "RUST_LOG",
+            "REDIS_CLUSTER_NODES", "REDIS_SENTINELS", "REDIS_MASTER_NAME",
+            "REDIS_MASTER_USERNAME", "REDIS_MASTER_PASSWORD", "REDIS_TLS_CA",
+            "REDIS_TLS_CERT", "REDIS_TLS_KEY", "QUEUE_DEDUP_SECONDS",
         })
     }
-    redis_url = f"redis://127.0.0.1:{setup.redis_port}/1"
+    redis_url = f"redis://127.0.0.1:{setup.redis.port}/1"
+    # A cluster has only database 0.
+    cluster_nodes = ",".join(f"redis://127.0.0.1:{node.port}" for node in setup.cluster)
     env.update(
         LISTEN_ADDR=f"127.0.0.1:{port}",
         QUEUE_URL="off",
@@ -303,6 +433,10 @@ def server_command(setup: Setup, variant: str, scenario: str, port: int):
         env.update(REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="off")
     elif variant == "redis+cache":
         env.update(REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="on")
+    elif variant == "cluster":
+        env.update(REDIS_CLUSTER_NODES=cluster_nodes, TELEMETRY_BLOCK_CACHE="off")
+    elif variant == "cluster+cache":
+        env.update(REDIS_CLUSTER_NODES=cluster_nodes, TELEMETRY_BLOCK_CACHE="on")
     elif variant == "naive":
         binary = setup.examples / "naive_baseline"
         env["REDIS_URL"] = redis_url
@@ -389,24 +523,50 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(setup: Setup, redis: Redis, variant: str, scenario: str) -> Run:
-    redis.call("FLUSHALL")
+def servers_of(setup: Setup, variant: str) -> list[Server]:
+    """The redis-servers whose commands and CPU count for `variant`."""
+    return setup.cluster if variant in CLUSTER_VARIANTS else [setup.redis]
+
+
+def commandstats(servers: list[Server]) -> dict[str, tuple[int, int]]:
+    """INFO commandstats, summed over `servers`."""
+    total: dict[str, tuple[int, int]] = {}
+    for server in servers:
+        for name, (calls, usec) in server.client.commandstats().items():
+            old_calls, old_usec = total.get(name, (0, 0))
+            total[name] = (old_calls + calls, old_usec + usec)
+    return total
+
+
+def run_once(setup: Setup, variant: str, scenario: str) -> Run:
+    # Every server of ours, whichever the variant uses.
+    for server in [setup.redis, *setup.cluster]:
+        server.client.call("FLUSHALL")
+    servers = servers_of(setup, variant)
     port = free_port()
     command, env = server_command(setup, variant, scenario, port)
     logfile = setup.workdir / f"{variant}-{scenario}.log"
     with open(logfile, "wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def cpu() -> tuple[float, float, float]:
+        return (
+            cpu_seconds(process.pid),
+            sum(cpu_seconds(server.pid) for server in servers),
+            children_cpu(),
+        )
+
     try:
         wait_healthy(process, port, logfile)
-        before = redis.commandstats()
+        before = commandstats(servers)
         load = os.getloadavg()[0]
-        cpu_before = (cpu_seconds(process.pid), cpu_seconds(setup.redis_pid), children_cpu())
+        cpu_before = cpu()
         wrk = subprocess.run(
             wrk_command(setup, scenario, port),
             capture_output=True, text=True, timeout=setup.duration + 60,
         )
-        cpu_after = (cpu_seconds(process.pid), cpu_seconds(setup.redis_pid), children_cpu())
-        after = redis.commandstats()
+        cpu_after = cpu()
+        after = commandstats(servers)
     finally:
         stop(process)
     if wrk.returncode != 0:
@@ -452,6 +612,12 @@ def report(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
         "variant (off) of the same scenario. 'CPU µs/req' is the CPU time the "
         "server, redis-server and wrk each used during the run (/proc and "
         "getrusage), per completed request: where the two cores went."
+        + (
+            f" For cluster and cluster+cache, commands, Redis µs and redis CPU are "
+            f"summed over the cluster's {CLUSTER_SIZE} primaries (their CPU includes the "
+            f"cluster bus)."
+            if CLUSTER_VARIANTS & set(variants) else ""
+        )
     )
     for scenario in scenarios:
         print()
@@ -497,6 +663,44 @@ def report(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
         if errors:
             print()
             print("Socket errors: " + "; ".join(errors))
+    compare_cluster(setup, variants, scenarios)
+
+
+def compare_cluster(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
+    """One line per scenario and pair measured: the server's CPU per request
+    and req/s of the cluster variant against the standalone one, each the
+    median over the rounds (as in the tables)."""
+    pairs = [
+        (cluster, standalone)
+        for cluster, standalone in (("cluster", "redis"), ("cluster+cache", "redis+cache"))
+        if cluster in variants and standalone in variants
+    ]
+    if not pairs:
+        return
+    print()
+    print(
+        "Redis Cluster against one Redis server: the app server's CPU µs per request "
+        "and req/s, medians over the rounds as in the tables."
+    )
+    print()
+
+    def medians(scenario: str, variant: str) -> tuple[float, float]:
+        runs = setup.runs[(scenario, variant)]
+        cpu = statistics.median(r.cpu_server * 1e6 / max(r.requests, 1) for r in runs)
+        return cpu, statistics.median(r.rps for r in runs)
+
+    for scenario in scenarios:
+        for cluster, standalone in pairs:
+            cluster_cpu, cluster_rps = medians(scenario, cluster)
+            standalone_cpu, standalone_rps = medians(scenario, standalone)
+            which = "" if cluster == "cluster" else f" ({cluster} vs {standalone})"
+            print(
+                f"- {scenario}{which}: cluster vs standalone, server CPU per request: "
+                f"{cluster_cpu / standalone_cpu:.2f} × ({cluster_cpu:.1f} vs "
+                f"{standalone_cpu:.1f} µs); throughput {cluster}/{standalone}: "
+                f"{cluster_rps / standalone_rps:.2f} × ({cluster_rps:,.0f} vs "
+                f"{standalone_rps:,.0f} req/s)"
+            )
 
 
 # ------------------------------------------------------------------ main
@@ -512,6 +716,9 @@ def main() -> None:
     redis_binary = os.environ.get("REDIS_SERVER", "").strip() or "redis-server"
     if not shutil.which(redis_binary):
         sys.exit(f"loadbench: {redis_binary} not found (Debian: apt-get install redis-server)")
+    redis_cli = os.environ.get("REDIS_CLI", "").strip() or "redis-cli"
+    if CLUSTER_VARIANTS & set(variants) and not shutil.which(redis_cli):
+        sys.exit(f"loadbench: {redis_cli} not found (Debian: apt-get install redis-tools)")
 
     settings = (
         f"DURATION={duration} ROUNDS={rounds} CONNECTIONS={connections} THREADS={threads} "
@@ -530,37 +737,46 @@ def main() -> None:
 
     examples = build()
     wrk = ensure_wrk()
+    # SIGTERM stops our servers too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="loadbench-") as tmp:
         workdir = Path(tmp)
-        redis_process, redis_port = start_redis(redis_binary, workdir)
+        servers: list[Server] = []
         try:
-            redis = Redis(redis_port)
+            redis = start_redis(redis_binary, workdir, servers)
+            cluster = []
+            if CLUSTER_VARIANTS & set(variants):
+                cluster = start_cluster(redis_binary, redis_cli, workdir, servers)
             setup = Setup(
-                examples=examples, wrk=wrk, redis_port=redis_port,
-                redis_pid=redis_process.pid, duration=duration,
-                connections=connections, threads=threads, workdir=workdir,
+                examples=examples, wrk=wrk, redis=redis, cluster=cluster,
+                duration=duration, connections=connections, threads=threads,
+                workdir=workdir,
             )
-            log(f"redis-server on 127.0.0.1:{redis_port}; {rounds} round(s)")
+            log(f"redis-server on 127.0.0.1:{redis.port}; {rounds} round(s)")
+            if cluster:
+                log(
+                    "Redis Cluster on "
+                    + ", ".join(f"127.0.0.1:{node.port}" for node in cluster)
+                    + ": cluster_state:ok"
+                )
             for round_index in range(rounds):
                 # Rotated, so that no variant always runs first or last.
                 shift = round_index % len(variants)
                 order = variants[shift:] + variants[:shift]
                 for scenario in scenarios:
                     for variant in order:
-                        run = run_once(setup, redis, variant, scenario)
+                        run = run_once(setup, variant, scenario)
                         setup.runs.setdefault((scenario, variant), []).append(run)
                         log(
-                            f"round {round_index + 1}/{rounds} {scenario:7} {variant:11} "
+                            f"round {round_index + 1}/{rounds} {scenario:7} {variant:13} "
                             f"{run.rps:10,.0f} req/s  p50 {fmt_ms(run.p50_ms):>9}  "
                             f"p99 {fmt_ms(run.p99_ms):>9}  "
                             f"cmds/req {run.commands / max(run.requests, 1):.3f}  "
                             f"denied {run.non_2xx / max(run.requests, 1):6.1%}  "
                             f"load {run.load:.2f}"
                         )
-            redis.close()
         finally:
-            redis_process.terminate()
-            redis_process.wait()
+            stop_servers(servers)
     loads = [run.load for runs in setup.runs.values() for run in runs]
     print(
         f"\nload average (1 min) at the runs' starts: {min(loads):.2f}–{max(loads):.2f}; "
