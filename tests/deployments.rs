@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use axum_redis_ratelimit::{
     Algorithm, Error, Limit, Rate, RedisStore,
-    store::{RedisConfig, Store},
+    store::{RedisConfig, RedisConnection, Store},
 };
 use common::{RedisServer, check, unique_prefix};
-use redis as _;
 
 /// The ACL the README documents for the limiter's user: the connection's
 /// own commands, the scripts, what they run inside, and keys under the
@@ -136,6 +135,36 @@ async fn a_user_confined_to_other_keys_gets_store_errors_not_decisions() {
         .await
         .unwrap_err();
     assert!(error.is_store_error(), "{error}");
+}
+
+/// The application's own commands and pipelines go where the store's do,
+/// in the configured database.
+#[tokio::test]
+async fn a_redis_connection_carries_commands_and_pipelines_to_the_database() {
+    use redis::aio::ConnectionLike;
+
+    let url = RedisServer::shared().url();
+    let mut conn = RedisConnection::open(url).unwrap();
+    let db = url.rsplit_once('/').and_then(|(_, db)| db.parse().ok());
+    assert_eq!(conn.get_db(), db.unwrap_or(0));
+    let key = format!("{}{{pipe}}", unique_prefix());
+    let (set, got): (String, i64) = redis::pipe()
+        .cmd("SET")
+        .arg(&key)
+        .arg(7)
+        .cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((set.as_str(), got), ("OK", 7));
+    let mut plain = RedisServer::shared().connection().await;
+    let seen: i64 = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut plain)
+        .await
+        .unwrap();
+    assert_eq!(seen, 7, "the URL's database");
 }
 
 #[test]
