@@ -590,6 +590,14 @@ mod tls {
             Some("redis.tls.key"),
             "{error}"
         );
+        let key_as_ca = TlsFiles::ca(s.client_key_path());
+        let error = RedisStore::connect_lazy(config(key_as_ca)).unwrap_err();
+        assert_eq!(
+            error.config_path().as_deref(),
+            Some("redis.tls.ca"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
         let plain = RedisConfig::from("redis://127.0.0.1:1").tls(TlsFiles::ca(s.ca_path()));
         let error = RedisStore::connect_lazy(plain).unwrap_err();
         assert_eq!(error.config_path().as_deref(), Some("redis.tls"), "{error}");

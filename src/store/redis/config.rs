@@ -315,9 +315,52 @@ mod tests {
     }
 
     #[test]
+    fn builders_set_what_they_name() {
+        let sentinel = RedisConfig::sentinel(["redis://s"], "m")
+            .db(2)
+            .credentials("limiter", "pw")
+            .connect_timeout(Duration::from_millis(250));
+        assert_eq!(sentinel.username.as_deref(), Some("limiter"));
+        assert_eq!(sentinel.password.as_deref(), Some("pw"));
+        assert_eq!(sentinel.db, Some(2));
+        assert_eq!(
+            sentinel.connect_timeout_or_default(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            RedisConfig::from("redis://h").connect_timeout_or_default(),
+            DEFAULT_CONNECT_TIMEOUT
+        );
+        let files = TlsFiles::ca("ca.pem").client_cert("c.pem", "k.pem");
+        assert_eq!(files.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(files.cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert_eq!(files.key.as_deref(), Some(std::path::Path::new("k.pem")));
+    }
+
+    #[test]
+    fn only_a_plaintext_topology_is_told_to_use_tls() {
+        assert_eq!(
+            RedisConfig::from("redis://h").plain_field(),
+            Some("redis.url")
+        );
+        assert_eq!(RedisConfig::from("rediss://h").plain_field(), None);
+        let cluster = RedisConfig::cluster(["redis://a"]);
+        assert_eq!(cluster.plain_field(), Some("redis.cluster_nodes"));
+        assert_eq!(RedisConfig::cluster(["rediss://a"]).plain_field(), None);
+        let sentinel = RedisConfig::sentinel(["redis://s"], "m");
+        assert_eq!(sentinel.plain_field(), Some("redis.sentinels"));
+        assert_eq!(RedisConfig::default().plain_field(), None);
+    }
+
+    #[test]
     fn debug_shows_no_secret() {
-        let config = RedisConfig::from("redis://user:hunter2@h/1").credentials("u", "hunter3");
+        let config =
+            RedisConfig::from(&"redis://user:hunter2@h/1".to_owned()).credentials("u", "hunter3");
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter"), "{shown}");
+        assert!(
+            shown.starts_with("RedisConfig { url: Some(\"…\")"),
+            "{shown}"
+        );
     }
 }

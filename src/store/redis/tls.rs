@@ -97,8 +97,10 @@ fn read(_: &TlsFiles) -> Result<TlsCertificates, Error> {
     Ok(TlsCertificates)
 }
 
-/// rustls needs a process-wide crypto provider; the application's own
-/// choice, if it made one, stands.
+/// rustls needs a process-wide crypto provider. It picks one by itself only
+/// when exactly one provider feature is on in the whole build, so an
+/// application that also enables `aws-lc-rs` would have none: ring is
+/// installed unless the application installed one, whose choice stands.
 #[cfg(feature = "tls")]
 pub(super) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
