@@ -37,6 +37,9 @@ const EXAMPLE_VARS: &[&str] = &[
     "REDIS_TLS_KEY",
     "QUEUE_URL",
     "QUEUE_DEDUP_SECONDS",
+    "QUEUE_FORMAT",
+    "CELERY_QUEUE",
+    "CELERY_TASK",
     "TELEMETRY_RATE",
     "TELEMETRY_ALGORITHM",
     "TELEMETRY_BURST",
@@ -230,6 +233,55 @@ fn json(reply: &Reply) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", reply.body))
 }
 
+/// The list Celery workers consume by default, where the example queues
+/// telemetry as Celery tasks (`QUEUE_FORMAT=celery`, the default).
+const CELERY_LIST: &str = "celery";
+/// The list of `QUEUE_FORMAT=raw`.
+const RAW_LIST: &str = "edr:telemetry";
+/// What the example's Celery task messages hold after the batch:
+/// `[[batch], {}, embed]`, the protocol-2 body.
+const CELERY_EMBED: &str = r#"],{},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]"#;
+
+/// The batch a Celery task message runs its task on, byte for byte as it
+/// was posted, after checking the envelope: JSON, a base64 body of the
+/// protocol-2 triple whose one argument is the batch (see
+/// `tests/celery_message.rs` for the rest of the envelope).
+fn celery_batch(message: &str) -> String {
+    use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+    let envelope: serde_json::Value = serde_json::from_str(message)
+        .unwrap_or_else(|e| panic!("a Celery message is JSON ({e}): {message}"));
+    assert_eq!(envelope["content-type"], "application/json", "{message}");
+    assert_eq!(envelope["properties"]["body_encoding"], "base64");
+    assert_eq!(envelope["headers"]["lang"], "py", "{message}");
+    let body = envelope["body"].as_str().expect("a body");
+    let body = String::from_utf8(BASE64.decode(body).expect("base64")).expect("UTF-8");
+    let triple: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+    assert_eq!(triple[1], serde_json::json!({}), "{body}");
+    let batch = (body
+        .strip_prefix("[[")
+        .and_then(|rest| rest.strip_suffix(CELERY_EMBED)))
+    .unwrap_or_else(|| panic!("not [[batch], {{}}, embed]: {body}"));
+    assert_eq!(
+        triple[0][0],
+        serde_json::from_str::<serde_json::Value>(batch).unwrap()
+    );
+    batch.to_owned()
+}
+
+/// The batches on `list` of `conn` (the list `celery`, or another
+/// CELERY_QUEUE), oldest first: a Celery worker pops from the right end of
+/// the list, so the oldest message is the last.
+async fn celery_batches(conn: &mut redis::aio::MultiplexedConnection, list: &str) -> Vec<String> {
+    let messages: Vec<String> = redis::cmd("LRANGE")
+        .arg(list)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap();
+    messages.iter().rev().map(|m| celery_batch(m)).collect()
+}
+
 /// Database 0 of `server`, where the example queues telemetry.
 async fn queue_db(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     let url = server.url();
@@ -281,19 +333,12 @@ async fn telemetry_is_limited_per_agent_and_queued_in_db0_with_counters_in_db1()
     assert!(ratelimit.starts_with(r#""telemetry";r=0;"#), "{ratelimit}");
     assert!(json(&reply)["retry_after"].is_u64(), "{reply:?}");
 
-    // Exactly the accepted events, in order: neither the 401 nor the 429 went
-    // to the workers.
+    // Exactly the accepted events, in order, as Celery tasks: neither the
+    // 401 nor the 429 went to the workers.
     let mut db0 = queue_db(&server).await;
-    let queued: Vec<String> = redis::cmd("LRANGE")
-        .arg("edr:telemetry")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut db0)
-        .await
-        .unwrap();
-    assert_eq!(queued, events);
+    assert_eq!(celery_batches(&mut db0, CELERY_LIST).await, events);
     let len: usize = redis::cmd("LLEN")
-        .arg("edr:telemetry")
+        .arg(CELERY_LIST)
         .query_async(&mut db0)
         .await
         .unwrap();
@@ -325,15 +370,9 @@ async fn telemetry_is_limited_per_agent_and_queued_in_db0_with_counters_in_db1()
     assert!(pttl > 0 && pttl <= 60_000, "counter TTL {pttl} ms");
 }
 
-/// The queued batches, in order.
+/// The batches queued as Celery tasks on the list `celery`, oldest first.
 async fn queued(server: &RedisServer) -> Vec<String> {
-    redis::cmd("LRANGE")
-        .arg("edr:telemetry")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut queue_db(server).await)
-        .await
-        .unwrap()
+    celery_batches(&mut queue_db(server).await, CELERY_LIST).await
 }
 
 #[tokio::test]
@@ -403,7 +442,7 @@ async fn a_batch_is_queued_once_per_id_and_a_reused_id_is_refused() {
     // One mark per batch queued, hashed, and gone after the window.
     let mut db0 = queue_db(&server).await;
     let marks: Vec<String> = redis::cmd("KEYS")
-        .arg("edr:telemetry:batch:*")
+        .arg("celery:batch:*")
         .query_async(&mut db0)
         .await
         .unwrap();
@@ -423,7 +462,7 @@ async fn a_batch_is_queued_once_per_id_and_a_reused_id_is_refused() {
 
     // A push that fails leaves no mark, so the retry is queued.
     let _: () = redis::cmd("SET")
-        .arg("edr:telemetry")
+        .arg(CELERY_LIST)
         .arg("not a list")
         .query_async(&mut db0)
         .await
@@ -433,7 +472,7 @@ async fn a_batch_is_queued_once_per_id_and_a_reused_id_is_refused() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
     assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
     let _: () = redis::cmd("DEL")
-        .arg("edr:telemetry")
+        .arg(CELERY_LIST)
         .query_async(&mut db0)
         .await
         .unwrap();
@@ -503,6 +542,393 @@ async fn batches_answered_503_while_the_queue_is_paused_are_queued_once_after_re
     queued.sort();
     expected.sort();
     assert_eq!(queued, expected, "each batch exactly once");
+}
+
+#[tokio::test]
+async fn queue_format_raw_and_the_celery_names_choose_the_list_and_the_message() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let agent = ("x-agent-token", &b"AGENT-1"[..]);
+    let first = r#"[{"event":"first"}]"#;
+    let second = r#"[{"event":"second"}]"#;
+    let mut db0 = queue_db(&server).await;
+
+    // QUEUE_FORMAT=raw: the bodies as posted on `edr:telemetry`, in order,
+    // each once, for consumers that are not Celery.
+    let edr = Edr::start(&[("REDIS_URL", server.url()), ("QUEUE_FORMAT", "raw")]).await;
+    for (id, body) in [
+        (&b"batch-1"[..], first),
+        (b"batch-1", first),
+        (b"batch-2", second),
+    ] {
+        let reply = edr.post_bytes(&[agent, ("x-batch-id", id)], body).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    }
+    drop(edr);
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(RAW_LIST)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    assert_eq!(raw, [first, second]);
+    assert_eq!(keys(&mut db0, "edr:telemetry:batch:*").await.len(), 2);
+    assert_eq!(
+        keys(&mut db0, "*").await.len(),
+        3,
+        "nothing but the list and marks"
+    );
+
+    // CELERY_QUEUE and CELERY_TASK: the workers' queue is the list, and the
+    // messages name the task.
+    let edr = Edr::start(&[
+        ("REDIS_URL", server.url()),
+        ("CELERY_QUEUE", "edr-telemetry"),
+        ("CELERY_TASK", "acme.ingest.batch"),
+    ])
+    .await;
+    for (id, body) in [
+        (&b"batch-1"[..], first),
+        (b"batch-1", first),
+        (b"batch-3", second),
+    ] {
+        let reply = edr.post_bytes(&[agent, ("x-batch-id", id)], body).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    }
+    assert_eq!(
+        celery_batches(&mut db0, "edr-telemetry").await,
+        [first, second]
+    );
+    let messages: Vec<String> = redis::cmd("LRANGE")
+        .arg("edr-telemetry")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    for message in &messages {
+        let envelope: serde_json::Value = serde_json::from_str(message).unwrap();
+        assert_eq!(envelope["headers"]["task"], "acme.ingest.batch");
+        let info = &envelope["properties"]["delivery_info"];
+        assert_eq!(info["routing_key"], "edr-telemetry", "{message}");
+    }
+    // The marks are the list's, and another format's marks are not.
+    assert_eq!(keys(&mut db0, "edr-telemetry:batch:*").await.len(), 2);
+    assert!(keys(&mut db0, CELERY_LIST).await.is_empty());
+}
+
+/// The virtual environment of Python's `celery` (with its Redis transport)
+/// and `redis`: `CELERY_VENV`, or `/opt/celery-venv`, where `.ci/run`
+/// installs them. Without it the Celery test is skipped, saying so, but
+/// not in CI (`CI` set), which always has it.
+fn celery_venv() -> Option<PathBuf> {
+    let venv = std::env::var_os("CELERY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/celery-venv"));
+    let python = venv.join("bin").join("python");
+    let found = Command::new(&python)
+        .args(["-c", "import celery, redis, kombu.transport.redis"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if found {
+        return Some(venv);
+    }
+    let why = format!(
+        "no Python with celery[redis] at {} (set CELERY_VENV, or run: python3 -m venv \
+         /opt/celery-venv && /opt/celery-venv/bin/pip install 'celery[redis]' redis)",
+        python.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}: CI installs it in .ci/run");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// A Python Celery worker (`tests/celery/edr/tasks.py`), consuming the
+/// queue `celery` of `broker` with one process and recording each run on
+/// the list `edr:runs` of `record`, with `env` for the rest (such as
+/// `CELERY_MASTER_NAME`). Killed when dropped; its log is kept for
+/// failures.
+struct CeleryWorker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl CeleryWorker {
+    fn start(venv: &Path, broker: &str, record: &str, env: &[(&str, &str)]) -> CeleryWorker {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join("celery");
+        let log = std::env::temp_dir().join(format!(
+            "edr-celery-worker-{}-{}.log",
+            std::process::id(),
+            free_port()
+        ));
+        let file = std::fs::File::create(&log).expect("create the worker's log");
+        let mut command = Command::new(venv.join("bin").join("celery"));
+        command
+            .current_dir(&dir)
+            .args(["-A", "edr.tasks", "worker", "-Q", CELERY_LIST])
+            // One task at a time, in the order the queue hands them out.
+            .args(["--pool", "solo", "--concurrency", "1", "--loglevel", "INFO"])
+            .args([
+                "--without-heartbeat",
+                "--without-mingle",
+                "--without-gossip",
+            ])
+            .arg(format!("--hostname=edr-test-{}@%h", std::process::id()))
+            .env("CELERY_BROKER_URL", broker)
+            .env("EDR_RECORD_URL", record)
+            .envs(env.iter().copied())
+            .env("PYTHONPATH", &dir)
+            // No __pycache__ left in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("the log, twice"))
+            .stderr(file);
+        let child = spawn_reaped(command).expect("spawn the Celery worker");
+        CeleryWorker { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The runs recorded so far: each task's id, routing key, whether it
+    /// was redelivered, and its batch.
+    async fn runs(conn: &mut redis::aio::MultiplexedConnection) -> Vec<serde_json::Value> {
+        let runs: Vec<String> = redis::cmd("LRANGE")
+            .arg("edr:runs")
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .unwrap();
+        (runs.iter())
+            .map(|run| serde_json::from_str(run).expect("a run is JSON"))
+            .collect()
+    }
+
+    /// Waits until a run's batch is `batch`, failing with the worker's log
+    /// if it exits or `limit` passes (a bound on a hang, not a timing
+    /// assertion).
+    async fn wait_for_batch(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        batch: &serde_json::Value,
+        limit: Duration,
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let runs = Self::runs(conn).await;
+            if runs.iter().any(|run| run["batch"] == *batch) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the Celery worker exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Celery worker did not run {batch} within {limit:?}; runs {runs:?}; \
+                 log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for CeleryWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `server`'s URL naming database `db`.
+fn server_db(server: &RedisServer, db: u8) -> String {
+    let url = server.url();
+    let base = url
+        .strip_suffix("/1")
+        .expect("private servers use database 1");
+    format!("{base}/{db}")
+}
+
+#[tokio::test]
+async fn a_python_celery_worker_runs_exactly_the_accepted_batches_once() {
+    let Some(venv) = celery_venv() else {
+        return;
+    };
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    // The seed's layout: counters in database 1, Celery's broker in 0; the
+    // worker records its runs in 2.
+    let mut worker =
+        CeleryWorker::start(&venv, &server_db(&server, 0), &server_db(&server, 2), &[]);
+    let edr = Edr::start(&[("REDIS_URL", server.url()), ("TELEMETRY_RATE", "10/m")]).await;
+    let mut record = redis::Client::open(server_db(&server, 2))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut accepted: Vec<serde_json::Value> = Vec::new();
+
+    // Posts `batch` for `agent`, with `X-Event-Count` its length and the
+    // id, if any: the reply, and the batch as JSON.
+    async fn post(edr: &Edr, agent: &str, id: Option<&str>, batch: &str) -> Reply {
+        let parsed: serde_json::Value = serde_json::from_str(batch).unwrap();
+        let count = parsed.as_array().unwrap().len().to_string();
+        let mut headers = vec![
+            ("x-agent-token", agent.as_bytes()),
+            ("x-event-count", count.as_bytes()),
+        ];
+        if let Some(id) = id {
+            headers.push(("x-batch-id", id.as_bytes()));
+        }
+        edr.post_bytes(&headers, batch.to_owned()).await
+    }
+    let parse = |batch: &str| serde_json::from_str::<serde_json::Value>(batch).unwrap();
+
+    // The worker is up once it has run a first batch (Python starting is
+    // what takes time).
+    let ready = r#"[{"event":"ready"}]"#;
+    let reply = post(&edr, "AGENT-READY", Some("ready"), ready).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    accepted.push(parse(ready));
+    worker
+        .wait_for_batch(&mut record, &parse(ready), Duration::from_secs(60))
+        .await;
+
+    // Agent 1: accepted batches (one retried, charged again, not run
+    // again), then over its 10 a minute: denied, never run.
+    let a1 = r#"[{"event":"process_start","pid":4242,"cmd":"C:\\Windows\\cmd.exe /c \"whoami\""},{"event":"dns","q":"ex\u00e4mple.com"},{"event":"net","bytes":12345678901234567890},{"event":"file","sha256":null,"tags":["a",{"nested":[1,2.5,true]}]}]"#;
+    let a2 = r#"[{"event":"logon","user":"älice"},{"event":"logoff","user":"bob"}]"#;
+    for (id, batch, status) in [
+        ("a1-1", a1, StatusCode::ACCEPTED),
+        ("a1-1", a1, StatusCode::ACCEPTED),
+        ("a1-2", a2, StatusCode::ACCEPTED),
+        (
+            "a1-3",
+            r#"[{"event":"denied-1"}]"#,
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        (
+            "a1-4",
+            r#"[{"event":"denied-2"},{"event":"denied-3"}]"#,
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+    ] {
+        let reply = post(&edr, "AGENT-1", Some(id), batch).await;
+        assert_eq!(reply.status, status, "{id}: {reply:?}");
+    }
+    accepted.extend([parse(a1), parse(a2)]);
+
+    // Agent 2: batches with ids and one known by its bytes, retried.
+    let b1 = r#"[{"event":"b1"}]"#;
+    let b2 = r#"[{"event":"b2","n":1},{"event":"b2","n":2},{"event":"b2","n":3}]"#;
+    let b3 = r#"[{"event":"no id","x":1},{"event":"no id","x":2}]"#;
+    for (id, batch, status) in [
+        (Some("b-1"), b1, StatusCode::ACCEPTED),
+        (Some("b-2"), b2, StatusCode::ACCEPTED),
+        (None, b3, StatusCode::ACCEPTED),
+        (None, b3, StatusCode::ACCEPTED),
+        (
+            Some("b-4"),
+            r#"[{"e":1},{"e":2},{"e":3},{"e":4},{"e":5}]"#,
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+    ] {
+        let reply = post(&edr, "AGENT-2", id, batch).await;
+        assert_eq!(reply.status, status, "{id:?}: {reply:?}");
+    }
+    accepted.extend([parse(b1), parse(b2), parse(b3)]);
+
+    // Batches posted while Redis is paused: each answered 503, retried with
+    // the same id and bytes once Redis is back until acknowledged. Their
+    // pushes, which Redis runs when it resumes, and their retries are one
+    // task each.
+    let paused: Vec<(String, String, String)> = (1..=4)
+        .map(|i| {
+            let batch = format!(r#"[{{"event":"paused","i":{i}}}]"#);
+            (format!("AGENT-P{i}"), format!("p-{i}"), batch)
+        })
+        .collect();
+    server.pause();
+    let replies = futures::future::join_all(
+        (paused.iter()).map(|(agent, id, batch)| post(&edr, agent, Some(id), batch)),
+    )
+    .await;
+    server.resume();
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    }
+    for (agent, id, batch) in &paused {
+        common::within(Duration::from_secs(10), async {
+            loop {
+                let reply = post(&edr, agent, Some(id), batch).await;
+                if reply.status == StatusCode::ACCEPTED {
+                    break;
+                }
+                assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+            }
+        })
+        .await;
+        accepted.push(parse(batch));
+    }
+
+    // A last batch: the queue is first in, first out and the worker runs
+    // one task at a time, so once it has run this one it has run all that
+    // was queued before it.
+    let last = r#"[{"event":"last"}]"#;
+    let reply = post(&edr, "AGENT-LAST", Some("last"), last).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    accepted.push(parse(last));
+    worker
+        .wait_for_batch(&mut record, &parse(last), Duration::from_secs(30))
+        .await;
+    let mut db0 = queue_db(&server).await;
+    let left: usize = redis::cmd("LLEN")
+        .arg(CELERY_LIST)
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "tasks left on the queue");
+
+    // Exactly the accepted batches, each run once, as posted (compared as
+    // JSON: the task receives lists of dicts, and Python writes them back
+    // in its own spacing), each its own task, none redelivered.
+    let runs = CeleryWorker::runs(&mut record).await;
+    let mut ran: Vec<String> = runs.iter().map(|run| run["batch"].to_string()).collect();
+    let mut expected: Vec<String> = accepted.iter().map(|batch| batch.to_string()).collect();
+    ran.sort();
+    expected.sort();
+    assert_eq!(
+        ran,
+        expected,
+        "the batches the worker ran; log:\n{}",
+        worker.log()
+    );
+    let ids: std::collections::HashSet<&str> = runs
+        .iter()
+        .map(|run| run["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), runs.len(), "a task id ran twice: {runs:?}");
+    for run in &runs {
+        assert_eq!(run["routing_key"], CELERY_LIST, "{run}");
+        assert_eq!(run["redelivered"], false, "{run}");
+    }
+    // The big number and the escapes survived the trip through Python.
+    let first = runs.iter().find(|run| run["batch"] == parse(a1)).unwrap();
+    assert_eq!(first["batch"][2]["bytes"], 12345678901234567890_u64);
+    assert_eq!(first["batch"][1]["q"], "exämple.com");
+    drop(edr);
 }
 
 #[tokio::test]
@@ -732,12 +1158,11 @@ async fn without_a_queue_telemetry_is_accepted_not_queued() {
     let reply = edr.post_body(TELEMETRY, &[token], r#"[{"event":1}]"#).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     assert_eq!(json(&reply), serde_json::json!({"status": "accepted"}));
-    let len: usize = redis::cmd("LLEN")
-        .arg("edr:telemetry")
-        .query_async(&mut queue_db(&server).await)
-        .await
-        .unwrap();
-    assert_eq!(len, 0, "QUEUE_URL=off queued telemetry");
+    let mut db0 = queue_db(&server).await;
+    assert!(
+        keys(&mut db0, "*").await.is_empty(),
+        "QUEUE_URL=off queued telemetry"
+    );
 }
 
 /// Runs the example with `env` and returns its exit status and all it
@@ -786,6 +1211,9 @@ fn bad_configuration_stops_startup_naming_the_variable() {
         ("QUEUE_URL", "rabbit://queue"),
         ("QUEUE_DEDUP_SECONDS", "0"),
         ("QUEUE_DEDUP_SECONDS", "a minute"),
+        ("QUEUE_FORMAT", "json"),
+        ("CELERY_QUEUE", "edr telemetry"),
+        ("CELERY_TASK", "process telemetry"),
         ("REDIS_URL", "http://127.0.0.1/1"),
     ] {
         let (status, output) = run_to_exit(&[(var, value)]);
@@ -992,14 +1420,7 @@ async fn a_batch_must_hold_exactly_the_events_it_is_charged_for() {
         .post_bytes(&[token, ("x-event-count", b"3")], events(3))
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
-    let queued: Vec<String> = redis::cmd("LRANGE")
-        .arg("edr:telemetry")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut queue_db(&server).await)
-        .await
-        .unwrap();
-    assert_eq!(queued, [events(1), events(3)]);
+    assert_eq!(queued(&server).await, [events(1), events(3)]);
 }
 
 /// Variables to run the example with.
@@ -1369,6 +1790,26 @@ fn sentinels_and_master_name_stop_startup_without_each_other() {
 }
 
 #[test]
+fn celery_settings_stop_startup_where_they_cannot_apply() {
+    // The raw format has no Celery queue or task.
+    for var in ["CELERY_QUEUE", "CELERY_TASK"] {
+        let (status, output) = run_to_exit(&[("QUEUE_FORMAT", "raw"), (var, "edr")]);
+        assert!(!status.success(), "{var}: {status}: {output}");
+        assert!(output.contains(&format!("{var}: ")), "{var}: {output}");
+        assert!(output.contains("QUEUE_FORMAT=celery"), "{var}: {output}");
+    }
+    // In a cluster, a queue with a `}` but no hash tag: no mark could share
+    // its slot. Refused before anything connects.
+    let node = format!("redis://127.0.0.1:{}", free_port());
+    let (status, output) =
+        run_to_exit(&[("REDIS_CLUSTER_NODES", &node), ("CELERY_QUEUE", "edr}x")]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("CELERY_QUEUE: "), "{output}");
+    assert!(output.contains("hash tag"), "{output}");
+    assert!(!output.contains("panicked"), "{output}");
+}
+
+#[test]
 fn a_cluster_node_url_with_a_database_stops_startup() {
     let nodes = "redis://:hunter2@127.0.0.1:7000,redis://:hunter2@127.0.0.1:7001/1";
     let (status, output) = run_to_exit(&[("REDIS_CLUSTER_NODES", nodes)]);
@@ -1633,28 +2074,55 @@ async fn telemetry_follows_a_redis_cluster_with_the_marks_in_the_lists_slot() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
 
     let mut conn = node.connection().await;
-    let queued: Vec<String> = redis::cmd("LRANGE")
-        .arg("edr:telemetry")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let queued = celery_batches(&mut conn, CELERY_LIST).await;
     assert_eq!(queued, [batch, "[{}]"], "the workers' list keeps its name");
-    let marks = keys(&mut conn, "{edr:telemetry}:batch:*").await;
+    let marks = keys(&mut conn, "{celery}:batch:*").await;
     assert_eq!(marks.len(), 2, "{marks:?}");
     let slot = |key: &str| {
         let mut keyslot = redis::cmd("CLUSTER");
         keyslot.arg("KEYSLOT").arg(key);
         keyslot
     };
-    let list_slot: i64 = slot("edr:telemetry").query_async(&mut conn).await.unwrap();
+    let list_slot: i64 = slot(CELERY_LIST).query_async(&mut conn).await.unwrap();
     for mark in &marks {
         let mark_slot: i64 = slot(mark).query_async(&mut conn).await.unwrap();
         assert_eq!(mark_slot, list_slot, "{mark}");
     }
     let counters = keys(&mut conn, "rl:telemetry:*").await;
     assert_eq!(counters.len(), 2, "one counter per agent: {counters:?}");
+    drop(edr);
+
+    // The raw list, and a Celery queue with a hash tag of its own: the
+    // marks hash to the list's slot all the same.
+    let cases = [
+        (("QUEUE_FORMAT", "raw"), RAW_LIST, "{edr:telemetry}:batch:*"),
+        (
+            ("CELERY_QUEUE", "{edr}telemetry"),
+            "{edr}telemetry",
+            "{edr}telemetry:batch:*",
+        ),
+    ];
+    for (setting, list, pattern) in cases {
+        let edr = Edr::start(&[("REDIS_CLUSTER_NODES", &seed), setting]).await;
+        let agent = ("x-agent-token", list.as_bytes());
+        for _ in 0..2 {
+            let reply = edr
+                .post_bytes(&[agent, ("x-batch-id", b"batch-1")], batch)
+                .await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{list}: {reply:?}");
+        }
+        let len: usize = redis::cmd("LLEN")
+            .arg(list)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 1, "{list}");
+        let marks = keys(&mut conn, pattern).await;
+        assert_eq!(marks.len(), 1, "{list}: {marks:?}");
+        let list_slot: i64 = slot(list).query_async(&mut conn).await.unwrap();
+        let mark_slot: i64 = slot(&marks[0]).query_async(&mut conn).await.unwrap();
+        assert_eq!(mark_slot, list_slot, "{list}: {}", marks[0]);
+    }
 }
 
 #[tokio::test]
@@ -1687,12 +2155,40 @@ async fn telemetry_follows_the_sentinel_master_counters_in_db1_and_queue_in_db0(
     // counters in database 1.
     assert_eq!(queued(&master).await, [batch]);
     let mut db0 = queue_db(&master).await;
-    assert_eq!(keys(&mut db0, "edr:telemetry:batch:*").await.len(), 1);
+    assert_eq!(keys(&mut db0, "celery:batch:*").await.len(), 1);
     assert!(keys(&mut db0, "rl:*").await.is_empty(), "counters in db 0");
     let mut db1 = master.connection().await;
     assert_eq!(keys(&mut db1, "rl:telemetry:*").await.len(), 1);
+    let in_db1 = keys(&mut db1, "*").await;
     assert!(
-        keys(&mut db1, "edr:*").await.is_empty(),
-        "the queue in db 1"
+        in_db1.iter().all(|key| key.starts_with("rl:")),
+        "the queue in db 1: {in_db1:?}"
     );
+
+    // A Celery worker that finds the master through the sentinels too
+    // (kombu's `sentinel://` transport) runs it.
+    let Some(venv) = celery_venv() else {
+        return;
+    };
+    let broker = format!(
+        "{}/0",
+        sentinel.url().replacen("redis://", "sentinel://", 1)
+    );
+    let mut worker = CeleryWorker::start(
+        &venv,
+        &broker,
+        &server_db(&master, 2),
+        &[("CELERY_MASTER_NAME", "mymaster")],
+    );
+    let mut record = redis::Client::open(server_db(&master, 2))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(batch).unwrap();
+    worker
+        .wait_for_batch(&mut record, &parsed, Duration::from_secs(60))
+        .await;
+    assert_eq!(CeleryWorker::runs(&mut record).await.len(), 1);
+    assert!(queued(&master).await.is_empty(), "a task left on the queue");
 }

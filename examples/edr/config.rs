@@ -32,7 +32,10 @@ use clap::{
 };
 use redis::{ConnectionInfo, IntoConnectionInfo};
 
-use crate::queue::{CLUSTER_MARK_PREFIX, QUEUE_KEY};
+use crate::{
+    celery::{CeleryTask, DEFAULT_QUEUE, DEFAULT_TASK},
+    queue::{Format, RAW_QUEUE_KEY, mark_prefix},
+};
 
 /// The largest `QUEUE_DEDUP_SECONDS`: a week.
 const MAX_DEDUP_SECONDS: u64 = 7 * 24 * 3600;
@@ -124,8 +127,9 @@ pub struct Env {
     /// Redis Cluster instead: comma-separated URLs of some of its nodes,
     /// `redis://[user:password@]host:6379` (the others are discovered). A
     /// cluster has only database 0, so counters (`rl:…`) and the queue
-    /// (`edr:telemetry`, its batch marks `{edr:telemetry}:batch:…`) are told
-    /// apart by key prefix; a node URL naming another database is an error.
+    /// (the list, `celery` or `edr:telemetry`, and its batch marks
+    /// `{celery}:batch:…`) are told apart by key prefix; a node URL naming
+    /// another database is an error.
     #[arg(env = "REDIS_CLUSTER_NODES", value_parser = cluster_nodes, hide_env_values = true)]
     pub redis_cluster_nodes: Option<UrlList>,
 
@@ -165,7 +169,7 @@ pub struct Env {
     #[arg(env = "REDIS_TLS_KEY", value_parser = file_path)]
     pub redis_tls_key: Option<PathBuf>,
 
-    /// Where accepted telemetry goes (the list `edr:telemetry`), if not
+    /// Where accepted telemetry goes (see QUEUE_FORMAT), if not
     /// where the counters are: the URL of one Redis server (not a cluster
     /// node), whatever holds the counters; the REDIS_TLS_* files apply to it
     /// if it is `rediss://`. Default: database 0 of REDIS_URL's server or of
@@ -179,6 +183,24 @@ pub struct Env {
     /// whole number of seconds from 1 to 604800 (a week).
     #[arg(env = "QUEUE_DEDUP_SECONDS", default_value = "600", value_parser = dedup_seconds)]
     pub queue_dedup_seconds: Duration,
+
+    /// What accepted telemetry is queued as: `celery`, a Celery task message
+    /// (protocol 2, JSON, kombu's Redis envelope) that runs CELERY_TASK on
+    /// the batch, pushed onto the list CELERY_QUEUE, for Celery workers to
+    /// run unchanged; or `raw`, the body as posted, pushed onto the list
+    /// `edr:telemetry`, for consumers that are not Celery.
+    #[arg(env = "QUEUE_FORMAT", default_value = "celery", value_parser = queue_format)]
+    pub queue_format: QueueFormat,
+
+    /// With QUEUE_FORMAT=celery: the Celery queue the workers consume (their
+    /// `-Q`), which is the Redis list the tasks are pushed onto.
+    #[arg(env = "CELERY_QUEUE", default_value = DEFAULT_QUEUE, value_parser = celery_name)]
+    pub celery_queue: String,
+
+    /// With QUEUE_FORMAT=celery: the name the workers know the task by. It
+    /// is called with one argument, the batch: a list of event objects.
+    #[arg(env = "CELERY_TASK", default_value = DEFAULT_TASK, value_parser = celery_name)]
+    pub celery_task: String,
 
     /// The variables that were set, with their values (trimmed): for
     /// messages about them.
@@ -200,6 +222,13 @@ pub struct UrlList {
     pub urls: Vec<String>,
     /// The URLs without credentials, for logs and errors.
     pub shown: String,
+}
+
+/// `QUEUE_FORMAT`'s value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum QueueFormat {
+    Raw,
+    Celery,
 }
 
 /// `QUEUE_URL`'s value.
@@ -492,6 +521,35 @@ impl Env {
         })
     }
 
+    /// What the queue is handed (`QUEUE_FORMAT`, `CELERY_*`), and the prefix
+    /// of its batch marks, for a queue in a Redis Cluster or not. The
+    /// `CELERY_*` variables are refused with `QUEUE_FORMAT=raw`, which does
+    /// not use them.
+    pub fn hand_off(&self, cluster: bool) -> Result<(Format, String), StartupError> {
+        let format = match self.queue_format {
+            QueueFormat::Raw => {
+                let celery = ["CELERY_QUEUE", "CELERY_TASK"];
+                if let Some(var) = celery.into_iter().find(|var| self.given(var).is_some()) {
+                    return Err(StartupError::new(
+                        var,
+                        "applies only with QUEUE_FORMAT=celery, and QUEUE_FORMAT is raw",
+                    ));
+                }
+                Format::Raw
+            }
+            QueueFormat::Celery => {
+                Format::Celery(CeleryTask::new(&self.celery_queue, &self.celery_task))
+            }
+        };
+        let var = match format {
+            Format::Raw => "QUEUE_FORMAT",
+            Format::Celery(_) => "CELERY_QUEUE",
+        };
+        let prefix =
+            mark_prefix(format.list(), cluster).map_err(|reason| StartupError::new(var, reason))?;
+        Ok((format, prefix))
+    }
+
     /// `REDIS_TLS_*` as the library takes them, checked for a certificate
     /// without its key (or the reverse) and for the `tls` feature.
     fn tls_files(&self) -> Result<Option<TlsFiles>, StartupError> {
@@ -751,8 +809,8 @@ fn cluster_nodes(text: &str) -> Result<UrlList, String> {
     url_list(text, |db| {
         format!(
             "a cluster has only database 0, so drop the /{db}: counters (`rl:…`) and the \
-             queue (`{QUEUE_KEY}`, its marks `{CLUSTER_MARK_PREFIX}…`) are separated by key \
-             prefix instead"
+             queue (the list, `{DEFAULT_QUEUE}` or `{RAW_QUEUE_KEY}`, and its marks \
+             `{{{DEFAULT_QUEUE}}}:batch:…`) are separated by key prefix instead"
         )
     })
 }
@@ -771,6 +829,26 @@ fn queue_url(text: &str) -> Result<QueueUrl, String> {
         text if text.eq_ignore_ascii_case("off") => Ok(QueueUrl::Off),
         url => redis_url(url).map(QueueUrl::Redis),
     }
+}
+
+/// `raw` or `celery`.
+fn queue_format(text: &str) -> Result<QueueFormat, String> {
+    match text.trim() {
+        text if text.eq_ignore_ascii_case("raw") => Ok(QueueFormat::Raw),
+        text if text.eq_ignore_ascii_case("celery") => Ok(QueueFormat::Celery),
+        text => Err(format!("{text:?} is neither raw nor celery")),
+    }
+}
+
+/// A Celery queue or task name: no spaces or control characters.
+fn celery_name(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{text:?} is not a name: it has spaces or control characters"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 fn dedup_seconds(text: &str) -> Result<Duration, String> {

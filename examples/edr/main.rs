@@ -26,11 +26,14 @@
 //! checked, and `POLICY_FILE`, which may replace any of them but not the
 //! routes), `telemetry.rs` (the telemetry handler), `batch.rs` (a batch
 //! must hold the events it was charged for), `queue.rs` (the idempotent
-//! hand-off to Redis).
+//! hand-off to Redis), `celery.rs` (the Celery task messages it pushes).
 //!
-//! With Redis, counters live in database 1 and accepted telemetry is pushed
-//! onto the list `edr:telemetry` in database 0 of the same server, where the
-//! seed's Celery workers would pick it up:
+//! With Redis, counters live in database 1 and each accepted batch is
+//! queued in database 0 of the same server as a Celery task,
+//! `edr.tasks.process_telemetry(batch)` on the queue `celery`, which the
+//! seed's Python Celery workers (`CELERY_BROKER_URL =
+//! 'redis://localhost:6379/0'`) run as it is (`QUEUE_FORMAT=raw` pushes the
+//! body as posted onto the list `edr:telemetry` instead):
 //!
 //! ```sh
 //! REDIS_URL=redis://127.0.0.1:6379/1 cargo run --example edr
@@ -67,6 +70,7 @@
 //! policy, its algorithm, its limits and where they came from.
 
 mod batch;
+mod celery;
 mod config;
 mod policies;
 mod queue;
@@ -243,6 +247,9 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
         ],
     )?;
     let redis = env.redis()?;
+    let queue = env.queue(redis.as_ref())?;
+    // Checked with or without a queue, as every setting is.
+    let (format, mark_prefix) = env.hand_off(queue.as_ref().is_some_and(|queue| queue.cluster))?;
     // Counters first: they are what Redis is mainly for.
     let counters = counters(env, redis.as_ref()).await?;
     if env.rate_limit {
@@ -257,7 +264,7 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
             );
         }
     }
-    let queue = match env.queue(redis.as_ref())? {
+    let queue = match queue {
         None => {
             tracing::info!(
                 "no telemetry queue (QUEUE_URL=off, or no Redis): events are accepted, not \
@@ -266,7 +273,7 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
             None
         }
         Some(queue) => Some(
-            EventQueue::connect(&queue, env.queue_dedup_seconds)
+            EventQueue::connect(&queue, env.queue_dedup_seconds, format, mark_prefix)
                 .await
                 .map_err(|e| {
                     let shown = format!("telemetry queue at {}", queue.shown);

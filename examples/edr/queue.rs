@@ -22,15 +22,28 @@
 //! forgets them (restarted without persistence, or evicting under a
 //! `volatile-*` or `allkeys-*` `maxmemory-policy`) forgets the window too.
 //!
+//! What is pushed (`QUEUE_FORMAT`):
+//! - `celery` (the default): a Celery task message (`celery.rs`) that runs
+//!   `CELERY_TASK` on the batch, `LPUSH`ed onto the list named after
+//!   `CELERY_QUEUE` (`celery`), where Celery workers consume it. Each
+//!   request builds its message, with a fresh task id, before the script
+//!   runs; a retry's message is dropped by the script with the retry, since
+//!   the mark holds the batch's digest, not the message: a batch answered
+//!   `503` and retried is run once, under the task id of the push that ran.
+//! - `raw`: the body as posted, `RPUSH`ed onto `edr:telemetry`, for
+//!   consumers that are not Celery (they pop from the left).
+//!
 //! The queue follows the counters' topology (or `QUEUE_URL`'s one server):
 //! its connection is the library's `RedisConnection`, to one server, a
-//! Redis Cluster, or the master the sentinels name. The list is
-//! `edr:telemetry` in each. A script's keys must share a cluster slot, so in
-//! a cluster the marks are `{edr:telemetry}:batch:<hash>`: their hash tag is
-//! the list's name, and a key without braces hashes by its whole name, so
-//! the marks and the list are in one slot (and so on one node, as one list
-//! always is). On one server the marks keep their name,
-//! `edr:telemetry:batch:<hash>`.
+//! Redis Cluster, or the master the sentinels name; the list has its name
+//! in each. A batch's mark is named after the list, `<list>:batch:<hash>`
+//! (`celery:batch:<hash>`, `edr:telemetry:batch:<hash>`). A script's keys
+//! must share a cluster slot, so in a cluster the marks of a list without a
+//! hash tag are `{<list>}:batch:<hash>`: their hash tag is the list's name,
+//! and a key without one hashes by its whole name, so the marks and the
+//! list are in one slot (and so on one node, as one list always is). A list
+//! with a hash tag (`{edr}telemetry`) hashes by it, and so do its marks,
+//! `<list>:batch:<hash>`.
 
 use std::{fmt::Write as _, sync::LazyLock, time::Duration};
 
@@ -38,17 +51,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum_redis_ratelimit::{Error, store::RedisConnection};
 use sha2::{Digest, Sha256};
 
-use crate::{AGENT_TOKEN_HEADER, config::Queue};
+use crate::{AGENT_TOKEN_HEADER, celery::CeleryTask, config::Queue};
 
-/// The list the seed's workers consume, whatever the topology.
-pub const QUEUE_KEY: &str = "edr:telemetry";
+/// The list of `QUEUE_FORMAT=raw`, whatever the topology.
+pub const RAW_QUEUE_KEY: &str = "edr:telemetry";
 /// An agent's name for a batch, so that its retries are known as retries.
 pub const BATCH_ID_HEADER: HeaderName = HeaderName::from_static("x-batch-id");
-/// Queued batches are marked under `<prefix><hash>` for the dedup window.
-const BATCH_MARK_PREFIX: &str = "edr:telemetry:batch:";
-/// In a Redis Cluster, the marks' prefix: its hash tag is the list's whole
-/// name, so a mark hashes to the list's slot.
-pub const CLUSTER_MARK_PREFIX: &str = "{edr:telemetry}:batch:";
 /// Longest a batch waits for the queue before its agent is told to retry.
 const QUEUE_TIMEOUT: Duration = Duration::from_millis(250);
 /// How many times startup asks the queue for a `PING`, each within
@@ -79,7 +87,8 @@ pub fn batch_id(headers: &HeaderMap) -> Result<Option<HeaderValue>, String> {
 /// Redis.
 pub struct BatchMark {
     /// A hash of the token lines and the id or bytes: the mark is
-    /// `edr:telemetry:batch:<hash>` (in a cluster `{edr:telemetry}:batch:<hash>`).
+    /// `<list>:batch:<hash>`, such as `celery:batch:<hash>` (see
+    /// [`mark_prefix`]).
     pub hash: String,
     /// A hash of the bytes: tells a retry from another batch under the
     /// same id.
@@ -116,6 +125,61 @@ impl BatchMark {
     }
 }
 
+/// What the workers are handed, and where.
+#[derive(Clone, Debug)]
+pub enum Format {
+    /// The body as posted, `RPUSH`ed onto [`RAW_QUEUE_KEY`].
+    Raw,
+    /// A Celery task message running the task on the batch, `LPUSH`ed onto
+    /// the queue's list.
+    Celery(CeleryTask),
+}
+
+impl Format {
+    /// The list the batches go to.
+    pub fn list(&self) -> &str {
+        match self {
+            Self::Raw => RAW_QUEUE_KEY,
+            Self::Celery(celery) => &celery.queue,
+        }
+    }
+
+    /// The push: consumers of the raw list pop from the left, Celery
+    /// workers `BRPOP` (kombu pushes with `LPUSH`).
+    fn push(&self) -> &'static str {
+        match self {
+            Self::Raw => "RPUSH",
+            Self::Celery(_) => "LPUSH",
+        }
+    }
+}
+
+/// The part of `key` a Redis Cluster hashes, if not the whole key: the
+/// text between its first `{` and the first `}` after it, if not empty.
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')?;
+    Some(&key[open + 1..open + 1 + close]).filter(|tag| !tag.is_empty())
+}
+
+/// The prefix of the marks of `list`'s batches, which hash to the list's
+/// slot in a cluster: `<list>:batch:`, or in a cluster, for a list without
+/// a hash tag, `{<list>}:batch:`. `Err` for a list no mark can share a
+/// slot with in a cluster: one with a `}` but no hash tag.
+pub fn mark_prefix(list: &str, cluster: bool) -> Result<String, String> {
+    if !cluster || hash_tag(list).is_some() {
+        return Ok(format!("{list}:batch:"));
+    }
+    if list.contains('}') {
+        return Err(format!(
+            "{list:?} has a `}}` but no hash tag: in a Redis Cluster, no batch mark could share \
+             its slot (a script's keys must); drop the braces, or give it a whole tag such as \
+             {{edr}}"
+        ));
+    }
+    Ok(format!("{{{list}}}:batch:"))
+}
+
 /// Lowercase hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut text, byte| {
@@ -139,8 +203,11 @@ pub enum Enqueued {
 /// batch is pushed at most once per window however its attempts fare. (The
 /// push comes first: a script is not rolled back, and a push that fails,
 /// say on a key that holds no list, must leave no mark.)
+/// The mark holds the batch's digest, not the message: a retry, whose
+/// Celery message has another task id, is the same batch.
 /// KEYS: the mark, the list. ARGV: the message, the batch's digest, the
-/// window in ms. Returns 1 (queued), 0 (queued already) or -1 (id reused).
+/// window in ms, the push (`LPUSH` or `RPUSH`). Returns 1 (queued), 0
+/// (queued already) or -1 (id reused).
 pub static ENQUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -149,7 +216,11 @@ if seen then
   if seen == ARGV[2] then return 0 end
   return -1
 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
+if ARGV[4] == 'LPUSH' then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+else
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ",
@@ -164,14 +235,23 @@ pub struct EventQueue {
     pub connection: RedisConnection,
     /// How long a batch stays marked once queued.
     pub window: Duration,
-    /// [`BATCH_MARK_PREFIX`], or in a cluster [`CLUSTER_MARK_PREFIX`].
-    mark_prefix: &'static str,
+    /// What is pushed, and onto which list.
+    pub format: Format,
+    /// See [`mark_prefix`].
+    mark_prefix: String,
 }
 
 impl EventQueue {
     /// A connection to `queue`, checked with a `PING`: a queue that cannot
     /// be reached stops startup.
-    pub async fn connect(queue: &Queue, window: Duration) -> Result<Self, Error> {
+    ///
+    /// `mark_prefix` is [`mark_prefix`]'s for the format's list.
+    pub async fn connect(
+        queue: &Queue,
+        window: Duration,
+        format: Format,
+        mark_prefix: String,
+    ) -> Result<Self, Error> {
         // Bounded, so that a dead queue turns into a quick 503 rather than
         // agents waiting on a hung request.
         let config = queue.config.clone().connect_timeout(QUEUE_TIMEOUT);
@@ -188,36 +268,57 @@ impl EventQueue {
             }
         }
         ping?;
-        let mark_prefix = if queue.cluster {
-            CLUSTER_MARK_PREFIX
-        } else {
-            BATCH_MARK_PREFIX
-        };
-        tracing::info!(
-            queue = %queue.shown,
-            list = QUEUE_KEY,
-            marks = %format_args!("{mark_prefix}<hash>"),
-            dedup_seconds = window.as_secs(),
-            "telemetry queued in Redis"
-        );
+        match &format {
+            Format::Raw => tracing::info!(
+                queue = %queue.shown,
+                list = format.list(),
+                marks = %format_args!("{mark_prefix}<hash>"),
+                dedup_seconds = window.as_secs(),
+                "telemetry queued in Redis as posted (QUEUE_FORMAT=raw)"
+            ),
+            Format::Celery(celery) => tracing::info!(
+                queue = %queue.shown,
+                celery_queue = %celery.queue,
+                celery_task = %celery.task,
+                marks = %format_args!("{mark_prefix}<hash>"),
+                dedup_seconds = window.as_secs(),
+                "telemetry queued in Redis as Celery tasks"
+            ),
+        }
         Ok(Self {
             connection,
             window,
+            format,
             mark_prefix,
         })
     }
 
-    /// Queues `batch` at most once per window, within `QUEUE_TIMEOUT`. The
-    /// message is the batch as posted; a change of format (say, to Celery's
-    /// task messages) belongs here.
-    pub async fn enqueue(&self, mark: &BatchMark, batch: &[u8]) -> redis::RedisResult<Enqueued> {
+    /// Queues `batch`, a checked JSON array of `events` event objects, at
+    /// most once per window, within `QUEUE_TIMEOUT`, in the queue's format.
+    pub async fn enqueue(
+        &self,
+        mark: &BatchMark,
+        batch: &[u8],
+        events: u64,
+    ) -> redis::RedisResult<Enqueued> {
         let mut connection = self.connection.clone();
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        // Built once per request: a retry is a new request, with a message
+        // of its own, which the script drops if the batch is marked.
+        let message = match &self.format {
+            Format::Raw => batch.to_vec(),
+            Format::Celery(celery) => {
+                let message = celery.message(batch, events);
+                tracing::debug!(task_id = %message.id, "Celery task message built");
+                message.json.into_bytes()
+            }
+        };
         let mut call = ENQUEUE.key(format!("{}{}", self.mark_prefix, mark.hash));
-        call.key(QUEUE_KEY)
-            .arg(batch)
+        call.key(self.format.list())
+            .arg(message)
             .arg(&mark.digest)
-            .arg(window_ms);
+            .arg(window_ms)
+            .arg(self.format.push());
         let outcome =
             tokio::time::timeout(QUEUE_TIMEOUT, call.invoke_async::<i64>(&mut connection))
                 .await

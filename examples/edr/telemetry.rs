@@ -81,7 +81,7 @@ pub async fn telemetry_handler(State(state): State<AppState>, request: Request) 
         batch_id.as_ref().map(HeaderValue::as_bytes),
         &body,
     );
-    match queue.enqueue(&mark, &body).await {
+    match queue.enqueue(&mark, &body, events).await {
         // A retry of a batch already queued is told what its first attempt
         // may never have heard.
         Ok(Enqueued::Queued | Enqueued::AlreadyQueued) => {
