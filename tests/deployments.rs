@@ -410,13 +410,27 @@ async fn until_answered(store: &RedisStore, key: &str, limits: &[Limit]) -> (boo
 mod sentinel {
     use std::sync::Arc;
 
-    use axum_redis_ratelimit::{Limit, Rate, RedisStore, store::RedisConfig};
+    use axum_redis_ratelimit::{
+        Limit, Rate, RedisStore,
+        store::{RedisConfig, RedisConnection},
+    };
+    use redis::aio::ConnectionLike;
 
     use super::{
         common::topology::{RedisSentinels, query},
         until_answered,
     };
     use crate::common::unique_prefix;
+
+    /// The commands the sentinel on `port` has processed since it started
+    /// (a sentinel keeps no per-command statistics).
+    fn commands(port: u16) -> u64 {
+        let info: String = query(port, &["INFO", "stats"]).unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
 
     async fn start() -> (Arc<RedisSentinels>, RedisStore) {
         let set = Arc::new(
@@ -425,6 +439,8 @@ mod sentinel {
                 .unwrap(),
         );
         let config = RedisConfig::sentinel(set.sentinel_urls(), set.master_name()).db(1);
+        let connection = RedisConnection::open(config.clone()).unwrap();
+        assert_eq!(connection.get_db(), 1);
         (set, RedisStore::connect(config).await.unwrap())
     }
 
@@ -444,13 +460,30 @@ mod sentinel {
         let key = format!("rl:{}{{agent}}", unique_prefix());
         assert_eq!(until_answered(&store, &key, &limits).await, (true, 0));
         let old = set.master_port();
+        let asked_before: u64 = set.sentinel_ports().iter().map(|&p| commands(p)).sum();
         let killed = tokio::time::Instant::now();
         set.kill(old);
         let (allowed, failed) = until_answered(&store, &key, &limits).await;
         assert!(allowed);
+        let gap = killed.elapsed();
         eprintln!(
-            "sentinel: decisions resumed {:?} after kill -9 of the master ({failed} failed)",
-            killed.elapsed()
+            "sentinel: decisions resumed {gap:?} after kill -9 of the master ({failed} failed)"
+        );
+        // Thousands of failed calls, but the sentinels are asked at most
+        // every 200 ms. A question may reach all three sentinels with a few
+        // commands each, and they talk among themselves during a failover:
+        // ten commands per 200 ms is ample, against thousands unpaced.
+        let asked_after: u64 = set.sentinel_ports().iter().map(|&p| commands(p)).sum();
+        let asked = asked_after - asked_before;
+        let bound = 10 * (gap.as_millis() as u64 / 200 + 5);
+        eprintln!("sentinel: {asked} commands to the sentinels meanwhile, bound {bound}");
+        assert!(
+            asked <= bound,
+            "{asked} commands to the sentinels in {gap:?}"
+        );
+        assert!(
+            failed as u64 > bound,
+            "the gap must outnumber the questions to show anything"
         );
         let waiting = set.clone();
         let new = tokio::task::spawn_blocking(move || waiting.wait_for_new_master(old))
