@@ -37,6 +37,7 @@ use crate::{Algorithm, ClientIp, ForwardedHeader, Key, Rate};
 /// What the layer does with a request over the limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Mode {
     /// Answer `429 Too Many Requests`.
     #[default]
@@ -49,6 +50,7 @@ pub enum Mode {
 /// What the layer does when the store fails or does not answer in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FailMode {
     /// Forward the request unlimited, log the outage once and count it.
     /// The default: a limiter should not turn a Redis outage into an
@@ -70,6 +72,7 @@ pub enum FailMode {
 ///
 /// In a file: `"allow"`, or `{ reject = 401 }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnMissingKey {
     /// Answer with this status (default `400 Bad Request`), so that
     /// omitting the key never escapes the limit.
@@ -87,6 +90,7 @@ impl Default for OnMissingKey {
 /// Whose clock decides when windows open and close.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Clock {
     /// The store's: Redis `TIME`, read inside the script, so every app
     /// server counts on one clock whatever their own drift.
@@ -106,11 +110,23 @@ pub enum Clock {
 /// succeeds, the breaker closes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Breaker {
     /// Consecutive failures that open the breaker (at least 1).
     pub failures: u32,
     /// Time between probes while open, in milliseconds.
     pub cooldown_ms: u64,
+}
+
+impl Breaker {
+    /// Open after `failures` store calls in a row fail (at least 1); while
+    /// open, probe every `cooldown` (whole milliseconds, at least 1).
+    pub fn new(failures: u32, cooldown: Duration) -> Self {
+        Self {
+            failures,
+            cooldown_ms: u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 impl Default for Breaker {
@@ -134,6 +150,7 @@ pub const DEFAULT_PREFIX: &str = "rl:";
 /// Several policies, e.g. a TOML file of `[[policies]]` tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PolicyFile {
     /// The policies, each with a distinct name.
     pub policies: Vec<PolicyConfig>,
@@ -151,6 +168,7 @@ impl PolicyFile {
 /// one field here, one builder method, and the code that uses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PolicyConfig {
     /// See [`Policy::new`](crate::Policy::new).
     pub name: String,
@@ -261,6 +279,7 @@ mod millis {
 /// A [`Limit`](crate::Limit) as a configuration file writes it: `{ rate = "10/s", burst = 20 }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LimitConfig {
     /// The rate.
     pub rate: Rate,
@@ -273,6 +292,7 @@ pub struct LimitConfig {
 /// `{ header = "X-Event-Count" }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum CostConfig {
     /// See [`Cost::fixed`](crate::Cost::fixed).
     Fixed(u64),
@@ -285,6 +305,7 @@ pub enum CostConfig {
 
 /// A [`Key`] as a configuration file writes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct KeyConfig {
     /// Where the value comes from.
     #[serde(flatten)]
@@ -300,6 +321,7 @@ pub struct KeyConfig {
 /// The built-in keys, tagged by `type`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum KeySource {
     /// See [`Key::header`].
     Header {

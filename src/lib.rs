@@ -22,6 +22,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Features
+//!
+//! - `cluster` (default): [`RedisConfig::cluster`](store::RedisConfig::cluster),
+//!   Redis Cluster.
+//! - `sentinel` (default): [`RedisConfig::sentinel`](store::RedisConfig::sentinel),
+//!   the master a set of Sentinels names, followed through failovers.
+//! - `tls`: `rediss://` and [`TlsFiles`](store::TlsFiles) (rustls with ring).
+//!
+//! No item is missing without a feature: a configuration that needs one
+//! fails at startup saying which, so code and configuration files stay the
+//! same whatever the build.
+//!
 //! The modules, each one concept, in the order a request meets them:
 //! [`config`] (a policy's settings, from a file or the builder) and
 //! [`policy`] (the builder and its checks); [`rate`] (what a rate is);

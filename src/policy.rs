@@ -465,10 +465,11 @@ mod tests {
         assert!(error(ok().methods([])).contains("policies.p.methods"));
         assert!(error(ok().fallback_divisor(0)).contains("policies.p.fallback_divisor"));
         assert!(error(ok().block_cache(0)).contains("policies.p.block_cache"));
-        let no_failures = Breaker {
-            failures: 0,
-            cooldown_ms: 1,
-        };
+        assert_eq!(
+            Breaker::new(3, Duration::from_millis(500)),
+            Breaker::default()
+        );
+        let no_failures = Breaker::new(0, Duration::from_millis(1));
         assert!(error(ok().breaker(no_failures)).contains("policies.p.breaker"));
         assert!(error(ok().burst(nz(5))).contains("policies.p.burst"));
         let gcra = || ok().algorithm(Algorithm::Gcra);

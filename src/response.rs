@@ -15,6 +15,7 @@ use crate::{Decision, algorithm::whole_seconds};
 
 /// One policy's decision for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RateLimitInfo {
     /// The policy's name.
     pub policy: Arc<str>,
@@ -42,6 +43,7 @@ impl RateLimitInfo {
 /// # let _ = axum::Router::<()>::new().route("/", axum::routing::get(handler));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RateLimitStatus {
     decisions: Vec<RateLimitInfo>,
 }

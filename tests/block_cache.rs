@@ -298,10 +298,8 @@ async fn the_shipped_telemetry_policy_gives_a_batch_its_own_retry_after() {
     let file: PolicyFile = toml::from_str(&file).unwrap();
     let shipped = file.get("telemetry").unwrap().clone();
     assert!(shipped.block_cache.is_some());
-    let reference = PolicyConfig {
-        block_cache: None,
-        ..shipped.clone()
-    };
+    let mut reference: PolicyConfig = shipped.clone();
+    reference.block_cache = None;
     let pair = Pair::new(&server, shipped.into_policy(), reference.into_policy()).await;
     assert_eq!(pair.cached(20).await.status, StatusCode::OK);
     assert_eq!(pair.cached(1).await.status, StatusCode::TOO_MANY_REQUESTS);

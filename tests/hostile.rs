@@ -146,6 +146,7 @@ fn forwarding_line(header: ForwardedHeader) -> impl Strategy<Value = String> {
                 let proto = if proto { ";proto=https" } else { "" };
                 format!("{space}for={value}{proto}")
             }
+            other => unimplemented!("no forwarding line for {other:?}"),
         },
     );
     prop::collection::vec(element, 0..40).prop_map(|hops| hops.join(","))
@@ -667,6 +668,7 @@ async fn a_client_cannot_trade_its_address_for_its_proxys() {
         let name = match header {
             ForwardedHeader::XForwardedFor => "x-forwarded-for",
             ForwardedHeader::Forwarded => "forwarded",
+            other => unimplemented!("no header name for {other:?}"),
         };
         assert_status(&http.post("/t", &[(name, honest)]).await, StatusCode::OK);
         let reply = http.post("/t", &[(name, hostile)]).await;

@@ -98,6 +98,12 @@ impl BatchCost {
                     )
                 })?)
             }
+            Some(other) => {
+                return Err(StartupError::new(
+                    "POLICY_FILE",
+                    format!("{path:?}: the example cannot count batches for cost {other:?}"),
+                ));
+            }
         })
     }
 

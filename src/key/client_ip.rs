@@ -17,6 +17,7 @@ const MAX_HOPS: usize = 32;
 /// Which forwarding header a trusted proxy sets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2` (nginx, most load balancers).
     #[default]

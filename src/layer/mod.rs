@@ -7,6 +7,15 @@
 //! in its extensions. A store that fails or exceeds the policy's timeout
 //! triggers the policy's [`FailMode`](crate::FailMode).
 //!
+//! Any tower service over `http::Request<B>` can be wrapped, axum's or not
+//! (a hyper `service_fn`, a tonic server), as long as its responses are
+//! `http::Response<R>` with an [`http_body::Body`] `R` of `Bytes` (or
+//! anything else axum's `IntoResponse` takes). The layer answers with
+//! `http::Response<axum::body::Body>`, which boxes the inner service's body
+//! unchanged, trailers included (`tests/any_service.rs`).
+//!
+//! [`http_body::Body`]: https://docs.rs/http-body/1/http_body/trait.Body.html
+//!
 //! # Example
 //!
 //! ```
