@@ -135,16 +135,9 @@ impl RedisConnection {
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        // The store's own way, a Cluster's ASK included.
         Box::pin(async move {
-            let reply = match &mut self.inner {
-                Inner::Standalone(manager) => manager.req_packed_command(cmd).await,
-                #[cfg(feature = "cluster")]
-                Inner::Cluster(cluster) => cluster.req_packed_command(cmd).await,
-                #[cfg(feature = "sentinel")]
-                Inner::Sentinel(following) => {
-                    following.master().await?.req_packed_command(cmd).await
-                }
-            };
+            let reply = self.query(cmd).await;
             if reply.is_err() {
                 self.suspect();
             }
