@@ -168,6 +168,30 @@ async fn a_redis_connection_carries_commands_and_pipelines_to_the_database() {
 }
 
 #[test]
+fn outside_a_tokio_runtime_opening_is_an_error_not_a_panic() {
+    let error = RedisConnection::open("redis://127.0.0.1:1/3").unwrap_err();
+    assert!(error.to_string().contains("Tokio runtime"), "{error}");
+    let error = RedisStore::connect_lazy(RedisConfig::cluster(["redis://127.0.0.1:1"]));
+    assert!(error.unwrap_err().to_string().contains("Tokio runtime"));
+}
+
+#[tokio::test]
+async fn a_redis_connection_names_its_topology_and_database_but_no_secret() {
+    use redis::aio::ConnectionLike;
+
+    let one = RedisConnection::open("redis://user:hunter2@127.0.0.1:1/3").unwrap();
+    assert_eq!(one.get_db(), 3);
+    let shown = format!("{one:?}");
+    assert!(
+        shown.contains("standalone") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+    let cluster = RedisConnection::open(RedisConfig::cluster(["redis://127.0.0.1:1"])).unwrap();
+    assert_eq!(cluster.get_db(), 0);
+    assert!(format!("{cluster:?}").contains("cluster"));
+}
+
+#[test]
 fn a_database_other_than_0_in_cluster_mode_is_a_startup_error() {
     let config = RedisConfig::cluster(["redis://127.0.0.1:7000/1"]);
     let error = RedisStore::connect_lazy(config).unwrap_err();

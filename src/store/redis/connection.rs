@@ -60,10 +60,12 @@ pub(super) type Dropped = Arc<AtomicBool>;
 
 impl RedisConnection {
     /// A connection to what `config` names; it connects on its first
-    /// command (Sentinel: asks the sentinels then).
+    /// command (Sentinel: asks the sentinels then). Call it within a Tokio
+    /// runtime.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the setting that cannot work.
+    /// [`Error::Config`] naming the setting that cannot work, or `redis`
+    /// outside a Tokio runtime.
     pub fn open(config: impl Into<RedisConfig>) -> Result<Self, Error> {
         Self::with_drops(&config.into(), &Dropped::default())
     }
@@ -71,10 +73,12 @@ impl RedisConnection {
     /// As [`open`](Self::open), flagging `dropped` when a connection drops.
     pub(super) fn with_drops(config: &RedisConfig, dropped: &Dropped) -> Result<Self, Error> {
         let timeout = config.connect_timeout_or_default();
+
         let inner = match config.topology()? {
             Topology::Standalone(url) => {
                 let certs = tls::certificates(config.tls.as_ref(), std::iter::once(url))?;
                 let client = client(url, "redis.url", certs)?;
+                in_runtime()?;
                 Inner::Standalone(manager(client, timeout, dropped)?)
             }
             #[cfg(feature = "cluster")]
@@ -208,6 +212,20 @@ fn missing_feature(field: &str, feature: &str) -> Error {
     )
 }
 
+/// The connections run on tasks of their own, which need a Tokio runtime
+/// (redis-rs would panic without one); checked after the configuration, so
+/// that its mistakes are reported first.
+fn in_runtime() -> Result<(), Error> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::config(
+            "redis",
+            "a Redis connection needs a Tokio runtime: open it from async code or \
+             inside Runtime::enter",
+        )),
+    }
+}
+
 /// A client for one server at `url`, with the TLS files if any, speaking
 /// RESP3 whatever the URL's `protocol`: over RESP3 a connection reports its
 /// own drop as it happens, so the manager reconnects at once and the store
@@ -327,6 +345,7 @@ fn cluster(config: &RedisConfig, nodes: &[String], timeout: Duration) -> Result<
     let client = builder
         .build()
         .map_err(|e| Error::config(field, e.to_string()))?;
+    in_runtime()?;
     Ok(Inner::Cluster(
         client.get_pending_async_connection_with_config(ClusterConfig::new()),
     ))

@@ -124,10 +124,11 @@ impl RedisStore {
 
     /// Like [`connect`](Self::connect) but connects on the first decision,
     /// so the application can start while Redis is down (each policy's fail
-    /// mode then applies).
+    /// mode then applies). Call it within a Tokio runtime.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the setting that cannot work.
+    /// [`Error::Config`] naming the setting that cannot work, or `redis`
+    /// outside a Tokio runtime.
     pub fn connect_lazy(config: impl Into<RedisConfig>) -> Result<Self, Error> {
         let dropped = Dropped::default();
         let connection = RedisConnection::with_drops(&config.into(), &dropped)?;

@@ -135,6 +135,10 @@ impl Following {
     /// Asks the sentinels again in the background, unless a question is
     /// under way or was asked less than [`MIN_INTERVAL`] ago.
     pub(super) fn suspect(self: &Arc<Self>) {
+        // A call dropped where no runtime is left (at shutdown) asks nothing.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         {
             let mut last = self.last_asked.lock().unwrap();
             if last.is_some_and(|at| at.elapsed() < MIN_INTERVAL) || self.asking.swap(true, Relaxed)
@@ -144,7 +148,7 @@ impl Following {
             *last = Some(Instant::now());
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _ = this.ask(true).await;
             this.asking.store(false, Relaxed);
         });
