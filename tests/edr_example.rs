@@ -228,6 +228,24 @@ impl Drop for Edr {
     }
 }
 
+/// With `TELEMETRY_RATE=2/m`: agent 1's `batch` posted twice under one id
+/// is queued once (both answered `queued`), and its third request of the
+/// minute is refused.
+async fn queued_once_then_limited(edr: &Edr, batch: &str) {
+    let agent = ("x-agent-token", &b"AGENT-1"[..]);
+    for _ in 0..2 {
+        let reply = edr
+            .post_bytes(&[agent, ("x-batch-id", b"batch-1")], batch)
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+    }
+    let reply = edr
+        .post_bytes(&[agent, ("x-batch-id", b"batch-2")], batch)
+        .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+}
+
 fn json(reply: &Reply) -> serde_json::Value {
     serde_json::from_str(&reply.body)
         .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", reply.body))
@@ -2047,22 +2065,9 @@ async fn telemetry_follows_a_redis_cluster_with_the_marks_in_the_lists_slot() {
     // Database 0 may be named: it is the only one.
     let seed = format!("{}/0", node.url());
     let edr = Edr::start(&[("REDIS_CLUSTER_NODES", &seed), ("TELEMETRY_RATE", "2/m")]).await;
-    let agent = ("x-agent-token", &b"AGENT-1"[..]);
     let batch = r#"[{"event":"cluster"}]"#;
-
-    // Queued once, however often it is retried; its id is its own.
-    for _ in 0..2 {
-        let reply = edr
-            .post_bytes(&[agent, ("x-batch-id", b"batch-1")], batch)
-            .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
-        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
-    }
     // Counted in the cluster: the third request of the minute is refused.
-    let reply = edr
-        .post_bytes(&[agent, ("x-batch-id", b"batch-2")], batch)
-        .await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    queued_once_then_limited(&edr, batch).await;
     let other = ("x-agent-token", &b"AGENT-2"[..]);
     let reply = edr
         .post_bytes(&[other, ("x-batch-id", b"batch-1")], "[{}]")
@@ -2137,19 +2142,8 @@ async fn telemetry_follows_the_sentinel_master_counters_in_db1_and_queue_in_db0(
         ("TELEMETRY_RATE", "2/m"),
     ])
     .await;
-    let agent = ("x-agent-token", &b"AGENT-1"[..]);
     let batch = r#"[{"event":"sentinel"}]"#;
-    for _ in 0..2 {
-        let reply = edr
-            .post_bytes(&[agent, ("x-batch-id", b"batch-1")], batch)
-            .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
-        assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
-    }
-    let reply = edr
-        .post_bytes(&[agent, ("x-batch-id", b"batch-2")], batch)
-        .await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    queued_once_then_limited(&edr, batch).await;
 
     // As on one server: the queue and its marks in database 0, the
     // counters in database 1.
