@@ -9,11 +9,11 @@ mod suite;
 use std::sync::OnceLock;
 
 use axum_redis_ratelimit::store::RedisConfig;
-use common::{RedisServer, topology::ValkeyServer};
+use common::{RedisServer, topology::start_valkey};
 
 fn target() -> RedisConfig {
-    static SERVER: OnceLock<Option<ValkeyServer>> = OnceLock::new();
-    match SERVER.get_or_init(ValkeyServer::start) {
+    static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
+    match SERVER.get_or_init(start_valkey) {
         Some(valkey) => RedisConfig::from(valkey.url()),
         None => {
             eprintln!("valkey-server is not on PATH: this run is against redis-server");

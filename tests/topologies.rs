@@ -12,7 +12,7 @@ use common::{
     RedisServer,
     topology::{
         ClientAuth, FAILOVER_LIMIT, LIMITER_ACL, RedisCluster, RedisSentinels, Role, TlsRedis,
-        ValkeyServer, connection, create_user, query, replica_link_up, role, url_with_user,
+        connection, create_user, query, replica_link_up, role, start_valkey, url_with_user,
     },
 };
 use redis::AsyncCommands;
@@ -317,7 +317,7 @@ fn an_acl_user_gets_the_rules_given() {
 
 #[tokio::test]
 async fn valkey_answers_when_installed() {
-    let Some(server) = ValkeyServer::start() else {
+    let Some(server) = start_valkey() else {
         return;
     };
     let mut conn = server.connection().await;

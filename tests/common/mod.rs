@@ -16,7 +16,7 @@ use std::{
     future::Future,
     net::{SocketAddr, TcpListener},
     os::unix::process::CommandExt,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -43,12 +43,13 @@ use tower::ServiceExt;
 /// Production topologies: Redis Cluster, Sentinel, TLS, ACL users, Valkey.
 pub mod topology;
 
-/// A Redis server for tests: the user's `REDIS_URL`, or a `redis-server`
-/// child of this test binary.
+/// A Redis server for tests: the user's `REDIS_URL`, or a server process
+/// (`redis-server`, or `valkey-server` through
+/// [`topology::start_valkey`]) child of this test binary.
 pub struct RedisServer {
-    port: u16,
     url: String,
-    child: Mutex<Option<Child>>,
+    /// The process and its directory, unless `REDIS_URL` names the server.
+    process: Option<(topology::Node, topology::TempDir)>,
 }
 
 impl RedisServer {
@@ -56,11 +57,7 @@ impl RedisServer {
     pub fn shared() -> &'static RedisServer {
         static SHARED: OnceLock<RedisServer> = OnceLock::new();
         SHARED.get_or_init(|| match std::env::var("REDIS_URL") {
-            Ok(url) => RedisServer {
-                port: 0,
-                url,
-                child: Mutex::new(None),
-            },
+            Ok(url) => RedisServer { url, process: None },
             Err(_) => RedisServer::start(),
         })
     }
@@ -76,14 +73,20 @@ impl RedisServer {
     }
 
     fn start() -> RedisServer {
-        let port = free_port();
-        let server = RedisServer {
-            port,
+        Self::start_binary(std::path::Path::new("redis-server"), "redis")
+    }
+
+    /// `binary` (a `redis-server` or a compatible server) on a free port,
+    /// answering.
+    pub fn start_binary(binary: &std::path::Path, kind: &str) -> RedisServer {
+        let dir = topology::TempDir::new(kind);
+        let port = topology::free_ports(1)[0];
+        let args = topology::data_args(port, dir.path());
+        let node = topology::Node::start(binary, port, args, dir.path(), topology::Probe::Ping);
+        RedisServer {
             url: format!("redis://127.0.0.1:{port}/1"),
-            child: Mutex::new(None),
-        };
-        server.restart();
-        server
+            process: Some((node, dir)),
+        }
     }
 
     /// `redis://127.0.0.1:<port>/1`: database 1, as the seed's rate limiter.
@@ -91,54 +94,34 @@ impl RedisServer {
         &self.url
     }
 
+    /// The process of a server of this test's own.
+    fn node(&self) -> &topology::Node {
+        let process = self.process.as_ref();
+        &process.expect("a server this test started").0
+    }
+
+    pub fn port(&self) -> u16 {
+        self.node().port()
+    }
+
     /// Starts the process (again) on the same port and waits until it answers.
     pub fn restart(&self) {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn_reaped(command)
-            .expect("redis-server must be installed (Debian package redis-server)");
-        *self.child.lock().unwrap() = Some(child);
-        let client = redis::Client::open(self.url.as_str()).unwrap();
-        for _ in 0..500 {
-            if let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!(
-            "redis-server on port {} did not answer within 5 s",
-            self.port
-        );
+        self.node().restart();
     }
 
     /// Kills the process (SIGKILL) and waits for it to be gone.
     pub fn kill(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node().kill();
     }
 
     /// SIGSTOP: the socket stays open, nothing answers.
     pub fn pause(&self) {
-        self.signal(libc::SIGSTOP);
+        self.node().pause();
     }
 
     /// SIGCONT.
     pub fn resume(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let guard = self.child.lock().unwrap();
-        let pid = guard.as_ref().expect("server is running").id();
-        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+        self.node().resume();
     }
 
     /// A plain connection for inspecting what the limiter wrote.
@@ -148,12 +131,6 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await
             .unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -35,7 +35,7 @@ use std::{
 
 use redis::{FromRedisValue, RedisResult, Value};
 
-use super::spawn_reaped;
+use super::{RedisServer, spawn_reaped};
 
 /// How often a wait asks again.
 pub const POLL: Duration = Duration::from_millis(20);
@@ -225,7 +225,7 @@ fn sweep_stale_dirs() {
 }
 
 /// How a [`Node`] is known to be ready.
-enum Probe {
+pub enum Probe {
     /// `PING` over plain TCP answers `PONG`.
     Ping,
     /// `redis-cli <args> PING` prints `PONG` (for a TLS-only server).
@@ -245,7 +245,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn start(binary: &Path, port: u16, args: Vec<String>, dir: &Path, probe: Probe) -> Node {
+    pub fn start(binary: &Path, port: u16, args: Vec<String>, dir: &Path, probe: Probe) -> Node {
         let node = Node {
             binary: binary.to_owned(),
             port,
@@ -382,7 +382,7 @@ pub fn redis_cli<'a>(
 
 /// The arguments every data node gets: loopback only, nothing persisted,
 /// replication without waiting for a disk.
-fn data_args(port: u16, dir: &Path) -> Vec<String> {
+pub fn data_args(port: u16, dir: &Path) -> Vec<String> {
     let node_dir = dir.join(port.to_string());
     std::fs::create_dir_all(&node_dir).unwrap();
     [
@@ -1648,64 +1648,12 @@ pub fn valkey_server() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// A `valkey-server` child of this test binary on a free port, like
-/// [`super::RedisServer`].
-pub struct ValkeyServer {
-    node: Node,
-    url: String,
-    _dir: TempDir,
-}
-
-impl ValkeyServer {
-    /// `None` (printing "skipped: valkey-server not on PATH") without the
-    /// binary.
-    pub fn start() -> Option<ValkeyServer> {
-        let Some(binary) = valkey_server() else {
-            eprintln!("skipped: valkey-server not on PATH");
-            return None;
-        };
-        let dir = TempDir::new("valkey");
-        let port = free_ports(1)[0];
-        let args = data_args(port, dir.path());
-        let node = Node::start(&binary, port, args, dir.path(), Probe::Ping);
-        Some(ValkeyServer {
-            node,
-            url: format!("redis://127.0.0.1:{port}/1"),
-            _dir: dir,
-        })
-    }
-
-    /// `redis://127.0.0.1:<port>/1`, database 1 as the shared Redis server.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    pub fn port(&self) -> u16 {
-        self.node.port()
-    }
-
-    pub fn kill(&self) {
-        self.node.kill();
-    }
-
-    pub fn restart(&self) {
-        self.node.restart();
-    }
-
-    pub fn pause(&self) {
-        self.node.pause();
-    }
-
-    pub fn resume(&self) {
-        self.node.resume();
-    }
-
-    /// A plain connection.
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
+/// `valkey-server` on a free port, as a [`RedisServer`]; `None` (printing
+/// "skipped: valkey-server not on PATH") without the binary.
+pub fn start_valkey() -> Option<RedisServer> {
+    let Some(binary) = valkey_server() else {
+        eprintln!("skipped: valkey-server not on PATH");
+        return None;
+    };
+    Some(RedisServer::start_binary(&binary, "valkey"))
 }
