@@ -10,31 +10,11 @@ use axum_redis_ratelimit::{
     Algorithm, Error, Limit, Rate, RedisStore,
     store::{RedisConfig, RedisConnection, Store},
 };
-use common::{RedisServer, check, unique_prefix};
-
-/// The ACL the README documents for the limiter's user: the connection's
-/// own commands, the scripts, what they run inside, and keys under the
-/// limiter's prefix only.
-const LIMITER_ACL: &[&str] = &[
-    "resetkeys",
-    "~rl:*",
-    "resetchannels",
-    "-@all",
-    "+ping",
-    "+hello",
-    "+select",
-    "+evalsha",
-    "+eval",
-    "+time",
-    "+get",
-    "+set",
-    "+del",
-    "+pttl",
-    "+pexpire",
-    "+hmget",
-    "+hset",
-    "+hincrby",
-];
+use common::{
+    RedisServer, check,
+    topology::{LIMITER_ACL, create_user, url_with_user},
+    unique_prefix,
+};
 
 const ALGORITHMS: [Algorithm; 3] = [
     Algorithm::FixedWindow,
@@ -43,22 +23,17 @@ const ALGORITHMS: [Algorithm; 3] = [
 ];
 
 /// Creates `name` with `rules` on `server` and gives the URL to log in as it.
-async fn user(server: &RedisServer, name: &str, rules: &[&str]) -> String {
-    let mut conn = server.connection().await;
-    let mut setuser = redis::cmd("ACL");
-    setuser
-        .arg("SETUSER")
-        .arg(name)
-        .arg("reset")
-        .arg("on")
-        .arg(">s3cret");
-    for rule in rules {
-        setuser.arg(rule);
-    }
-    let () = setuser.query_async(&mut conn).await.unwrap();
-    server
-        .url()
-        .replacen("redis://", &format!("redis://{name}:s3cret@"), 1)
+fn user(server: &RedisServer, name: &str, rules: &[&str]) -> String {
+    create_user(server.url(), name, "s3cret", rules);
+    url_with_user(server.url(), name, "s3cret")
+}
+
+/// The startup error of a user with the limiter's ACL but for `rule`.
+async fn startup_error_without(rule: &str) -> Option<Error> {
+    let server = RedisServer::private()?;
+    let rules: Vec<&str> = LIMITER_ACL.iter().copied().filter(|r| *r != rule).collect();
+    let url = user(&server, &format!("no-{}", &rule[1..]), &rules);
+    Some(RedisStore::connect(url.as_str()).await.unwrap_err())
 }
 
 #[tokio::test]
@@ -66,7 +41,7 @@ async fn the_documented_minimal_acl_runs_every_algorithm() {
     let Some(server) = RedisServer::private() else {
         return;
     };
-    let url = user(&server, "limiter", LIMITER_ACL).await;
+    let url = user(&server, "limiter", LIMITER_ACL);
     let store = RedisStore::connect(url.as_str()).await.unwrap();
     let limits = [
         Limit::new(Rate::per_minute(2)),
@@ -90,16 +65,9 @@ async fn the_documented_minimal_acl_runs_every_algorithm() {
 
 #[tokio::test]
 async fn a_user_without_evalsha_fails_at_startup_naming_the_permission() {
-    let Some(server) = RedisServer::private() else {
+    let Some(error) = startup_error_without("+evalsha").await else {
         return;
     };
-    let without: Vec<&str> = LIMITER_ACL
-        .iter()
-        .copied()
-        .filter(|rule| *rule != "+evalsha")
-        .collect();
-    let url = user(&server, "no-evalsha", &without).await;
-    let error = RedisStore::connect(url.as_str()).await.unwrap_err();
     assert_eq!(error.config_path().as_deref(), Some("redis"), "{error}");
     let message = error.to_string();
     assert!(message.contains("evalsha"), "{message}");
@@ -108,16 +76,9 @@ async fn a_user_without_evalsha_fails_at_startup_naming_the_permission() {
 
 #[tokio::test]
 async fn a_user_that_may_not_run_what_the_scripts_run_fails_at_startup() {
-    let Some(server) = RedisServer::private() else {
+    let Some(error) = startup_error_without("+time").await else {
         return;
     };
-    let without: Vec<&str> = LIMITER_ACL
-        .iter()
-        .copied()
-        .filter(|rule| *rule != "+time")
-        .collect();
-    let url = user(&server, "no-time", &without).await;
-    let error = RedisStore::connect(url.as_str()).await.unwrap_err();
     assert_eq!(error.config_path().as_deref(), Some("redis"), "{error}");
     assert!(error.to_string().contains("TIME"), "{error}");
 }
@@ -127,7 +88,7 @@ async fn a_user_confined_to_other_keys_gets_store_errors_not_decisions() {
     let Some(server) = RedisServer::private() else {
         return;
     };
-    let url = user(&server, "other-keys", LIMITER_ACL).await;
+    let url = user(&server, "other-keys", LIMITER_ACL);
     let store = RedisStore::connect(url.as_str()).await.unwrap();
     let limits = [Limit::new(Rate::per_minute(2))];
     let error = store

@@ -1564,18 +1564,28 @@ impl TlsRedis {
 // ---------------------------------------------------------------------------
 // ACL
 
-/// The ACL rules a rate limiter's user needs: a first guess.
+/// The ACL the README documents for the limiter's user: the connection's
+/// own commands, the scripts, what they run inside (Redis checks a script's
+/// commands against the user too), and keys under the limiter's prefix only.
 pub const LIMITER_ACL: &[&str] = &[
     "resetkeys",
     "~rl:*",
+    "resetchannels",
     "-@all",
-    "+evalsha",
-    "+eval",
-    "+script|load",
     "+ping",
     "+hello",
-    "+client|setinfo",
+    "+select",
+    "+evalsha",
+    "+eval",
     "+time",
+    "+get",
+    "+set",
+    "+del",
+    "+pttl",
+    "+pexpire",
+    "+hmget",
+    "+hset",
+    "+hincrby",
 ];
 
 /// `ACL SETUSER <name> on ><password> <rules…>` on the server at `url`.
