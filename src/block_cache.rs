@@ -127,15 +127,22 @@ impl BlockCache {
     }
 
     /// Remembers a denial of `cost` for `key`, replacing what was known of
-    /// it. An admission forgets the key, since it moved the key's counters
-    /// (and so does a denial without a wait, which tells nothing).
-    pub(crate) fn record(&self, key: &str, cost: u64, decision: &Decision, now: Instant) {
+    /// it, and then says how many keys the cache holds. An admission forgets
+    /// the key, since it moved the key's counters (and so does a denial
+    /// without a wait, which tells nothing).
+    pub(crate) fn record(
+        &self,
+        key: &str,
+        cost: u64,
+        decision: &Decision,
+        now: Instant,
+    ) -> Option<usize> {
         let wait = decision
             .retry_after
             .filter(|d| !decision.allowed && !d.is_zero());
         let Some(retry_after) = wait else {
             self.entries.remove(key);
-            return;
+            return None;
         };
         let block = Block {
             cost,
@@ -145,10 +152,10 @@ impl BlockCache {
             decision: *decision,
         };
         self.entries.insert(key.into(), block);
+        Some(self.len())
     }
 
     /// Keys held, expired ones included until they are found or evicted.
-    #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
     }

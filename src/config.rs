@@ -45,6 +45,14 @@ pub enum Mode {
     /// Forward every request; handlers read the decision with the
     /// [`RateLimitStatus`](crate::RateLimitStatus) extractor and decide.
     Annotate,
+    /// Decide and count as usual, but block nothing and send no rate-limit
+    /// headers: the would-be denials show only in the metrics
+    /// ([`Outcome::ShadowDenied`](crate::Outcome::ShadowDenied)) and the
+    /// logs. How a new limit is tried on real traffic before it blocks. A
+    /// store outage forwards the request whatever the fail mode, and a
+    /// request the layer would refuse (no key, a bad cost) is forwarded and
+    /// counted.
+    Shadow,
 }
 
 /// What the layer does when the store fails or does not answer in time.
@@ -221,6 +229,9 @@ pub struct PolicyConfig {
     pub breaker: Breaker,
     /// See [`Policy::enabled`](crate::Policy::enabled).
     pub enabled: bool,
+    /// Requests let through uncounted; see [`ExemptConfig`].
+    #[serde(skip_serializing_if = "ExemptConfig::is_empty")]
+    pub exempt: ExemptConfig,
 }
 
 impl PolicyConfig {
@@ -257,7 +268,86 @@ impl Default for PolicyConfig {
             fallback_divisor: 1,
             breaker: Breaker::default(),
             enabled: true,
+            exempt: ExemptConfig::default(),
         }
+    }
+}
+
+/// Requests a policy lets through without counting them (and counts as
+/// [`Outcome::Exempt`](crate::Outcome::Exempt)): from these addresses, or
+/// carrying one of these header values. In a file:
+///
+/// ```toml
+/// [policies.exempt]
+/// ips = ["10.20.0.0/16", "192.0.2.7"]
+/// trusted_proxies = ["10.0.0.0/8"]
+/// headers = [{ name = "x-agent-token", values = ["health-agent-token"] }]
+/// ```
+///
+/// The builder writes the same fields ([`Policy::exempt_ips`],
+/// [`Policy::exempt_header`](crate::Policy::exempt_header)) and adds a
+/// predicate of its own ([`Policy::exempt_if`](crate::Policy::exempt_if)).
+///
+/// [`Policy::exempt_ips`]: crate::Policy::exempt_ips
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ExemptConfig {
+    /// Client networks (`10.20.0.0/16`) or addresses whose requests are
+    /// exempt. The client is the socket peer unless it is one of
+    /// `trusted_proxies`, as for a `client_ip` key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// Proxies whose forwarding header names the client, for `ips`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// The header those proxies set.
+    pub forwarded_header: ForwardedHeader,
+    /// Header values that exempt a request carrying exactly one line of
+    /// that header with one of them, compared in constant time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ExemptHeader>,
+}
+
+impl ExemptConfig {
+    /// Whether nothing is exempt.
+    pub fn is_empty(&self) -> bool {
+        self.ips.is_empty() && self.headers.is_empty()
+    }
+}
+
+/// A header whose values exempt a request: `{ name = "x-agent-token",
+/// values = ["…"] }`. The values are secrets (tokens): `Debug` hides them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ExemptHeader {
+    /// The header's name.
+    pub name: String,
+    /// The values that exempt.
+    pub values: Vec<String>,
+}
+
+impl ExemptHeader {
+    /// Requests with `name` set to one of `values` are exempt.
+    pub fn new<I, S>(name: impl Into<String>, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            name: name.into(),
+            values: values.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl fmt::Debug for ExemptHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExemptHeader")
+            .field("name", &self.name)
+            .field("values", &format_args!("[{} hidden]", self.values.len()))
+            .finish()
     }
 }
 

@@ -51,11 +51,14 @@ pub mod block_cache;
 pub mod config;
 pub mod cost;
 pub mod error;
+mod exempt;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod headers;
 pub mod key;
 pub mod layer;
+pub mod metrics;
+pub mod outcome;
 pub mod policy;
 pub mod rate;
 pub mod response;
@@ -68,6 +71,7 @@ pub use self::{
     error::Error,
     key::{ClientIp, ForwardedHeader, Key, UserId},
     layer::{RateLimit, RateLimitLayer},
+    outcome::Outcome,
     policy::Policy,
     rate::Rate,
     response::{RateLimitInfo, RateLimitStatus, Rejection},

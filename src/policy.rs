@@ -6,15 +6,18 @@ use axum::response::Response;
 use http::Method;
 
 use crate::{
-    Algorithm, Cost, Error, Key, Rate,
+    Algorithm, Cost, Error, ForwardedHeader, Key, Rate,
     algorithm::{Limit, MAX_LIMITS},
     config::{
-        Breaker, Clock, CostConfig, FailMode, KeyConfig, LimitConfig, Mode, OnMissingKey,
-        PolicyConfig,
+        Breaker, Clock, CostConfig, ExemptHeader, FailMode, KeyConfig, LimitConfig, Mode,
+        OnMissingKey, PolicyConfig,
     },
+    exempt::Exemptions,
     key::encode,
     response::Rejection,
 };
+
+pub use crate::exempt::ExemptPredicate;
 
 /// Builds the response to a request the layer refuses.
 pub type RejectionHook = Arc<dyn Fn(&Rejection) -> Response + Send + Sync>;
@@ -44,6 +47,7 @@ pub struct Policy {
     pub(crate) key: Option<Key>,
     pub(crate) cost: Cost,
     pub(crate) on_rejected: Option<RejectionHook>,
+    pub(crate) exempt_if: Option<ExemptPredicate>,
 }
 
 impl Policy {
@@ -214,6 +218,78 @@ impl Policy {
         self
     }
 
+    /// Lets requests from these networks (`10.20.0.0/16`) or addresses
+    /// through uncounted. The client is the socket peer unless
+    /// [`exempt_trusted_proxies`](Self::exempt_trusted_proxies) says
+    /// otherwise; a bad entry is reported when the layer is built, as
+    /// `exempt.ips`.
+    pub fn exempt_ips<I, S>(mut self, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings
+            .exempt
+            .ips
+            .extend(networks.into_iter().map(Into::into));
+        self
+    }
+
+    /// For [`exempt_ips`](Self::exempt_ips): proxies whose `header` names
+    /// the client, as [`ClientIp::trust_proxies`](crate::ClientIp::trust_proxies).
+    pub fn exempt_trusted_proxies<I, S>(mut self, proxies: I, header: ForwardedHeader) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let exempt = &mut self.settings.exempt;
+        exempt
+            .trusted_proxies
+            .extend(proxies.into_iter().map(Into::into));
+        exempt.forwarded_header = header;
+        self
+    }
+
+    /// Lets requests through uncounted whose `header` came once, set to one
+    /// of `values` (compared in constant time: they are usually tokens).
+    ///
+    /// ```
+    /// use axum_redis_ratelimit::{Key, Policy, Rate};
+    ///
+    /// let telemetry = Policy::new("telemetry")
+    ///     .rate(Rate::per_minute(1000))
+    ///     .key(Key::header("X-Agent-Token").secret())
+    ///     .exempt_header("X-Agent-Token", ["internal-health-agent"]);
+    /// ```
+    pub fn exempt_header<I, S>(mut self, header: impl Into<String>, values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let header = ExemptHeader::new(header, values);
+        self.settings.exempt.headers.push(header);
+        self
+    }
+
+    /// Lets requests through uncounted for which `predicate` says so, given
+    /// the request head; with the exemptions above, any one suffices.
+    ///
+    /// ```
+    /// use axum_redis_ratelimit::{Key, Policy, Rate};
+    ///
+    /// let api = Policy::new("api")
+    ///     .rate(Rate::per_minute(60))
+    ///     .key(Key::client_ip())
+    ///     .exempt_if(|parts| parts.uri.path() == "/api/v1/status");
+    /// ```
+    pub fn exempt_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
+    {
+        self.exempt_if = Some(Arc::new(predicate));
+        self
+    }
+
     /// The policy's name.
     pub fn name(&self) -> &str {
         &self.settings.name
@@ -332,7 +408,12 @@ impl Policy {
                 format!("{cost} is above {capacity}, the most one request can be allowed"),
             ));
         }
-        Ok(Checked { limits, methods })
+        let exemptions = Exemptions::new(&s.exempt, self.exempt_if.clone())?;
+        Ok(Checked {
+            limits,
+            methods,
+            exemptions,
+        })
     }
 
     /// The limits with the policy's burst applied, checked for the bounds
@@ -375,6 +456,7 @@ impl Policy {
 pub(crate) struct Checked {
     pub limits: Vec<Limit>,
     pub methods: Option<Vec<Method>>,
+    pub exemptions: Option<Exemptions>,
 }
 
 impl From<PolicyConfig> for Policy {
@@ -391,6 +473,7 @@ impl From<PolicyConfig> for Policy {
             cost,
             settings,
             on_rejected: None,
+            exempt_if: None,
         }
     }
 }
@@ -410,6 +493,7 @@ impl fmt::Debug for Policy {
             .field("key", &self.key)
             .field("cost", &self.cost)
             .field("on_rejected", &self.on_rejected.as_ref().map(|_| "custom"))
+            .field("exempt_if", &self.exempt_if.as_ref().map(|_| "custom"))
             .finish()
     }
 }

@@ -80,12 +80,9 @@ impl ClientIp {
     {
         for cidr in cidrs {
             let cidr = cidr.as_ref().trim();
-            match cidr
-                .parse::<IpNet>()
-                .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from))
-            {
-                Ok(net) => self.trusted_proxies.push(net),
-                Err(_) => self.invalid(
+            match parse_net(cidr) {
+                Some(net) => self.trusted_proxies.push(net),
+                None => self.invalid(
                     "trusted_proxies",
                     format!("{cidr:?} is not a CIDR such as 10.0.0.0/8 or an IP address"),
                 ),
@@ -201,6 +198,17 @@ impl ClientIp {
 
 /// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
 /// `[2001:db8::1]` or `[2001:db8::1]:80`.
+/// A network as configuration writes it: a CIDR, or a bare address for
+/// just that host (IPv4-mapped IPv6 as IPv4, as clients are counted).
+pub(crate) fn parse_net(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>().ok().or_else(|| {
+        text.parse::<IpAddr>()
+            .ok()
+            .map(|ip| IpNet::from(ip.to_canonical()))
+    })
+}
+
 fn parse_node(node: &str) -> Option<IpAddr> {
     let node = node.trim();
     if let Ok(ip) = node.parse() {

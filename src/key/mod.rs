@@ -15,6 +15,7 @@ use std::{fmt, sync::Arc};
 use http::{HeaderName, request::Parts};
 
 pub(crate) use buffer::KeyBuffer;
+pub(crate) use client_ip::parse_net;
 pub use client_ip::{ClientIp, ForwardedHeader};
 
 use crate::Error;

@@ -71,22 +71,24 @@ impl CircuitBreaker {
     }
 
     /// A store call failed or timed out: enough in a row (or a failed
-    /// probe) open the breaker for a cooldown.
-    pub(crate) fn failure(&self) {
+    /// probe) open the breaker for a cooldown. Whether this opened it.
+    pub(crate) fn failure(&self) -> bool {
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if failures >= self.settings.failures || self.open_until_us.load(Relaxed) != 0 {
-            self.open_until_us
-                .store(self.now_us() + self.cooldown_us(), Relaxed);
+            let until = self.now_us() + self.cooldown_us();
+            return self.open_until_us.swap(until, Relaxed) == 0;
         }
+        false
     }
 
-    /// A store call answered: the breaker closes. Cheap on the hot path,
-    /// where it is already closed: two reads.
-    pub(crate) fn success(&self) {
+    /// A store call answered: the breaker closes. Whether this closed it.
+    /// Cheap on the hot path, where it is already closed: two reads.
+    pub(crate) fn success(&self) -> bool {
         if self.consecutive_failures.load(Relaxed) != 0 || self.open_until_us.load(Relaxed) != 0 {
             self.consecutive_failures.store(0, Relaxed);
-            self.open_until_us.store(0, Relaxed);
+            return self.open_until_us.swap(0, Relaxed) != 0;
         }
+        false
     }
 }
 

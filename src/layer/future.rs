@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Timeout;
 use tower::Service;
 
-use super::state::{Outcome, Shared};
+use super::state::{Noted, Shared, Source, Step};
 use crate::{
     Decision, Error, headers,
     key::KeyBuffer,
@@ -49,6 +49,8 @@ pub(super) struct Pending<S, B> {
     pub inner: S,
     pub request: Request<B>,
     pub counted: Counted,
+    /// When the store was asked.
+    pub asked: std::time::Instant,
 }
 
 /// What an allowed request counted, to give back if a layer inside refuses
@@ -168,24 +170,28 @@ where
                         mut inner,
                         mut request,
                         counted,
+                        asked,
                     } = pending.take().expect("polled after completion");
+                    let latency = asked.elapsed();
                     let (key, cost) = (&counted.key, counted.cost);
-                    let (outcome, allowed) = match answer {
+                    let noted = Noted {
+                        store: Some(latency),
+                        ..Noted::new(key, cost)
+                    };
+                    let (step, allowed) = match answer {
                         Ok(decision) => {
-                            shared.record_decision(key, cost, &decision);
-                            (
-                                shared.outcome(Some(decision), &mut request),
-                                decision.allowed,
-                            )
+                            shared.record_decision(key, cost, &decision, latency);
+                            let step = shared.outcome(decision, Source::Store, &mut request, noted);
+                            (step, decision.allowed)
                         }
                         Err(error) => {
-                            shared.store_failed(&error);
-                            (shared.fail_mode(key, cost, &mut request), false)
+                            shared.store_failed(&error, latency);
+                            (shared.fail_mode(&mut request, noted), false)
                         }
                     };
-                    match outcome {
-                        Outcome::Respond(response) => return Poll::Ready(Ok(refused(response))),
-                        Outcome::Forward(decision) => {
+                    match step {
+                        Step::Respond(response) => return Poll::Ready(Ok(refused(response))),
+                        Step::Forward(decision) => {
                             let future = inner.call(request);
                             let counted = allowed.then_some(counted);
                             this.state.set(State::Calling {

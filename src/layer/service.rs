@@ -11,7 +11,7 @@ use tower::{Layer, Service};
 use super::{
     breaker::CircuitBreaker,
     future::{Counted, Pending, ResponseFuture},
-    state::{Compiled, Outcome, Route, Shared},
+    state::{Compiled, Route, Shared, Step},
     stats::Stats,
 };
 use crate::{
@@ -34,7 +34,7 @@ impl<St: Store> RateLimitLayer<St> {
         let policy = Compiled::new(policy)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                stats: Arc::new(Stats::new()),
+                stats: Arc::new(Stats::new(&policy.name)),
                 breaker: CircuitBreaker::new(policy.settings.breaker),
                 policy,
                 store,
@@ -146,10 +146,11 @@ where
             }
             Route::Ask { key, cost } => (key, cost),
         };
-        if let Some(outcome) = self.shared.decide_in_process(&key, cost, &mut request) {
-            return self.finish(outcome, request);
+        if let Some(step) = self.shared.decide_in_process(&key, cost, &mut request) {
+            return self.finish(step, request);
         }
         let policy = &self.shared.policy;
+        let asked = std::time::Instant::now();
         let check = self.shared.store.check(Charge {
             key: &key,
             limits: &policy.limits,
@@ -165,6 +166,7 @@ where
             inner,
             request,
             counted: Counted { key, cost },
+            asked,
         };
         ResponseFuture::check(
             tokio::time::timeout(policy.settings.timeout, check),
@@ -176,14 +178,14 @@ where
 
 impl<S, St> RateLimit<S, St> {
     /// Answers or forwards a request decided without waiting for the store.
-    fn finish<B>(&mut self, outcome: Outcome, request: Request<B>) -> ResponseFuture<S, St, B>
+    fn finish<B>(&mut self, step: Step, request: Request<B>) -> ResponseFuture<S, St, B>
     where
         S: Service<Request<B>>,
         St: Store,
     {
-        match outcome {
-            Outcome::Respond(response) => ResponseFuture::respond(response, &self.shared),
-            Outcome::Forward(decision) => {
+        match step {
+            Step::Respond(response) => ResponseFuture::respond(response, &self.shared),
+            Step::Forward(decision) => {
                 ResponseFuture::forward(self.inner.call(request), decision, &self.shared)
             }
         }

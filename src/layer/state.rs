@@ -3,11 +3,13 @@
 //! cache, fallback limiter), its counters, and the rules that turn a
 //! decision into a response.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::response::Response;
 use http::{Method, Request, header::RETRY_AFTER, request::Parts};
+use sha2::{Digest, Sha256};
 use tokio::time::Instant;
+use tracing::Level;
 
 use super::{
     breaker::{Admit, CircuitBreaker},
@@ -19,8 +21,10 @@ use crate::{
     algorithm::Limit,
     block_cache::BlockCache,
     config::PolicyConfig,
+    exempt::Exemptions,
     headers::{self, PolicyHeader},
     key::{KeyBuffer, KeyError, layout},
+    outcome::{DECISION_TARGET, Outcome},
     policy::{Checked, RejectionHook},
     response::{RateLimitInfo, RateLimitStatus, Rejection, STORE_RETRY_AFTER_SECS},
     store::Charge,
@@ -51,6 +55,7 @@ pub(crate) struct Compiled {
     pub items: PolicyHeader,
     pub block_cache: Option<BlockCache>,
     pub fallback: Option<Fallback>,
+    pub exemptions: Option<Exemptions>,
 }
 
 /// The in-process limiter of [`FailMode::Fallback`].
@@ -89,12 +94,17 @@ impl Fallback {
 impl Compiled {
     /// Checks `policy` and precomputes what the hot path needs.
     pub(crate) fn new(policy: Policy) -> Result<Self, Error> {
-        let Checked { limits, methods } = policy.check()?;
+        let Checked {
+            limits,
+            methods,
+            exemptions,
+        } = policy.check()?;
         let Policy {
             settings,
             key,
             cost,
             on_rejected,
+            exempt_if: _,
         } = policy;
         let algorithm = settings.algorithm;
         let capacity = limits.iter().map(|l| l.capacity(algorithm)).min();
@@ -110,6 +120,7 @@ impl Compiled {
                 .block_cache
                 .map(|capacity| BlockCache::new(capacity, algorithm, &limits)),
             fallback,
+            exemptions,
             key_head: layout::head(&settings.prefix, &settings.name),
             items: PolicyHeader::new(&settings.name, &limits),
             capacity: capacity.unwrap_or(1),
@@ -143,8 +154,9 @@ impl Compiled {
 
 /// Where a request goes before any store is asked.
 pub(super) enum Route {
-    /// Not limited by this policy (switched off, another method, no key and
-    /// `OnMissingKey::Allow`): forwarded untouched.
+    /// Not limited by this policy (switched off, another method, exempt, no
+    /// key and `OnMissingKey::Allow`, or anything shadow mode would refuse):
+    /// forwarded untouched.
     Pass,
     /// Refused by the layer itself: no key, a repeated key, a bad cost.
     Refuse(Rejection),
@@ -153,97 +165,158 @@ pub(super) enum Route {
 }
 
 /// Where a request goes once its decision (if any) is known.
-pub(super) enum Outcome {
+pub(super) enum Step {
     Respond(Response),
+    /// Forwarded, with the decision for the response's headers.
     Forward(Option<Decision>),
+}
+
+/// Who decided a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Source {
+    Store,
+    BlockCache,
+    Fallback,
 }
 
 impl<St> Shared<St> {
     /// Block mode answers a denial here; annotate mode records the decision
-    /// for the handler; everything else is forwarded.
+    /// for the handler; shadow mode forwards everything without a trace for
+    /// the client; everything is counted.
     pub(super) fn outcome<B>(
         &self,
-        decision: Option<Decision>,
+        decision: Decision,
+        source: Source,
         request: &mut Request<B>,
-    ) -> Outcome {
+        noted: Noted<'_>,
+    ) -> Step {
         let policy = &self.policy;
-        let Some(decision) = decision else {
-            return Outcome::Forward(None);
+        let mode = policy.settings.mode;
+        let outcome = match (source, decision.allowed) {
+            (Source::Fallback, true) => Outcome::FallbackAllowed,
+            (Source::Fallback, false) => Outcome::FallbackDenied,
+            (_, true) => Outcome::Allowed,
+            (_, false) if mode == Mode::Shadow => Outcome::ShadowDenied,
+            (Source::BlockCache, false) => Outcome::DeniedCached,
+            (Source::Store, false) => Outcome::Denied,
         };
+        self.note(outcome, noted);
         let info = || RateLimitInfo {
             policy: policy.name.clone(),
             decision,
         };
-        match policy.settings.mode {
+        match mode {
             Mode::Block if !decision.allowed => {
-                return Outcome::Respond(self.reject(Rejection::TooManyRequests(info())));
+                return Step::Respond(self.reject(Rejection::TooManyRequests(info())));
             }
+            Mode::Shadow => return Step::Forward(None),
             Mode::Block => {}
             Mode::Annotate => RateLimitStatus::record(request.extensions_mut(), info()),
         }
-        Outcome::Forward(Some(decision))
+        Step::Forward(Some(decision))
     }
 
     /// The store failed, timed out or is skipped by the breaker: the fail
-    /// mode decides.
-    pub(super) fn fail_mode<B>(&self, key: &str, cost: u64, request: &mut Request<B>) -> Outcome {
-        let mode = self.policy.settings.on_store_error;
-        self.stats.record_fail_mode(mode);
-        let decision = match (mode, &self.policy.fallback) {
-            (FailMode::Closed, _) => {
-                let policy = self.policy.name.clone();
-                return Outcome::Respond(self.reject(Rejection::StoreUnavailable { policy }));
+    /// mode decides (shadow mode forwards whatever it says).
+    pub(super) fn fail_mode<B>(&self, request: &mut Request<B>, noted: Noted<'_>) -> Step {
+        let policy = &self.policy;
+        let shadow = policy.settings.mode == Mode::Shadow;
+        let fallback = match (policy.settings.on_store_error, &policy.fallback) {
+            (FailMode::Closed, _) if !shadow => {
+                self.note(Outcome::FailedClosed, noted);
+                let policy = policy.name.clone();
+                return Step::Respond(self.reject(Rejection::StoreUnavailable { policy }));
             }
             (FailMode::Fallback, Some(fallback)) => fallback.decide(
-                key,
-                cost,
-                self.policy.capacity,
-                self.policy.settings.algorithm,
+                noted.key,
+                noted.cost,
+                policy.capacity,
+                policy.settings.algorithm,
             ),
             _ => None,
         };
-        self.outcome(decision, request)
+        match fallback {
+            Some(decision) => self.outcome(decision, Source::Fallback, request, noted),
+            None => {
+                self.note(Outcome::FailedOpen, noted);
+                Step::Forward(None)
+            }
+        }
     }
 
     /// Reads what the policy needs from the request head: whether it is
-    /// limited at all, its key and its cost.
+    /// limited at all, its key and its cost. Requests that end here are
+    /// counted here.
     pub(super) fn route(&self, parts: &Parts) -> Route {
         let policy = &self.policy;
         if !policy.settings.enabled || !policy.applies_to(&parts.method) {
             return Route::Pass;
         }
+        let unkeyed = || Noted::new("", 0);
+        if policy.exemptions.as_ref().is_some_and(|e| e.matches(parts)) {
+            self.note(Outcome::Exempt, unkeyed());
+            return Route::Pass;
+        }
+        let shadow = policy.settings.mode == Mode::Shadow;
+        // Shadow mode refuses nothing: what it would refuse is only counted.
+        let refuse = |outcome: Outcome, noted: Noted<'_>, rejection: Rejection| {
+            self.note(outcome, noted);
+            if shadow {
+                Route::Pass
+            } else {
+                Route::Refuse(rejection)
+            }
+        };
         let name = || policy.name.clone();
         let mut key = KeyBuffer::take();
         if let Err(error) = layout::client_key(&policy.key_head, &policy.key, parts, &mut key) {
             return match (error, policy.settings.on_missing_key) {
-                (KeyError::Missing(_), OnMissingKey::Allow) => Route::Pass,
-                (KeyError::Missing(label), OnMissingKey::Reject(status)) => {
-                    Route::Refuse(Rejection::MissingKey {
+                (KeyError::Missing(_), OnMissingKey::Allow) => {
+                    self.note(Outcome::MissingKey, unkeyed());
+                    Route::Pass
+                }
+                (KeyError::Missing(label), OnMissingKey::Reject(status)) => refuse(
+                    Outcome::MissingKey,
+                    unkeyed(),
+                    Rejection::MissingKey {
                         policy: name(),
                         label,
                         status,
-                    })
-                }
-                (KeyError::Repeated(label), _) => Route::Refuse(Rejection::RepeatedKey {
-                    policy: name(),
-                    label,
-                }),
+                    },
+                ),
+                (KeyError::Repeated(label), _) => refuse(
+                    Outcome::RepeatedKey,
+                    unkeyed(),
+                    Rejection::RepeatedKey {
+                        policy: name(),
+                        label,
+                    },
+                ),
             };
         }
         match policy.cost.of(parts) {
-            // Annotate mode forwards it too, as a denial the store reports.
-            Ok(cost) if cost <= policy.capacity || policy.settings.mode == Mode::Annotate => {
+            // Annotate and shadow mode ask anyway: the store reports a
+            // denial, which they forward.
+            Ok(cost) if cost <= policy.capacity || policy.settings.mode != Mode::Block => {
                 Route::Ask { key, cost }
             }
-            Ok(cost) => Route::Refuse(Rejection::CostTooLarge {
-                policy: name(),
-                cost,
-                capacity: policy.capacity,
-            }),
-            Err(reason) => Route::Refuse(Rejection::BadCost {
-                policy: name(),
-                reason,
-            }),
+            Ok(cost) => refuse(
+                Outcome::CostTooLarge,
+                Noted::new(&key, cost),
+                Rejection::CostTooLarge {
+                    policy: name(),
+                    cost,
+                    capacity: policy.capacity,
+                },
+            ),
+            Err(reason) => refuse(
+                Outcome::BadCost,
+                Noted::new(&key, 0),
+                Rejection::BadCost {
+                    policy: name(),
+                    reason,
+                },
+            ),
         }
     }
 
@@ -254,13 +327,13 @@ impl<St> Shared<St> {
         key: &str,
         cost: u64,
         request: &mut Request<B>,
-    ) -> Option<Outcome> {
+    ) -> Option<Step> {
         let cache = self.policy.block_cache.as_ref();
+        let noted = Noted::new(key, cost);
         if let Some(decision) = cache.and_then(|c| c.get(key, cost, Instant::now())) {
-            self.stats.record_block_cache_hit();
-            return Some(self.outcome(Some(decision), request));
+            return Some(self.outcome(decision, Source::BlockCache, request, noted));
         }
-        (!self.may_call_store()).then(|| self.fail_mode(key, cost, request))
+        (!self.may_call_store()).then(|| self.fail_mode(request, noted))
     }
 
     /// The response to a request the layer refuses: the policy's hook or
@@ -302,20 +375,102 @@ impl<St> Shared<St> {
     }
 
     /// Records a store call that failed or timed out.
-    pub(super) fn store_failed(&self, error: &Error) {
-        self.breaker.failure();
+    pub(super) fn store_failed(&self, error: &Error, latency: Duration) {
+        if self.breaker.failure() {
+            self.stats.record_breaker(true);
+        }
         let policy = &self.policy;
+        self.stats.record_store_latency(latency);
         self.stats
             .record_error(&policy.name, error, policy.settings.on_store_error);
     }
 
     /// Records a store decision (breaker, counters, block cache).
-    pub(super) fn record_decision(&self, key: &str, cost: u64, decision: &Decision) {
-        self.breaker.success();
-        self.stats.record_success(&self.policy.name);
-        if let Some(cache) = &self.policy.block_cache {
-            cache.record(key, cost, decision, Instant::now());
+    pub(super) fn record_decision(
+        &self,
+        key: &str,
+        cost: u64,
+        decision: &Decision,
+        latency: Duration,
+    ) {
+        if self.breaker.success() {
+            self.stats.record_breaker(false);
         }
+        self.stats.record_success(&self.policy.name);
+        self.stats.record_store_latency(latency);
+        if let Some(cache) = &self.policy.block_cache
+            && let Some(entries) = cache.record(key, cost, decision, Instant::now())
+        {
+            self.stats.record_block_cache_len(entries);
+        }
+    }
+
+    /// Counts a request's outcome and, at `debug`, logs it: one span per
+    /// decision under [`DECISION_TARGET`], carrying a hash of the client's
+    /// key, never the key itself. Shadow mode's would-be denials also go to
+    /// `info`, at most one a second per policy.
+    pub(super) fn note(&self, outcome: Outcome, noted: Noted<'_>) {
+        self.stats.record(outcome);
+        let policy = &*self.policy.name;
+        if tracing::enabled!(target: DECISION_TARGET, Level::DEBUG) {
+            let span = tracing::debug_span!(
+                target: DECISION_TARGET,
+                "rate_limit",
+                policy,
+                key = noted.label(),
+                key_hash = %noted.key_hash(),
+                cost = noted.cost,
+                outcome = outcome.as_str(),
+                store_us = noted.store.map(|d| d.as_micros() as u64),
+            );
+            tracing::debug!(target: DECISION_TARGET, parent: &span, "rate-limit decision");
+        }
+        if outcome == Outcome::ShadowDenied && self.stats.shadow_log_due() {
+            tracing::info!(
+                target: DECISION_TARGET,
+                policy,
+                key = noted.label(),
+                key_hash = %noted.key_hash(),
+                cost = noted.cost,
+                "shadow mode: this request would have been denied"
+            );
+        }
+    }
+}
+
+/// What the log line of a decision may say about its request.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Noted<'a> {
+    /// The client's key (`rl:p:{label:value}`), or empty before it is known.
+    pub key: &'a str,
+    pub cost: u64,
+    /// How long the store took, when it was asked.
+    pub store: Option<Duration>,
+}
+
+impl<'a> Noted<'a> {
+    pub(super) fn new(key: &'a str, cost: u64) -> Self {
+        Self {
+            key,
+            cost,
+            store: None,
+        }
+    }
+
+    /// The key's label, from between the hash tag's brace and the value.
+    fn label(&self) -> &'a str {
+        let tag = self.key.split_once('{').map_or("", |(_, tag)| tag);
+        tag.split([':', '}']).next().unwrap_or("")
+    }
+
+    /// 64 bits of the key's SHA-256, in hex: enough to follow one client
+    /// through the logs, nothing to read its token from.
+    fn key_hash(&self) -> String {
+        if self.key.is_empty() {
+            return String::new();
+        }
+        let digest = Sha256::digest(self.key.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

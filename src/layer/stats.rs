@@ -1,42 +1,53 @@
 //! How a policy's store has been doing: counters, and an outage logged once
 //! when it starts and once when it ends, not once per request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
 
-use crate::{Error, FailMode};
+use crate::{Error, FailMode, metrics::Metrics, outcome::Outcome};
 
-/// Counters of one layer, shared by all its clones.
+/// Counters of one layer, shared by all its clones; with the `metrics`
+/// feature, the same figures go to the [`metrics`](https://docs.rs/metrics)
+/// recorder the application installed (the README's Operating section lists
+/// them).
 ///
 /// ```
-/// # use axum_redis_ratelimit::{Key, MemoryStore, Policy, Rate, RateLimitLayer};
+/// # use axum_redis_ratelimit::{Key, MemoryStore, Outcome, Policy, Rate, RateLimitLayer};
 /// let layer = RateLimitLayer::new(
 ///     Policy::new("p").rate(Rate::per_second(5)).key(Key::global()),
 ///     MemoryStore::new(),
 /// ).unwrap();
 /// assert_eq!(layer.stats().store_errors(), 0);
+/// assert_eq!(layer.stats().decisions(Outcome::Allowed), 0);
 /// ```
 #[derive(Debug)]
 pub struct Stats {
+    decisions: [AtomicU64; Outcome::ALL.len()],
     store_errors: AtomicU64,
     short_circuited: AtomicU64,
-    failed_open: AtomicU64,
-    failed_closed: AtomicU64,
-    fell_back: AtomicU64,
-    served_from_block_cache: AtomicU64,
     degraded: AtomicBool,
+    /// The Unix second of the last shadow-mode denial logged at `info`.
+    shadow_logged_at: AtomicU64,
+    metrics: Metrics,
 }
 
 impl Stats {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(policy: &str) -> Self {
         Self {
+            decisions: Default::default(),
             store_errors: AtomicU64::new(0),
             short_circuited: AtomicU64::new(0),
-            failed_open: AtomicU64::new(0),
-            failed_closed: AtomicU64::new(0),
-            fell_back: AtomicU64::new(0),
-            served_from_block_cache: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
+            shadow_logged_at: AtomicU64::new(0),
+            metrics: Metrics::new(policy),
         }
+    }
+
+    /// Requests that ended in `outcome`.
+    pub fn decisions(&self, outcome: Outcome) -> u64 {
+        self.decisions[outcome.index()].load(Relaxed)
     }
 
     /// Store calls that failed or timed out.
@@ -51,22 +62,22 @@ impl Stats {
 
     /// Requests forwarded unlimited because the store was unavailable.
     pub fn failed_open(&self) -> u64 {
-        self.failed_open.load(Relaxed)
+        self.decisions(Outcome::FailedOpen)
     }
 
     /// Requests answered 503 because the store was unavailable.
     pub fn failed_closed(&self) -> u64 {
-        self.failed_closed.load(Relaxed)
+        self.decisions(Outcome::FailedClosed)
     }
 
     /// Requests decided by the in-process fallback limiter.
     pub fn fell_back(&self) -> u64 {
-        self.fell_back.load(Relaxed)
+        self.decisions(Outcome::FallbackAllowed) + self.decisions(Outcome::FallbackDenied)
     }
 
     /// Requests answered `429` from the block cache, without the store.
     pub fn served_from_block_cache(&self) -> u64 {
-        self.served_from_block_cache.load(Relaxed)
+        self.decisions(Outcome::DeniedCached)
     }
 
     /// Whether the store is failing (the last call failed, or the breaker
@@ -75,28 +86,49 @@ impl Stats {
         self.degraded.load(Relaxed)
     }
 
+    /// Counts a request's outcome.
+    pub(crate) fn record(&self, outcome: Outcome) {
+        self.decisions[outcome.index()].fetch_add(1, Relaxed);
+        self.metrics.decision(outcome);
+    }
+
+    /// Whether a shadow-mode denial may be logged at `info` now: at most
+    /// one a second, so a flood in shadow mode cannot flood the logs.
+    pub(crate) fn shadow_log_due(&self) -> bool {
+        let now = crate::algorithm::unix_now_us() / 1_000_000;
+        let last = self.shadow_logged_at.load(Relaxed);
+        now > last
+            && self
+                .shadow_logged_at
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+    }
+
     pub(crate) fn record_short_circuit(&self) {
         self.short_circuited.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn record_block_cache_hit(&self) {
-        self.served_from_block_cache.fetch_add(1, Relaxed);
+    /// A store call that answered or failed after `latency`.
+    pub(crate) fn record_store_latency(&self, latency: Duration) {
+        self.metrics.store_latency(latency);
     }
 
-    /// Counts a request the fail mode decided, for whatever reason.
-    pub(crate) fn record_fail_mode(&self, mode: FailMode) {
-        let counter = match mode {
-            FailMode::Open => &self.failed_open,
-            FailMode::Closed => &self.failed_closed,
-            FailMode::Fallback => &self.fell_back,
-        };
-        counter.fetch_add(1, Relaxed);
+    /// The circuit breaker opened (`true`) or closed.
+    pub(crate) fn record_breaker(&self, open: bool) {
+        self.metrics.breaker(open);
+    }
+
+    /// The block cache now holds `entries` keys.
+    pub(crate) fn record_block_cache_len(&self, entries: usize) {
+        self.metrics.block_cache_len(entries);
     }
 
     pub(crate) fn record_error(&self, policy: &str, error: &Error, mode: FailMode) {
         self.store_errors.fetch_add(1, Relaxed);
+        self.metrics.store_error();
         if !self.degraded.swap(true, Relaxed) {
             tracing::warn!(
+                target: crate::outcome::STORE_TARGET,
                 policy,
                 %error,
                 fail_mode = ?mode,
@@ -108,7 +140,7 @@ impl Stats {
     /// Cheap on the hot path: a read of a flag that is almost always false.
     pub(crate) fn record_success(&self, policy: &str) {
         if self.degraded.load(Relaxed) && self.degraded.swap(false, Relaxed) {
-            tracing::info!(policy, "rate-limit store answers again; limiting resumed");
+            tracing::info!(target: crate::outcome::STORE_TARGET, policy, "rate-limit store answers again; limiting resumed");
         }
     }
 }
@@ -143,7 +175,7 @@ mod tests {
             .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            let stats = Stats::new();
+            let stats = Stats::new("p");
             let error = Error::Timeout(Duration::from_millis(100));
             for _ in 0..5 {
                 stats.record_error("p", &error, FailMode::Open);
@@ -159,11 +191,11 @@ mod tests {
 
     #[test]
     fn an_outage_is_counted_and_ends_with_the_first_answer() {
-        let stats = Stats::new();
+        let stats = Stats::new("p");
         let error = Error::Timeout(Duration::from_millis(100));
         for _ in 0..3 {
             stats.record_error("p", &error, FailMode::Open);
-            stats.record_fail_mode(FailMode::Open);
+            stats.record(Outcome::FailedOpen);
         }
         stats.record_short_circuit();
         assert!(stats.is_degraded());

@@ -14,6 +14,7 @@ use crate::{
     Decision, Error,
     algorithm::{self, Entry},
     key::KeyBuffer,
+    metrics::memory_store_counters,
 };
 
 /// Shards, so that concurrent requests for different keys rarely wait on
@@ -161,6 +162,7 @@ impl MemoryStore {
                     Some(entry) => *entry = state,
                     None => {
                         shard.counters.insert(key.as_str().into(), state);
+                        memory_store_counters(1);
                         shard.sweep_if_grown(now_ms);
                     }
                 }
@@ -186,7 +188,9 @@ impl MemoryStore {
             match check.algorithm.refund(*entry, now_us, limit, cost) {
                 Some(refunded) => *entry = refunded,
                 None => {
-                    shard.counters.remove(key.as_str());
+                    if shard.counters.remove(key.as_str()).is_some() {
+                        memory_store_counters(-1);
+                    }
                 }
             }
         }
@@ -200,6 +204,7 @@ impl Shard {
         if self.counters.len() < self.sweep_at_len {
             return;
         }
+        let before = self.counters.len();
         self.counters.retain(|_, e| e.expires_at_ms > now_ms);
         if self.counters.len() >= self.capacity {
             // Keep the 7/8 that expire last, so the next eviction is a
@@ -217,6 +222,15 @@ impl Shard {
         }
         self.sweep_at_len =
             (self.counters.len() * 2).clamp(MIN_SWEEP_LEN.min(self.capacity), self.capacity);
+        memory_store_counters(self.counters.len() as isize - before as isize);
+    }
+}
+
+impl Drop for Inner {
+    /// The process-wide gauge loses this store's counters with it.
+    fn drop(&mut self) {
+        let held: usize = self.shards.iter().map(|s| lock(s).counters.len()).sum();
+        memory_store_counters(-(held as isize));
     }
 }
 
