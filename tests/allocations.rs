@@ -137,3 +137,48 @@ fn layer_over_a_trivial_service() {
         assert!(layered - bare <= 3, "the layer adds {} allocations", layered - bare);
     });
 }
+
+/// The metrics cost no allocation per request: a layer registers its series
+/// once, at its first request, and then only bumps atomics.
+#[test]
+fn metrics_add_no_allocation_per_request() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let mut counts = Vec::new();
+    for with_recorder in [false, true] {
+        let run = || {
+            current_thread().block_on(async {
+                let inner = tower::service_fn(|_: Request<Body>| async {
+                    Ok::<_, Infallible>(Response::new(Body::empty()))
+                });
+                let policy = Policy::new("telemetry")
+                    .rate(Rate::per_minute(1_000_000_000))
+                    .key(Key::header("x-agent-token"));
+                let mut service = RateLimitLayer::new(policy, MemoryStore::new())
+                    .unwrap()
+                    .layer(inner);
+                per_call(async || {
+                    let request = Request::post("/")
+                        .header("x-agent-token", "agent-1")
+                        .body(Body::empty())
+                        .unwrap();
+                    service.ready().await.unwrap().call(request).await.unwrap();
+                })
+                .await
+            })
+        };
+        counts.push(match with_recorder {
+            true => metrics::with_local_recorder(&recorder, run),
+            false => run(),
+        });
+    }
+    let handle = recorder.handle();
+    assert!(
+        handle.render().contains("ratelimit_decisions_total"),
+        "the recorder was used"
+    );
+    println!(
+        "allocations per request without a recorder: {}, with: {}",
+        counts[0], counts[1]
+    );
+    assert_eq!(counts[0], counts[1]);
+}
