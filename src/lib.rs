@@ -29,6 +29,8 @@
 //! - `sentinel` (default): [`RedisConfig::sentinel`](store::RedisConfig::sentinel),
 //!   the master a set of Sentinels names, followed through failovers.
 //! - `tls`: `rediss://` and [`TlsFiles`](store::TlsFiles) (rustls with ring).
+//! - `metrics` (default): the layer's figures for the
+//!   [`metrics`](https://docs.rs/metrics) facade (see [`metrics`](mod@metrics)).
 //!
 //! No item is missing without a feature: a configuration that needs one
 //! fails at startup saying which, so code and configuration files stay the
@@ -37,12 +39,14 @@
 //! The modules, each one concept, in the order a request meets them:
 //! [`config`] (a policy's settings, from a file or the builder) and
 //! [`policy`] (the builder and its checks); [`rate`] (what a rate is);
+//! exemptions (requests let through uncounted, set on the policy);
 //! [`key`] (whom to count, and the Redis key layout); [`cost`] (how much a
 //! request counts); [`block_cache`] (denials answered in-process);
 //! [`store`] (where counters live); [`algorithm`] (how to count, as a Lua
 //! script and its in-memory twin); [`layer`] (the middleware: its state,
-//! circuit breaker and counters); [`headers`] and [`response`] (what clients
-//! and handlers see); [`error`].
+//! circuit breaker and counters); [`outcome`] (what became of a request,
+//! and the log targets) and [`metrics`](mod@metrics) (the figures of it);
+//! [`headers`] and [`response`] (what clients and handlers see); [`error`].
 
 #![warn(missing_docs)]
 

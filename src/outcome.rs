@@ -12,7 +12,8 @@ pub const DECISION_TARGET: &str = "axum_redis_ratelimit::decision";
 pub const STORE_TARGET: &str = "axum_redis_ratelimit::store";
 
 /// What became of one request a policy looked at: the `outcome` label of
-/// the `ratelimit_decisions_total` metric, and [`Stats::decisions`].
+/// the `ratelimit_decisions_total` metric, and
+/// [`Stats::decisions`](crate::layer::Stats::decisions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -48,7 +49,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, in the order of [`Outcome::index`].
+    /// Every outcome, in declaration order.
     pub const ALL: [Self; 13] = [
         Self::Allowed,
         Self::Denied,
