@@ -104,8 +104,13 @@ impl RedisStore {
         let ping = store.connection.query::<()>(&redis::cmd("PING")).await;
         if let Err(e) = ping {
             return Err(match config.plain_field() {
-                // A TLS port drops a plaintext client at once.
-                Some(field) if e.kind() == ErrorKind::Io && e.is_connection_dropped() => {
+                // A TLS port drops a plaintext client at once; a closed
+                // port is just unreachable.
+                Some(field)
+                    if e.kind() == ErrorKind::Io
+                        && e.is_connection_dropped()
+                        && !e.is_connection_refusal() =>
+                {
                     Error::config(
                         field,
                         format!(
