@@ -581,3 +581,47 @@ async fn top_scans_every_primary_of_a_cluster() {
     assert_eq!(top["clients_in_use"], clients.len(), "{top}");
     assert_eq!(top["complete"], true, "{top}");
 }
+
+/// The README's operator user: the limiter's ACL and `+scan` runs every
+/// command; without `+scan`, `top` fails as a Redis error naming it.
+#[tokio::test]
+async fn an_operator_with_the_limiters_acl_and_scan_runs_every_command() {
+    use common::topology::{LIMITER_ACL, create_user, url_with_user};
+
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    // The default prefix, which the ACL's key pattern covers.
+    let fixture = Fixture::with(&policies_toml("rl:"));
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let plain = fixture.app("plain", store, "203.0.113.9:1000");
+    for _ in 0..3 {
+        send(&plain, ("x-client", b"op")).await;
+    }
+    let mut rules = LIMITER_ACL.to_vec();
+    create_user(server.url(), "no-scan", "s3cret", &rules);
+    rules.push("+scan");
+    create_user(server.url(), "operator", "s3cret", &rules);
+    let operator = url_with_user(server.url(), "operator", "s3cret");
+    assert_eq!(
+        figures(&json(&fixture.file, &operator, &["inspect", "plain", "op"]).await),
+        [(3, 0)]
+    );
+    let top = json(&fixture.file, &operator, &["top", "plain"]).await;
+    assert_eq!(top["clients"][0]["client"], "x-client:op", "{top}");
+    assert_eq!(
+        json(&fixture.file, &operator, &["reset", "plain", "op"]).await["deleted"],
+        1
+    );
+
+    let no_scan = url_with_user(server.url(), "no-scan", "s3cret");
+    let file = fixture.file.to_str().unwrap();
+    let output = ratelimit(&["-p", file, "--redis", &no_scan, "top", "plain"]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", shown(&output));
+    assert!(
+        stderr(&output).to_lowercase().contains("scan"),
+        "{}",
+        shown(&output)
+    );
+    assert!(!shown(&output).contains("s3cret"), "{}", shown(&output));
+}

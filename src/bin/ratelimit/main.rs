@@ -82,11 +82,11 @@ enum Command {
         /// The policy's name.
         policy: String,
         /// How many clients to show.
-        #[arg(long, short = 'n', default_value_t = 20)]
-        limit: usize,
+        #[arg(long, short = 'n', default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
         /// Stop after examining about this many keys (SCAN COUNT 1000 per
         /// call), so a large Redis is never walked whole.
-        #[arg(long, default_value_t = 10_000, value_name = "KEYS")]
+        #[arg(long, default_value_t = 10_000, value_name = "KEYS", value_parser = clap::value_parser!(u64).range(1..))]
         scan_max: u64,
     },
     /// Checks the policy file as the application does at startup and prints

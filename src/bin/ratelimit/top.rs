@@ -41,7 +41,7 @@ impl Row {
 pub async fn run(
     store: &RedisStore,
     policy: &Policy,
-    limit: usize,
+    limit: u64,
     scan_max: u64,
     json: bool,
 ) -> Result<String, Failure> {
@@ -64,7 +64,7 @@ pub async fn run(
             .then_with(|| a.client.cmp(&b.client))
     });
     let in_use = rows.len();
-    rows.truncate(limit);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(match json {
         true => to_json(policy, &scan, found, in_use, &rows),
         false => to_table(policy, &scan, found, in_use, &rows),
@@ -114,6 +114,7 @@ fn to_json(policy: &Policy, scan: &KeyScan, found: usize, in_use: usize, rows: &
     output::document(&json!({
         "policy": policy.name(),
         "algorithm": policy.settings().algorithm.name(),
+        "scan_calls": scan.calls,
         "scanned": scan.scanned,
         "complete": scan.complete,
         "clients_found": found,
@@ -131,15 +132,15 @@ fn to_table(policy: &Policy, scan: &KeyScan, found: usize, in_use: usize, rows: 
         policy.settings().algorithm,
         rows.len()
     );
+    let calls = match scan.calls {
+        1 => "1 SCAN call".to_owned(),
+        n => format!("{n} SCAN calls"),
+    };
     let _ = match scan.complete {
-        true => writeln!(
-            out,
-            "scanned the whole keyspace (about {} keys)",
-            scan.scanned
-        ),
+        true => writeln!(out, "scanned the whole keyspace in {calls}"),
         false => writeln!(
             out,
-            "stopped early after scanning about {} keys (--scan-max): more clients may exist",
+            "stopped early after {calls} (about {} keys, --scan-max): more clients may exist",
             scan.scanned
         ),
     };

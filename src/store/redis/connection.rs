@@ -133,6 +133,7 @@ impl RedisConnection {
         let count = budget.clamp(1, SCAN_COUNT);
         let mut scan = KeyScan {
             keys: Vec::new(),
+            calls: 0,
             scanned: 0,
             complete: true,
         };
@@ -253,8 +254,10 @@ pub struct KeyScan {
     /// The keys that match, sorted, each once (keys that are not UTF-8 are
     /// left out: the limiter writes none).
     pub keys: Vec<String>,
-    /// Keys examined: the `COUNT` of every `SCAN` call, added up (Redis
-    /// examines about that many).
+    /// The `SCAN` calls made, over every node.
+    pub calls: u64,
+    /// The budget spent: the `COUNT` of every call, added up. Redis
+    /// examines about that many keys, fewer when a node holds fewer.
     pub scanned: u64,
     /// Whether the whole keyspace was scanned; `false` when the budget ran
     /// out first, so that more keys may match.
@@ -287,6 +290,7 @@ where
             .arg("COUNT")
             .arg(count);
         let (next, keys) = <(u64, Vec<Vec<u8>>)>::from_redis_value(call(cmd).await?)?;
+        scan.calls += 1;
         scan.scanned += count;
         scan.keys.extend(
             keys.into_iter()
