@@ -47,7 +47,7 @@ struct Cli {
 /// Where the counters are, for the commands that read Redis.
 #[derive(Args, Debug)]
 struct RedisArgs {
-    /// One Redis server: redis://[user:password@]host:port/db (rediss:// for
+    /// One Redis server: `redis://[user:password@]host:port/db` (`rediss://` for
     /// TLS, with the crate's `tls` feature).
     #[arg(
         long,
