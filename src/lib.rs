@@ -69,7 +69,7 @@ pub mod response;
 pub mod store;
 
 pub use self::{
-    algorithm::{Algorithm, Decision, Limit},
+    algorithm::{Algorithm, Decision, Limit, LimitState},
     config::{Breaker, Clock, FailMode, Mode, OnMissingKey},
     cost::Cost,
     error::Error,

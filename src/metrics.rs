@@ -32,7 +32,8 @@ pub mod names {
     pub const BREAKER_OPEN: &str = "ratelimit_breaker_open";
     /// Counter: the breaker opening (`to="open"`) and closing.
     pub const BREAKER_TRANSITIONS: &str = "ratelimit_breaker_transitions_total";
-    /// Gauge: keys the policy's block cache holds.
+    /// Gauge: keys the policy's block cache holds, as of its last new
+    /// denial (expired ones included until evicted).
     pub const BLOCK_CACHE_ENTRIES: &str = "ratelimit_block_cache_entries";
     /// Gauge: counters held by the process's memory stores (main or
     /// fallback).

@@ -13,7 +13,7 @@ use crate::{
         OnMissingKey, PolicyConfig,
     },
     exempt::Exemptions,
-    key::encode,
+    key::{encode, layout},
     response::Rejection,
 };
 
@@ -312,6 +312,105 @@ impl Policy {
         &self.settings
     }
 
+    /// The Redis key of one client of this policy, exactly as the layer
+    /// writes it for a request whose value for the key labelled `label` is
+    /// `value`: hashed when the key is secret or the value unsafe in a key,
+    /// an address grouped by the key's IPv6 prefix. `label` picks a key of
+    /// the [`Key::or`] chain (`x-agent-token`, `ip`, `user`, `global`…);
+    /// `None` is the first. A `client_ip` key takes an address; a `global`
+    /// key takes no value (`b""`). Operators find a client's counters with
+    /// it; the `ratelimit` tool (feature `cli`) does.
+    ///
+    /// ```
+    /// use axum_redis_ratelimit::{Key, Policy, Rate};
+    ///
+    /// # fn main() -> Result<(), axum_redis_ratelimit::Error> {
+    /// let policy = Policy::new("telemetry")
+    ///     .rate(Rate::per_minute(1000))
+    ///     .key(Key::header("X-Agent-Token").or(Key::client_ip()));
+    /// assert_eq!(
+    ///     policy.client_key(None, b"AGENT-1")?,
+    ///     "rl:telemetry:{x-agent-token:AGENT-1}"
+    /// );
+    /// assert_eq!(
+    ///     policy.client_key(Some("ip"), b"203.0.113.9")?,
+    ///     "rl:telemetry:{ip:203.0.113.9}"
+    /// );
+    /// // A value that could break the key's shape is hashed, as the layer does.
+    /// assert!(policy.client_key(None, b"a}b")?.starts_with("rl:telemetry:{x-agent-token:#"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the policy's first wrong setting, as
+    /// [`validate`](Self::validate); `key` for a label the chain does not
+    /// have; `value` for a value the key cannot hold (empty, not an IP
+    /// address, any value for a `global` key).
+    pub fn client_key(&self, label: Option<&str>, value: &[u8]) -> Result<String, Error> {
+        self.validate()?;
+        let chain = self.key.as_ref().expect("a checked policy has a key");
+        let key = match label {
+            None => chain,
+            Some(label) => chain.chain().find(|k| k.label() == label).ok_or_else(|| {
+                let labels: Vec<&str> = chain.chain().map(Key::label).collect();
+                Error::config(
+                    "key",
+                    format!(
+                        "policy {:?} has no key labelled {label:?}; its keys are {}",
+                        self.settings.name,
+                        labels.join(", ")
+                    ),
+                )
+            })?,
+        };
+        let head = layout::head(&self.settings.prefix, &self.settings.name);
+        let mut out = String::new();
+        layout::client_key_of_value(&head, key, value, &mut out)?;
+        Ok(out)
+    }
+
+    /// The `SCAN MATCH` pattern of every counter of this policy, e.g.
+    /// `rl:telemetry:{*` (prefixes and names hold no glob characters).
+    pub fn counter_pattern(&self) -> String {
+        let mut pattern = layout::head(&self.settings.prefix, &self.settings.name);
+        pattern.push('*');
+        pattern
+    }
+
+    /// The client key that `counter`, a key found in Redis, belongs to, if
+    /// it is one of this policy's counters as its limits and algorithm
+    /// name them now: `rl:telemetry:{x-agent-token:#3f…}` of
+    /// `rl:telemetry:{x-agent-token:#3f…}:60:gcra`. `None` for another
+    /// policy's key, or a counter of a window or algorithm the policy no
+    /// longer has.
+    ///
+    /// ```
+    /// use axum_redis_ratelimit::{Algorithm, Key, Policy, Rate};
+    ///
+    /// let policy = Policy::new("telemetry")
+    ///     .rate(Rate::per_minute(1000))
+    ///     .algorithm(Algorithm::Gcra)
+    ///     .key(Key::header("X-Agent-Token"));
+    /// let counter = "rl:telemetry:{x-agent-token:AGENT-1}:60:gcra";
+    /// assert_eq!(
+    ///     policy.client_of_counter(counter),
+    ///     Some("rl:telemetry:{x-agent-token:AGENT-1}")
+    /// );
+    /// assert_eq!(policy.client_of_counter("rl:telemetry:{x-agent-token:AGENT-1}:60"), None);
+    /// ```
+    pub fn client_of_counter<'a>(&self, counter: &'a str) -> Option<&'a str> {
+        let s = &self.settings;
+        let head = layout::head(&s.prefix, &s.name);
+        let client = layout::client_of_counter(&head, counter)?;
+        let mut own = String::new();
+        self.limits()
+            .any(|limit| {
+                layout::counter_key(client, &limit, s.algorithm, &mut own);
+                own == counter
+            })
+            .then_some(client)
+    }
+
     /// Checks every setting as [`RateLimitLayer::new`](crate::RateLimitLayer::new)
     /// will, for applications that check their configuration before
     /// connecting to anything.
@@ -531,6 +630,68 @@ mod tests {
         );
         let timeout = Error::Timeout(Duration::from_millis(1));
         assert_eq!(timeout.config_path(), None);
+    }
+
+    #[test]
+    fn the_client_key_of_a_value_is_the_layers_for_a_request_carrying_it() {
+        use std::net::SocketAddr;
+
+        use axum::extract::ConnectInfo;
+
+        let ip = crate::ClientIp::new().ipv6_prefix(56);
+        let policy = Policy::new("telemetry")
+            .rate(Rate::per_minute(10))
+            .prefix("app:rl:")
+            .key(
+                Key::header("X-Agent-Token")
+                    .secret()
+                    .or(Key::client_ip_with(ip)),
+            );
+        let layer = |token: Option<&str>| {
+            let mut request = http::Request::new(());
+            if let Some(token) = token {
+                request
+                    .headers_mut()
+                    .insert("x-agent-token", token.parse().unwrap());
+            }
+            let peer: SocketAddr = "[2001:db8:1:2ff::9]:443".parse().unwrap();
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let head = layout::head("app:rl:", "telemetry");
+            let mut key = String::new();
+            let chain = policy.key.as_ref().unwrap();
+            layout::client_key(&head, chain, &request.into_parts().0, &mut key).unwrap();
+            key
+        };
+        let token = "AGENT 1 {x}";
+        assert_eq!(
+            policy.client_key(None, token.as_bytes()).unwrap(),
+            layer(Some(token))
+        );
+        assert_eq!(
+            policy
+                .client_key(Some("x-agent-token"), token.as_bytes())
+                .unwrap(),
+            layer(Some(token))
+        );
+        let by_ip = policy.client_key(Some("ip"), b"2001:db8:1:2ff::9").unwrap();
+        assert_eq!(by_ip, layer(None));
+        assert_eq!(by_ip, "app:rl:telemetry:{ip:2001:db8:1:200::/56}");
+        let unknown = policy.client_key(Some("user"), b"u").unwrap_err();
+        assert_eq!(unknown.config_path().as_deref(), Some("key"));
+        assert!(
+            unknown
+                .to_string()
+                .contains("its keys are x-agent-token, ip"),
+            "{unknown}"
+        );
+        let unchecked = Policy::new("p").key(Key::global()).client_key(None, b"");
+        assert!(
+            unchecked
+                .unwrap_err()
+                .to_string()
+                .contains("policies.p.rate")
+        );
+        assert_eq!(policy.counter_pattern(), "app:rl:telemetry:{*");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 -- Returns {all allowed, then per limit: allowed, remaining, reset (us), retry (us)}.
 -- A negative cost is a refund: a later layer refused a request that these
 -- limits admitted, so each limit gives the cost back. Returns {1}.
+-- A cost of 0 is a peek: every limit is decided and the answer returned as
+-- for a check, but nothing is committed (operators read counters so).
 local now = tonumber(ARGV[1])
 if now < 0 then
   local t = redis.call('TIME')
@@ -31,8 +33,9 @@ for i = 1, #KEYS do
   local o = i * 4 - 2
   out[o], out[o + 1], out[o + 2], out[o + 3] = allowed and 1 or 0, remaining, reset, retry
 end
--- A request denied by one limit consumes nothing from the others.
-if out[1] == 1 then
+-- A request denied by one limit consumes nothing from the others; a peek
+-- consumes nothing at all.
+if out[1] == 1 and cost > 0 then
   for i = 1, #KEYS do commit(KEYS[i], states[i]) end
 end
 return out

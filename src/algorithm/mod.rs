@@ -345,6 +345,48 @@ impl Decision {
     }
 }
 
+/// One limit of a client as a peek reads it, counting nothing: what
+/// [`RedisStore::peek`](crate::RedisStore::peek) and
+/// [`MemoryStore::peek`](crate::MemoryStore::peek) give for each limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitState {
+    /// The limit.
+    pub limit: Limit,
+    /// The most one request can ever be allowed under it:
+    /// [`Limit::capacity`], the burst for GCRA, else the rate's limit.
+    pub capacity: u64,
+    /// Requests of cost 1 it still admits now.
+    pub remaining: u64,
+    /// `capacity − remaining`, for display: what the client has spent of it.
+    pub used: u64,
+    /// Time until it is fully available again; zero when nothing is used.
+    pub reset_after: Duration,
+}
+
+impl LimitState {
+    /// The state a peek (`decide` with a cost of 0) found.
+    pub(crate) fn new(limit: &Limit, algorithm: Algorithm, verdict: Verdict) -> Self {
+        let capacity = limit.capacity(algorithm);
+        let used = capacity.saturating_sub(verdict.remaining);
+        Self {
+            limit: *limit,
+            capacity,
+            remaining: verdict.remaining,
+            used,
+            reset_after: match used {
+                0 => Duration::ZERO,
+                _ => Duration::from_micros(verdict.reset_us),
+            },
+        }
+    }
+
+    /// The share of the capacity used, from 0 to 1.
+    pub fn fraction_used(&self) -> f64 {
+        self.used as f64 / self.capacity.max(1) as f64
+    }
+}
+
 /// The system clock in microseconds since the Unix epoch, the unit of every
 /// script's `now`.
 pub(crate) fn unix_now_us() -> u64 {

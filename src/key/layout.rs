@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use http::request::Parts;
 
 use super::{Key, KeyError};
-use crate::{Algorithm, algorithm::Limit};
+use crate::{Algorithm, Error, algorithm::Limit};
 
 /// `<prefix><policy>:{`: every client key of a policy starts so.
 pub(crate) fn head(prefix: &str, policy: &str) -> String {
@@ -32,11 +32,42 @@ pub(crate) fn client_key(
     parts: &Parts,
     out: &mut String,
 ) -> Result<(), KeyError> {
+    tagged(head, out, |out| key.write(parts, out))
+}
+
+/// Writes the client key of a client whose value for `key` (one key of a
+/// chain, not its fallbacks) is `value` to `out` (cleared first): what
+/// [`client_key`] writes for a request carrying that value.
+pub(crate) fn client_key_of_value(
+    head: &str,
+    key: &Key,
+    value: &[u8],
+    out: &mut String,
+) -> Result<(), Error> {
+    tagged(head, out, |out| key.write_value(value, out))
+}
+
+/// `head`, the client's part as `part` writes it, and the closing brace.
+fn tagged<E>(
+    head: &str,
+    out: &mut String,
+    part: impl FnOnce(&mut String) -> Result<(), E>,
+) -> Result<(), E> {
     out.clear();
     out.push_str(head);
-    key.write(parts, out)?;
+    part(out)?;
     out.push('}');
     Ok(())
+}
+
+/// The client key a counter key belongs to, if it is under `head`: up to
+/// the closing brace of its hash tag (no label or encoded value holds a
+/// brace), e.g. `rl:telemetry:{x-agent-token:AGENT-1}` of
+/// `rl:telemetry:{x-agent-token:AGENT-1}:60:gcra`.
+pub(crate) fn client_of_counter<'a>(head: &str, counter: &'a str) -> Option<&'a str> {
+    let tag = counter.strip_prefix(head)?;
+    let end = head.len() + tag.find('}')? + 1;
+    Some(&counter[..end])
 }
 
 /// Writes the counter of `limit` under `client_key` to `out` (cleared

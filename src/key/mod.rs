@@ -10,7 +10,7 @@ mod client_ip;
 pub(crate) mod encode;
 pub(crate) mod layout;
 
-use std::{fmt, sync::Arc};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use http::{HeaderName, request::Parts};
 
@@ -38,14 +38,16 @@ impl<T: Into<Arc<str>>> From<T> for UserId {
     }
 }
 
-type WriteFn = dyn Fn(&Parts, &mut String) -> bool + Send + Sync;
+/// A custom key's reader: gives the request's value, if any, to its
+/// second argument (once) and says whether it found one.
+type ReadFn = dyn Fn(&Parts, &mut dyn FnMut(&[u8])) -> bool + Send + Sync;
 
 #[derive(Clone)]
 enum Source {
     Header(HeaderName),
     ClientIp(Arc<ClientIp>),
     Global,
-    Custom(Arc<WriteFn>),
+    Custom(Arc<ReadFn>),
     /// A key whose definition was wrong; reported when the policy is built.
     Invalid(Arc<Error>),
 }
@@ -142,10 +144,10 @@ impl Key {
 
     /// The [`UserId`] the application put in the request extensions.
     pub fn user() -> Self {
-        Self::custom("user", |parts, out| {
+        Self::custom("user", |parts, found| {
             match parts.extensions.get::<UserId>() {
                 Some(UserId(id)) if !id.is_empty() => {
-                    encode::push_value(out, id.as_bytes(), false);
+                    found(id.as_bytes());
                     true
                 }
                 _ => false,
@@ -179,9 +181,9 @@ impl Key {
                 format!("{label:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
             );
         }
-        Self::custom(label, move |parts, out| match read(parts) {
+        Self::custom(label, move |parts, found| match read(parts) {
             Some(value) if !value.as_ref().is_empty() => {
-                encode::push_value(out, value.as_ref(), false);
+                found(value.as_ref());
                 true
             }
             _ => false,
@@ -190,9 +192,9 @@ impl Key {
 
     fn custom(
         label: &str,
-        write: impl Fn(&Parts, &mut String) -> bool + Send + Sync + 'static,
+        read: impl Fn(&Parts, &mut dyn FnMut(&[u8])) -> bool + Send + Sync + 'static,
     ) -> Self {
-        Self::new(label, Source::Custom(Arc::new(write)))
+        Self::new(label, Source::Custom(Arc::new(read)))
     }
 
     /// One counter shared by every request.
@@ -275,15 +277,13 @@ impl Key {
             return Found::Yes;
         }
         out.push(':');
-        let start = out.len();
         let found = match &self.source {
             Source::Header(name) => {
                 let mut values = parts.headers.get_all(name).iter();
                 match (values.next(), values.next()) {
                     (Some(value), None) if !value.is_empty() => {
-                        // Hashed from the raw bytes, without a copy.
-                        encode::push_value(out, value.as_bytes(), self.secret);
-                        return Found::Yes;
+                        self.push_raw(Raw::Bytes(value.as_bytes()), out);
+                        true
                     }
                     (Some(_), Some(_)) => return Found::Repeated,
                     _ => false,
@@ -291,12 +291,7 @@ impl Key {
             }
             Source::ClientIp(config) => match config.client_ip(parts) {
                 Some(ip) => {
-                    use fmt::Write as _;
-                    let (ip, prefix) = config.grouped(ip);
-                    let _ = write!(out, "{ip}");
-                    if let Some(prefix) = prefix {
-                        let _ = write!(out, "/{prefix}");
-                    }
+                    self.push_raw(Raw::Ip(ip), out);
                     true
                 }
                 None => {
@@ -304,19 +299,98 @@ impl Key {
                     false
                 }
             },
-            Source::Custom(write) => write(parts, out),
+            Source::Custom(read) => read(parts, &mut |value| self.push_raw(Raw::Bytes(value), out)),
             Source::Global | Source::Invalid(_) => false,
         };
-        if !found {
-            return Found::No;
+        if found { Found::Yes } else { Found::No }
+    }
+
+    /// Appends the value part of this key (what follows `label:`) for a
+    /// client whose value is `raw`: the one place that encodes a value,
+    /// for a request ([`write`](Self::write)) and for an operator
+    /// ([`write_value`](Self::write_value)) alike.
+    fn push_raw(&self, raw: Raw<'_>, out: &mut String) {
+        let start = out.len();
+        match raw {
+            // A header is hashed from its raw bytes, without a copy.
+            Raw::Bytes(value) if matches!(self.source, Source::Header(_)) => {
+                return encode::push_value(out, value, self.secret);
+            }
+            Raw::Bytes(value) => encode::push_value(out, value, false),
+            Raw::Ip(ip) => {
+                use fmt::Write as _;
+                let ip = ip.to_canonical();
+                let (ip, prefix) = match &self.source {
+                    Source::ClientIp(config) => config.grouped(ip),
+                    _ => (ip, None),
+                };
+                let _ = write!(out, "{ip}");
+                if let Some(prefix) = prefix {
+                    let _ = write!(out, "/{prefix}");
+                }
+            }
         }
         if self.secret {
             // Whatever the source wrote, only its hash is kept.
             let value = out.split_off(start);
             encode::push_value(out, value.as_bytes(), true);
         }
-        Found::Yes
     }
+
+    /// The keys of this chain: this one, then its fallbacks in order.
+    pub(crate) fn chain(&self) -> impl Iterator<Item = &Key> {
+        std::iter::successors(Some(self), |key| key.fallback.as_deref())
+    }
+
+    /// Appends `label:value` (or `global`) for a client whose value for
+    /// this key, not its fallbacks, is `value`: what [`write`](Self::write)
+    /// appends for a request carrying that value. A `client_ip` key takes an
+    /// address (grouped by its IPv6 prefix); a `global` key, no value.
+    pub(crate) fn write_value(&self, value: &[u8], out: &mut String) -> Result<(), Error> {
+        let fail = |reason: String| Err(Error::config("value", reason));
+        let raw = match (&self.source, value.is_empty()) {
+            (Source::Invalid(_), _) => return self.validate(),
+            (Source::Global, true) => {
+                out.push_str(&self.label);
+                return Ok(());
+            }
+            (Source::Global, false) => {
+                return fail(
+                    "the global key counts every request as one client: give no value".into(),
+                );
+            }
+            (_, true) => {
+                return fail(format!(
+                    "is empty, which the {} key treats as missing",
+                    self.label
+                ));
+            }
+            (Source::ClientIp(_), false) => {
+                let text = String::from_utf8_lossy(value);
+                match text.trim().parse() {
+                    Ok(ip) => Raw::Ip(ip),
+                    Err(_) => {
+                        return fail(format!(
+                            "{text:?} is not an IP address, as the ip key needs"
+                        ));
+                    }
+                }
+            }
+            (_, false) => Raw::Bytes(value),
+        };
+        out.push_str(&self.label);
+        out.push(':');
+        self.push_raw(raw, out);
+        Ok(())
+    }
+}
+
+/// A client's value before it is encoded into a key.
+enum Raw<'a> {
+    /// A header's or a custom key's bytes.
+    Bytes(&'a [u8]),
+    /// The client's address, before grouping.
+    Ip(IpAddr),
 }
 
 /// What one key of a chain found in a request.
@@ -455,6 +529,146 @@ mod tests {
         let req = parts(|r| *r.uri_mut() = "/a/b{c}".parse().unwrap());
         let written = write(&key, &req).unwrap();
         assert!(written.starts_with("path:#"), "{written}");
+    }
+
+    /// What the layer writes for `parts` must be what an operator's raw
+    /// value gives: one encoding, hashing included.
+    fn same_as_the_layer(key: &Key, parts: &Parts, value: &[u8]) -> String {
+        let from_request = write(key, parts).unwrap();
+        let mut from_value = String::new();
+        key.write_value(value, &mut from_value).unwrap();
+        assert_eq!(from_value, from_request, "{key:?} {value:?}");
+        from_value
+    }
+
+    /// Values that stay verbatim and values that must be hashed: spaces,
+    /// braces, a glob, `#`, more than 64 bytes, bytes that are not UTF-8.
+    const VALUES: [&[u8]; 8] = [
+        b"AGENT-1",
+        b"with space",
+        b"{tag}",
+        b"B}",
+        b"a*",
+        b"#0123",
+        &[b'x'; 65],
+        b"\xff\xfe bin",
+    ];
+
+    #[test]
+    fn a_raw_header_value_gives_the_layers_key_secret_or_not() {
+        for value in VALUES {
+            let req = parts(|r| {
+                r.headers_mut().insert(
+                    "x-agent-token",
+                    http::HeaderValue::from_bytes(value).unwrap(),
+                );
+            });
+            let plain = Key::header("X-Agent-Token");
+            let written = same_as_the_layer(&plain, &req, value);
+            assert_eq!(written.starts_with("x-agent-token:#"), value != b"AGENT-1");
+            let secret = same_as_the_layer(&plain.secret(), &req, value);
+            assert!(secret.starts_with("x-agent-token:#"), "{secret}");
+        }
+    }
+
+    #[test]
+    fn a_raw_user_or_custom_value_gives_the_layers_key_secret_or_not() {
+        for value in VALUES.iter().filter_map(|v| std::str::from_utf8(v).ok()) {
+            let req = parts(|r| {
+                r.extensions_mut().insert(UserId::from(value));
+                r.headers_mut()
+                    .insert("x-tenant", http::HeaderValue::from_str(value).unwrap());
+            });
+            let tenant = || {
+                Key::from_fn("tenant", |p: &Parts| {
+                    p.headers.get("x-tenant").map(|v| v.as_bytes().to_vec())
+                })
+            };
+            for key in [
+                Key::user(),
+                Key::user().secret(),
+                tenant(),
+                tenant().secret(),
+            ] {
+                same_as_the_layer(&key, &req, value.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn a_raw_address_is_grouped_as_the_layer_groups_it() {
+        let grouped = || Key::client_ip_with(ClientIp::new().ipv6_prefix(64));
+        for (peer, value, expected) in [
+            (
+                "[2001:db8:1:2:3:4:5:6]:5000",
+                "2001:db8:1:2:3:4:5:6",
+                "ip:2001:db8:1:2::/64",
+            ),
+            ("203.0.113.9:5000", "203.0.113.9", "ip:203.0.113.9"),
+            (
+                "[::ffff:203.0.113.9]:5000",
+                "::ffff:203.0.113.9",
+                "ip:203.0.113.9",
+            ),
+        ] {
+            let req = parts(|r| {
+                r.extensions_mut()
+                    .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+            });
+            assert_eq!(
+                same_as_the_layer(&grouped(), &req, value.as_bytes()),
+                expected
+            );
+            let secret = same_as_the_layer(&grouped().secret(), &req, value.as_bytes());
+            assert!(secret.starts_with("ip:#"), "{secret}");
+            same_as_the_layer(&Key::client_ip(), &req, value.as_bytes());
+        }
+    }
+
+    /// Counters already in Redis keep their names: the hashes as the layer
+    /// has always written them (a secret custom key hashes the value's
+    /// verbatim-or-hashed form).
+    #[test]
+    fn secret_values_hash_as_they_always_have() {
+        let mut out = String::new();
+        let mut written = |key: Key, value: &[u8]| {
+            out.clear();
+            key.write_value(value, &mut out).unwrap();
+            out.clone()
+        };
+        assert_eq!(
+            written(Key::header("x-agent-token").secret(), b"AGENT-1"),
+            "x-agent-token:#88281f1323ee000cd52e217e692f1f4a"
+        );
+        assert_eq!(
+            written(Key::user().secret(), b"u 5"),
+            "user:#15594249daa7b988464222c8a1c3cc7e"
+        );
+        assert_eq!(
+            written(Key::user().secret(), b"u5"),
+            "user:#5850a03e801ffb108da1160e33739794"
+        );
+        let grouped = Key::client_ip_with(ClientIp::new().ipv6_prefix(64)).secret();
+        assert_eq!(
+            written(grouped, b"2001:db8:1:2:3:4:5:6"),
+            "ip:#7437dddbc0275bcfe536fa291fb82060"
+        );
+    }
+
+    #[test]
+    fn raw_values_a_key_cannot_hold_are_refused_naming_the_value() {
+        let mut out = String::new();
+        let mut error = |key: Key, value: &[u8]| {
+            let error = key.write_value(value, &mut out).unwrap_err();
+            assert_eq!(error.config_path().as_deref(), Some("value"), "{error}");
+            error.to_string()
+        };
+        assert!(error(Key::client_ip(), b"not-an-ip").contains("not an IP address"));
+        assert!(error(Key::header("x-a"), b"").contains("empty"));
+        assert!(error(Key::global(), b"x").contains("no value"));
+        let mut global = String::new();
+        Key::global().write_value(b"", &mut global).unwrap();
+        assert_eq!(global, write(&Key::global(), &parts(|_| {})).unwrap());
     }
 
     #[test]

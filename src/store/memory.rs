@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{Charge, MAX_LIMITS, Store};
 use crate::{
-    Decision, Error,
+    Algorithm, Decision, Error, Limit, LimitState,
     algorithm::{self, Entry},
     key::KeyBuffer,
     metrics::memory_store_counters,
@@ -172,6 +172,86 @@ impl MemoryStore {
             .ok_or_else(|| Error::config("limits", "a check needs at least one limit"))
     }
 
+    /// Reads the counters of the client `key` under each of `limits`
+    /// without counting anything: each limit's remaining requests and time
+    /// to reset, as a check of cost 0 would see them; the Redis store's
+    /// [`peek`](super::RedisStore::peek), in memory. `now_us` is the time
+    /// in microseconds since the Unix epoch, or `None` for this store's
+    /// clock.
+    ///
+    /// ```
+    /// use axum_redis_ratelimit::{Algorithm, MemoryStore, Rate, store::{Charge, Store}};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let limits = [Rate::per_minute(5).into()];
+    /// let check = Charge { key: "rl:p:{k}", limits: &limits, algorithm: Algorithm::FixedWindow, cost: 2, now_us: None };
+    /// store.check(check).await.unwrap();
+    /// let [state] = store.peek("rl:p:{k}", &limits, Algorithm::FixedWindow, None).unwrap()[..] else { panic!() };
+    /// assert_eq!((state.used, state.remaining), (2, 3));
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for no limits, more than
+    /// [`MAX_LIMITS`], or a limit beyond exact arithmetic.
+    pub fn peek(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        algorithm: Algorithm,
+        now_us: Option<u64>,
+    ) -> Result<Vec<LimitState>, Error> {
+        // Checked as a charge of 1; decided with a cost of 0, as the script.
+        let charge = Charge {
+            key,
+            limits,
+            algorithm,
+            cost: 1,
+            now_us,
+        };
+        let (now_us, shard) = self.open(&charge)?;
+        let mut counter = KeyBuffer::take();
+        Ok(limits
+            .iter()
+            .map(|limit| {
+                charge.counter_key(limit, &mut counter);
+                let entry = shard
+                    .counters
+                    .get(counter.as_str())
+                    .copied()
+                    .filter(|e| e.expires_at_ms > now_us / 1000);
+                let (verdict, _) = algorithm.decide(entry, now_us, limit, 0);
+                LimitState::new(limit, algorithm, verdict)
+            })
+            .collect())
+    }
+
+    /// Deletes the counters of the client `key` under each of `limits`, so
+    /// that its next request starts afresh; how many were live. The Redis
+    /// store's [`reset`](super::RedisStore::reset), in memory.
+    ///
+    /// # Errors
+    /// As [`peek`](Self::peek).
+    pub fn reset(&self, key: &str, limits: &[Limit], algorithm: Algorithm) -> Result<u64, Error> {
+        let charge = Charge {
+            key,
+            limits,
+            algorithm,
+            cost: 1,
+            now_us: None,
+        };
+        let (now_us, mut shard) = self.open(&charge)?;
+        let mut counter = KeyBuffer::take();
+        let mut live = 0;
+        for limit in limits {
+            charge.counter_key(limit, &mut counter);
+            let removed = shard.counters.remove(counter.as_str());
+            live += u64::from(removed.is_some_and(|e| e.expires_at_ms > now_us / 1000));
+        }
+        Ok(live)
+    }
+
     /// Moves the check's live counters back by its cost, under one lock.
     pub(crate) fn give_back(&self, check: Charge<'_>) -> Result<(), Error> {
         let (now_us, mut shard) = self.open(&check)?;
@@ -259,7 +339,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{Algorithm, Rate, algorithm::Limit};
+    use crate::Rate;
 
     const LIMITS: [Limit; 1] = [Limit::new(Rate::per_second(1))];
 

@@ -12,7 +12,7 @@ use std::future::Future;
 
 pub use self::{
     memory::MemoryStore,
-    redis::{RedisConfig, RedisConnection, RedisStore, TlsFiles},
+    redis::{KeyScan, RedisConfig, RedisConnection, RedisStore, TlsFiles},
 };
 pub use crate::algorithm::MAX_LIMITS;
 use crate::{Algorithm, Decision, Error, algorithm::Limit, key::layout};

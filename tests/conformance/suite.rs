@@ -13,7 +13,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum_redis_ratelimit::{
-    Algorithm, Decision, Limit, MemoryStore, Rate, RedisStore,
+    Algorithm, Decision, Limit, LimitState, MemoryStore, Rate, RedisStore,
     store::{Charge, RedisConnection, Store},
 };
 use futures::future::join_all;
@@ -117,6 +117,28 @@ impl Pair {
             "stores disagree on {key} cost {cost} at {}",
             self.now_us
         );
+        memory
+    }
+
+    /// Peeks in both stores; they must agree exactly.
+    async fn peek(&self, key: &str, algorithm: Algorithm, limits: &[Limit]) -> Vec<LimitState> {
+        let key = format!("{}{{{key}}}", self.prefix);
+        let now = Some(self.now_us);
+        let memory = self.memory.peek(&key, limits, algorithm, now).unwrap();
+        let redis = self.redis.peek(&key, limits, algorithm, now).await.unwrap();
+        assert_eq!(
+            memory, redis,
+            "stores disagree on a peek of {key} at {now:?}"
+        );
+        memory
+    }
+
+    /// Resets in both stores; they must agree on how many counters existed.
+    async fn reset(&self, key: &str, algorithm: Algorithm, limits: &[Limit]) -> u64 {
+        let key = format!("{}{{{key}}}", self.prefix);
+        let memory = self.memory.reset(&key, limits, algorithm).unwrap();
+        let redis = self.redis.reset(&key, limits, algorithm).await.unwrap();
+        assert_eq!(memory, redis, "stores disagree on a reset of {key}");
         memory
     }
 
@@ -709,5 +731,80 @@ async fn a_refund_gives_back_exactly_what_was_counted() {
         pair.refund("k", algorithm, &both, 1).await;
         let after = pair.check("k", algorithm, &both, 5).await;
         assert_eq!((after.allowed, after.remaining), (true, 0), "{algorithm:?}");
+    }
+}
+
+/// A peek (the script with a cost of 0) decides every limit and commits
+/// nothing: on every algorithm both stores read the same figures, a key
+/// peeked before each request gets exactly the decisions of a key never
+/// peeked, each limit shows what the check just reported for it, and an
+/// absent key shows the full limit.
+#[tokio::test]
+async fn peeking_never_changes_the_next_decision() {
+    for algorithm in ALGORITHMS {
+        let mut pair = Pair::new().await;
+        let both = match algorithm {
+            Algorithm::Gcra => vec![
+                Limit::new(Rate::per_second(4)).with_burst(nz(6)),
+                Limit::new(Rate::per_minute(30)),
+            ],
+            _ => limits(&["4/s", "30/m"]),
+        };
+        for (state, limit) in pair.peek("k", algorithm, &both).await.iter().zip(&both) {
+            let capacity = limit.capacity(algorithm);
+            assert_eq!(
+                (state.limit, state.capacity, state.remaining, state.used),
+                (*limit, capacity, capacity, 0),
+                "{algorithm:?}: an absent key has its full limit"
+            );
+            assert_eq!(state.reset_after, Duration::ZERO, "{algorithm:?}");
+        }
+        for step in 0..40 {
+            // Peeks a little before the requests, where a peek that
+            // opened a window or moved a bucket would show.
+            for _ in 0..3 {
+                pair.peek("k", algorithm, &both).await;
+            }
+            pair.advance(ms(15));
+            let peeked = pair.check("k", algorithm, &both, 1 + step % 2).await;
+            let never = pair.check("j", algorithm, &both, 1 + step % 2).await;
+            assert_eq!(peeked, never, "{algorithm:?} step {step}");
+            let after = pair.peek("k", algorithm, &both).await;
+            let reported = after
+                .iter()
+                .find(|s| s.limit.rate().window() == peeked.window)
+                .unwrap();
+            assert_eq!(
+                reported.remaining, peeked.remaining,
+                "{algorithm:?} step {step}"
+            );
+            assert_eq!(reported.used, reported.capacity - reported.remaining);
+            pair.advance(ms(30));
+        }
+        // The keys were pushed to denials along the way: still identical.
+        assert_eq!(
+            pair.check("k", algorithm, &both, 1).await,
+            pair.check("j", algorithm, &both, 1).await
+        );
+    }
+}
+
+/// A reset deletes a client's counters in both stores alike: its next
+/// request is a fresh key's, another client's counters stay, and a second
+/// reset finds nothing.
+#[tokio::test]
+async fn a_reset_starts_the_client_afresh_and_only_that_client() {
+    for algorithm in ALGORITHMS {
+        let pair = Pair::new().await;
+        let both = limits(&["2/s", "10/m"]);
+        for key in ["k", "other"] {
+            pair.check(key, algorithm, &both, 2).await;
+            assert!(!pair.check(key, algorithm, &both, 1).await.allowed);
+        }
+        assert_eq!(pair.reset("k", algorithm, &both).await, 2, "{algorithm:?}");
+        let fresh = pair.check("fresh", algorithm, &both, 1).await;
+        assert_eq!(pair.check("k", algorithm, &both, 1).await, fresh);
+        assert!(!pair.check("other", algorithm, &both, 1).await.allowed);
+        assert_eq!(pair.reset("never", algorithm, &both).await, 0);
     }
 }

@@ -126,6 +126,46 @@ impl RedisConnection {
         }
     }
 
+    /// `SCAN … MATCH pattern COUNT 1000` over the one server, the Sentinel
+    /// master, or each Cluster primary in turn, until about `budget` keys
+    /// have been examined.
+    pub(super) async fn scan(&self, pattern: &str, budget: u64) -> Result<KeyScan, Error> {
+        let count = budget.clamp(1, SCAN_COUNT);
+        let mut scan = KeyScan {
+            keys: Vec::new(),
+            calls: 0,
+            scanned: 0,
+            complete: true,
+        };
+        match &self.inner {
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(cluster) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+                for (host, port) in primaries(cluster).await? {
+                    let route =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                    let node = |cmd: Cmd| {
+                        let (mut cluster, route) = (cluster.clone(), route.clone());
+                        async move { cluster.route_command(cmd, route).await }
+                    };
+                    scan_node(node, pattern, count, budget, &mut scan).await?;
+                }
+            }
+            _ => {
+                let server = |cmd: Cmd| {
+                    let this = self.clone();
+                    async move { this.query::<Value>(&cmd).await }
+                };
+                scan_node(server, pattern, count, budget, &mut scan).await?;
+            }
+        }
+        // SCAN may return a key more than once.
+        scan.keys.sort_unstable();
+        scan.keys.dedup();
+        Ok(scan)
+    }
+
     /// Told of a failed or abandoned call: Sentinel asks again who the
     /// master is (at most a few times a second); the others reconnect on
     /// their own.
@@ -202,6 +242,104 @@ impl std::fmt::Debug for RedisConnection {
             .field("topology", &topology)
             .finish_non_exhaustive()
     }
+}
+
+/// The `COUNT` of each `SCAN` call: about as many keys examined per call.
+const SCAN_COUNT: u64 = 1000;
+
+/// What a bounded [`RedisStore::scan`](super::RedisStore::scan) found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyScan {
+    /// The keys that match, sorted, each once (keys that are not UTF-8 are
+    /// left out: the limiter writes none).
+    pub keys: Vec<String>,
+    /// The `SCAN` calls made, over every node.
+    pub calls: u64,
+    /// The budget spent: the `COUNT` of every call, added up. Redis
+    /// examines about that many keys, fewer when a node holds fewer.
+    pub scanned: u64,
+    /// Whether the whole keyspace was scanned; `false` when the budget ran
+    /// out first, so that more keys may match.
+    pub complete: bool,
+}
+
+/// One node's `SCAN` through `call`, from cursor 0 until it is done or
+/// `scan` has examined `budget` keys.
+async fn scan_node<F, Fut>(
+    mut call: F,
+    pattern: &str,
+    count: u64,
+    budget: u64,
+    scan: &mut KeyScan,
+) -> RedisResult<()>
+where
+    F: FnMut(Cmd) -> Fut,
+    Fut: std::future::Future<Output = RedisResult<Value>>,
+{
+    let mut cursor = 0u64;
+    loop {
+        if scan.scanned >= budget {
+            scan.complete = false;
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        let (next, keys) = <(u64, Vec<Vec<u8>>)>::from_redis_value(call(cmd).await?)?;
+        scan.calls += 1;
+        scan.scanned += count;
+        scan.keys.extend(
+            keys.into_iter()
+                .filter_map(|key| String::from_utf8(key).ok()),
+        );
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// The address of each primary of a Cluster, as `CLUSTER SLOTS` gives
+/// them: `[[start, end, [host, port, id, …], replicas…], …]`.
+#[cfg(feature = "cluster")]
+async fn primaries(
+    cluster: &redis::cluster_async::ClusterConnection,
+) -> RedisResult<Vec<(String, u16)>> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+    let mut slots = redis::cmd("CLUSTER");
+    slots.arg("SLOTS");
+    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+    let ranges = cluster.clone().route_command(slots, route).await?;
+    let unexpected =
+        || redis::RedisError::from((redis::ErrorKind::Parse, "unexpected CLUSTER SLOTS reply"));
+    let Value::Array(ranges) = ranges else {
+        return Err(unexpected());
+    };
+    let mut primaries = Vec::new();
+    for range in ranges {
+        let Value::Array(range) = range else {
+            return Err(unexpected());
+        };
+        let Some(Value::Array(node)) = range.get(2) else {
+            return Err(unexpected());
+        };
+        let (Some(host), Some(port)) = (node.first(), node.get(1)) else {
+            return Err(unexpected());
+        };
+        let address = (
+            String::from_redis_value_ref(host)?,
+            u16::from_redis_value_ref(port)?,
+        );
+        if !primaries.contains(&address) {
+            primaries.push(address);
+        }
+    }
+    Ok(primaries)
 }
 
 #[cfg(not(all(feature = "cluster", feature = "sentinel")))]

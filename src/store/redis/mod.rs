@@ -17,9 +17,9 @@ use redis::{ErrorKind, Script, ServerErrorKind, aio::ConnectionManager};
 
 pub use self::config::{RedisConfig, TlsFiles};
 use self::connection::Dropped;
-pub use self::connection::RedisConnection;
+pub use self::connection::{KeyScan, RedisConnection};
 use super::{Charge, MAX_LIMITS, Store};
-use crate::{Algorithm, Decision, Error, algorithm::Verdict, key::KeyBuffer};
+use crate::{Algorithm, Decision, Error, Limit, LimitState, algorithm::Verdict, key::KeyBuffer};
 
 const ALGORITHMS: [Algorithm; 3] = [
     Algorithm::FixedWindow,
@@ -104,8 +104,13 @@ impl RedisStore {
         let ping = store.connection.query::<()>(&redis::cmd("PING")).await;
         if let Err(e) = ping {
             return Err(match config.plain_field() {
-                // A TLS port drops a plaintext client at once.
-                Some(field) if e.kind() == ErrorKind::Io && e.is_connection_dropped() => {
+                // A TLS port drops a plaintext client at once; a closed
+                // port is just unreachable.
+                Some(field)
+                    if e.kind() == ErrorKind::Io
+                        && e.is_connection_dropped()
+                        && !e.is_connection_refusal() =>
+                {
                     Error::config(
                         field,
                         format!(
@@ -178,6 +183,98 @@ impl RedisStore {
             )),
             reply => reply.map(drop),
         }
+    }
+
+    /// Reads the counters of the client `key` (as
+    /// [`Policy::client_key`](crate::Policy::client_key) names it) under
+    /// each of `limits`, counting nothing: one `EVALSHA` of the algorithm's
+    /// script with a cost of 0, which decides every limit and commits
+    /// nothing, so each limit reports its own remaining requests and time to
+    /// reset, and a peek never changes what the next check answers. A
+    /// counter that lost its expiry gets one back, as from any check.
+    /// `now_us` is the time in microseconds since the Unix epoch for a
+    /// policy on [`Clock::App`](crate::Clock::App), else `None` (Redis
+    /// `TIME`).
+    ///
+    /// ```no_run
+    /// use axum_redis_ratelimit::{Algorithm, Rate, RedisStore};
+    ///
+    /// # async fn run() -> Result<(), axum_redis_ratelimit::Error> {
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379/1").await?;
+    /// let limits = [Rate::per_second(10).into(), Rate::per_minute(1000).into()];
+    /// let client = "rl:telemetry:{x-agent-token:AGENT-1}";
+    /// for state in store.peek(client, &limits, Algorithm::Gcra, None).await? {
+    ///     println!("{}: {} left", state.limit.rate(), state.remaining);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for no limits, more than [`MAX_LIMITS`] or a limit
+    /// beyond exact arithmetic; [`Error::Redis`] when Redis fails.
+    pub async fn peek(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        algorithm: Algorithm,
+        now_us: Option<u64>,
+    ) -> Result<Vec<LimitState>, Error> {
+        // Checked as a charge of 1, sent with a cost of 0.
+        let charge = Charge {
+            key,
+            limits,
+            algorithm,
+            cost: 1,
+            now_us,
+        };
+        let reply = self.script_call(&charge, 0)?.await?;
+        Ok(verdicts(&reply, limits.len())?
+            .zip(limits)
+            .map(|(verdict, limit)| LimitState::new(limit, algorithm, verdict))
+            .collect())
+    }
+
+    /// Deletes the counters of the client `key` under each of `limits` (one
+    /// `DEL`: they share the client's hash tag, so one Cluster slot), so
+    /// that its next request starts afresh; how many existed.
+    ///
+    /// # Errors
+    /// As [`peek`](Self::peek).
+    pub async fn reset(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        algorithm: Algorithm,
+    ) -> Result<u64, Error> {
+        let charge = Charge {
+            key,
+            limits,
+            algorithm,
+            cost: 1,
+            now_us: None,
+        };
+        charge.validate()?;
+        let mut del = redis::cmd("DEL");
+        let mut counter = String::new();
+        for limit in limits {
+            charge.counter_key(limit, &mut counter);
+            del.arg(counter.as_str());
+        }
+        Ok(self.connection.query(&del).await?)
+    }
+
+    /// The keys matching `pattern` (a `SCAN MATCH` glob, such as
+    /// [`Policy::counter_pattern`](crate::Policy::counter_pattern)), by
+    /// `SCAN` with `COUNT` 1000 on the one server, the Sentinel master, or
+    /// each primary of a Cluster in turn, stopping once about `max_scanned`
+    /// keys have been examined (each call's `COUNT` added up): a bounded
+    /// cost on a production Redis, never a `KEYS`.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when Redis fails or refuses `SCAN` (the user needs
+    /// it, and `CLUSTER SLOTS` on a Cluster).
+    pub async fn scan(&self, pattern: &str, max_scanned: u64) -> Result<KeyScan, Error> {
+        self.connection.scan(pattern, max_scanned).await
     }
 
     /// The script call for `check` with `cost` (negative: a refund), to be
@@ -257,6 +354,23 @@ impl RedisStore {
     }
 }
 
+/// The verdicts of a script's reply to a check or a peek of `count` limits.
+fn verdicts(reply: &[i64], count: usize) -> Result<impl Iterator<Item = Verdict> + '_, Error> {
+    let verdicts = reply.get(1..).unwrap_or_default().chunks(4);
+    if verdicts.len() != count || verdicts.clone().any(|v| v.len() != 4) {
+        return Err(Error::UnexpectedReply(format!("{reply:?}")));
+    }
+    Ok(verdicts.map(|v| {
+        let n = |i: usize| u64::try_from(v[i]).unwrap_or(0);
+        Verdict {
+            allowed: v[0] == 1,
+            remaining: n(1),
+            reset_us: n(2),
+            retry_us: n(3),
+        }
+    }))
+}
+
 /// `evalsha` as an `EVAL` of the script's body, same keys and arguments.
 fn eval(evalsha: &redis::Cmd, algorithm: Algorithm) -> redis::Cmd {
     let mut eval = redis::cmd("EVAL");
@@ -303,19 +417,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let reply = call.await?;
             let limits = limits.iter().flatten();
-            let verdicts = reply.get(1..).unwrap_or_default().chunks(4);
-            if verdicts.len() != limits.clone().count() || verdicts.clone().any(|v| v.len() != 4) {
-                return Err(Error::UnexpectedReply(format!("{reply:?}")));
-            }
-            let verdicts = verdicts.map(|v| {
-                let n = |i: usize| u64::try_from(v[i]).unwrap_or(0);
-                Verdict {
-                    allowed: v[0] == 1,
-                    remaining: n(1),
-                    reset_us: n(2),
-                    retry_us: n(3),
-                }
-            });
+            let verdicts = verdicts(&reply, limits.clone().count())?;
             Decision::combine(limits.zip(verdicts))
                 .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
         })
