@@ -18,6 +18,7 @@ use std::{
 };
 
 use axum::body::Body;
+use axum_redis_ratelimit::metrics::STORE_DURATION_BUCKETS;
 use common::{HttpClient, RedisServer, Reply, evalsha_calls, eventually, free_port, spawn_reaped};
 use http::{Method, Request, StatusCode};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
@@ -50,6 +51,11 @@ const EXAMPLE_VARS: &[&str] = &[
     "DASHBOARD_RATE",
     "TRUSTED_PROXIES",
     "POLICY_FILE",
+    "METRICS_ADDR",
+    "TELEMETRY_MODE",
+    "LOGIN_MODE",
+    "DASHBOARD_MODE",
+    "TELEMETRY_EXEMPT_TOKENS",
     "RUST_LOG",
 ];
 
@@ -111,7 +117,7 @@ fn newest_source() -> Option<(SystemTime, PathBuf)> {
 
 /// Starts the example on `port`, with a clean environment plus `env` and
 /// its output sent to `output`; it dies with the test binary.
-fn spawn(port: u16, env: &[(&str, &str)], output: fn() -> Stdio) -> Child {
+fn spawn(port: u16, env: &[(&str, &str)], output: impl Fn() -> Stdio) -> Child {
     let mut command = Command::new(example_binary());
     for var in EXAMPLE_VARS {
         command.env_remove(var);
@@ -133,8 +139,23 @@ struct Edr {
 impl Edr {
     /// Starts the example and waits until `/healthz` answers.
     async fn start(env: &[(&str, &str)]) -> Edr {
+        Self::start_with_output(env, Stdio::null).await
+    }
+
+    /// The same, with its stdout and stderr appended to the file at `log`.
+    async fn start_logged(env: &[(&str, &str)], log: &str) -> Edr {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the log file");
+        let output = move || Stdio::from(file.try_clone().expect("clone the log file"));
+        Self::start_with_output(env, output).await
+    }
+
+    async fn start_with_output(env: &[(&str, &str)], output: impl Fn() -> Stdio) -> Edr {
         let port = free_port();
-        let child = spawn(port, env, Stdio::null);
+        let child = spawn(port, env, output);
         let base = format!("http://127.0.0.1:{port}");
         let mut edr = Edr {
             child,
@@ -1233,6 +1254,10 @@ fn bad_configuration_stops_startup_naming_the_variable() {
         ("CELERY_QUEUE", "edr telemetry"),
         ("CELERY_TASK", "process telemetry"),
         ("REDIS_URL", "http://127.0.0.1/1"),
+        ("METRICS_ADDR", "localhost"),
+        ("TELEMETRY_MODE", "sometimes"),
+        ("LOGIN_MODE", "blocking"),
+        ("DASHBOARD_MODE", "off"),
     ] {
         let (status, output) = run_to_exit(&[(var, value)]);
         assert!(!status.success(), "{var}={value}: {status}: {output}");
@@ -1690,6 +1715,44 @@ fn the_log_names_the_store_and_each_policy() {
     let from_file =
         format!("algorithm=gcra limits=10/s burst 20, 1000/m burst 20 from={SAMPLE_POLICIES}");
     assert!(output.contains(&from_file), "{output}");
+
+    // Each policy's mode, and how many tokens are exempt, never which.
+    let (_, output) = run_to_exit(&[
+        ("LISTEN_ADDR", &addr),
+        ("TELEMETRY_MODE", "shadow"),
+        ("TELEMETRY_EXEMPT_TOKENS", "HEALTH-5e11c0"),
+        ("LOGIN_MODE", "annotate"),
+    ]);
+    for line in [
+        "limits=1000/m from=environment mode=shadow exempt=1 x-agent-token value",
+        "limits=10/h from=environment mode=annotate exempt=none",
+        "limits=60/m from=environment mode=block exempt=none",
+    ] {
+        assert!(output.contains(line), "{line}: {output}");
+    }
+    assert!(
+        !output.contains("HEALTH-5e11c0"),
+        "a token printed: {output}"
+    );
+
+    // A policy from the file takes its mode from the file, and the log
+    // names the variables it overrides.
+    let (_, output) = run_to_exit(&[
+        ("LISTEN_ADDR", &addr),
+        ("POLICY_FILE", SAMPLE_POLICIES),
+        ("TELEMETRY_MODE", "shadow"),
+        ("TELEMETRY_EXEMPT_TOKENS", "HEALTH-5e11c0"),
+    ]);
+    assert!(
+        output.contains("ignored=TELEMETRY_MODE, TELEMETRY_EXEMPT_TOKENS"),
+        "{output}"
+    );
+    let telemetry = format!("1000/m burst 20 from={SAMPLE_POLICIES} mode=block exempt=none");
+    assert!(output.contains(&telemetry), "{output}");
+    assert!(
+        !output.contains("HEALTH-5e11c0"),
+        "a token printed: {output}"
+    );
 }
 
 #[test]
@@ -2185,4 +2248,574 @@ async fn telemetry_follows_the_sentinel_master_counters_in_db1_and_queue_in_db0(
         .await;
     assert_eq!(CeleryWorker::runs(&mut record).await.len(), 1);
     assert!(queued(&master).await.is_empty(), "a task left on the queue");
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// A scrape of `GET /metrics`, read by an exposition-format parser.
+struct Scrape(prometheus_parse::Scrape);
+
+/// The numbers of one kind per outcome (or other label), zeros left out.
+type Counts = std::collections::BTreeMap<String, u64>;
+
+impl Scrape {
+    /// `/metrics` of `http`: `200`, the text format, parsed.
+    async fn of(http: &HttpClient) -> Scrape {
+        let reply = http.get("/metrics", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        let content_type = reply.header("content-type").expect("a content type");
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        assert_eq!(reply.header("ratelimit"), None, "/metrics is not limited");
+        let lines = reply.body.lines().map(|line| Ok(line.to_owned()));
+        Scrape(prometheus_parse::Scrape::parse(lines).expect("the exposition format"))
+    }
+
+    /// The samples of `metric` whose labels include `labels`.
+    fn samples<'a>(
+        &'a self,
+        metric: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
+        self.0.samples.iter().filter(move |sample| {
+            sample.metric == metric
+                && (labels.iter()).all(|(name, value)| sample.labels.get(name) == Some(*value))
+        })
+    }
+
+    /// The one number of `metric` with `labels` (a counter, a gauge, or a
+    /// histogram's `_count`, which the parser leaves untyped), or `None`
+    /// when there is no such series.
+    fn value(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = (self.samples(metric, labels))
+            .map(|sample| match sample.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{metric}{labels:?} is not one number: {other:?}"),
+            })
+            .collect();
+        assert!(found.len() <= 1, "{metric}{labels:?}: {found:?}");
+        found.first().copied()
+    }
+
+    /// As [`Scrape::value`], the series required, as a whole number.
+    fn number(&self, metric: &str, labels: &[(&str, &str)]) -> u64 {
+        let value = (self.value(metric, labels))
+            .unwrap_or_else(|| panic!("no series {metric}{labels:?}: {:?}", self.0.samples));
+        assert!(value >= 0.0 && value.fract() == 0.0, "{metric}: {value}");
+        value as u64
+    }
+
+    /// `ratelimit_decisions_total` of `policy` by outcome, zeros left out.
+    fn decisions(&self, policy: &str) -> Counts {
+        let labels = [("policy", policy)];
+        (self.samples("ratelimit_decisions_total", &labels))
+            .map(|sample| {
+                let outcome = sample.labels.get("outcome").expect("an outcome label");
+                (
+                    outcome.to_owned(),
+                    self.number(&sample.metric, &[("policy", policy), ("outcome", outcome)]),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// One of `policy`'s decisions by `outcome`, 0 if none.
+    fn decided(&self, policy: &str, outcome: &str) -> u64 {
+        self.decisions(policy).get(outcome).copied().unwrap_or(0)
+    }
+
+    /// Store calls of `policy` whose time was recorded: the latency
+    /// histogram's count, checked against its `+Inf` bucket and its buckets
+    /// checked to be the library's.
+    fn store_calls(&self, policy: &str) -> u64 {
+        let labels = [("policy", policy)];
+        let metric = "ratelimit_store_duration_seconds";
+        let histogram: Vec<_> = self.samples(metric, &labels).collect();
+        let [histogram] = histogram[..] else {
+            panic!("one histogram for {policy}: {histogram:?}");
+        };
+        let prometheus_parse::Value::Histogram(buckets) = &histogram.value else {
+            panic!("{metric} is not a histogram: {histogram:?}");
+        };
+        let bounds: Vec<f64> = buckets.iter().map(|b| b.less_than).collect();
+        let mut expected = STORE_DURATION_BUCKETS.to_vec();
+        expected.push(f64::INFINITY);
+        assert_eq!(bounds, expected, "{metric}'s buckets");
+        let count = self.number(&format!("{metric}_count"), &labels);
+        assert_eq!(
+            buckets.last().unwrap().count,
+            count as f64,
+            "{metric}: +Inf"
+        );
+        count
+    }
+
+    /// What `/metrics` says of every policy must hold whatever happened:
+    /// no label naming anything but a policy and fixed words, and each
+    /// store call timed once (an answer, `allowed` or `denied`, or an
+    /// error; in shadow mode a would-be denial may come from the block cache
+    /// instead, so there the test counts them itself).
+    fn check(&self, tokens: &[&str]) {
+        for sample in &self.0.samples {
+            for (name, value) in sample.labels.iter() {
+                assert!(
+                    ["policy", "outcome", "to"].contains(&name.as_str()),
+                    "label {name}={value:?} on {}",
+                    sample.metric
+                );
+                for token in tokens {
+                    assert!(
+                        !value.contains(token),
+                        "{}: {name}={value:?}",
+                        sample.metric
+                    );
+                }
+            }
+            if let Some(policy) = sample.labels.get("policy") {
+                assert!(
+                    ["telemetry", "login", "dashboard"].contains(&policy),
+                    "{sample:?}"
+                );
+            }
+        }
+        for policy in ["telemetry", "login", "dashboard"] {
+            let decisions = self.decisions(policy);
+            if decisions.is_empty() || decisions.contains_key("shadow_denied") {
+                continue;
+            }
+            let answered = self.decided(policy, "allowed") + self.decided(policy, "denied");
+            let errors = self.number("ratelimit_store_errors_total", &[("policy", policy)]);
+            assert_eq!(
+                self.store_calls(policy),
+                answered + errors,
+                "{policy}: one latency per store call"
+            );
+        }
+    }
+
+    fn breaker_open(&self, policy: &str) -> u64 {
+        self.number("ratelimit_breaker_open", &[("policy", policy)])
+    }
+
+    fn breaker_transitions(&self, policy: &str, to: &str) -> u64 {
+        let labels = [("policy", policy), ("to", to)];
+        self.number("ratelimit_breaker_transitions_total", &labels)
+    }
+
+    fn store_errors(&self, policy: &str) -> u64 {
+        self.number("ratelimit_store_errors_total", &[("policy", policy)])
+    }
+}
+
+/// `[("allowed", 3), …]` as [`Counts`].
+fn counts(pairs: &[(&str, u64)]) -> Counts {
+    (pairs.iter())
+        .filter(|(_, n)| *n > 0)
+        .map(|(outcome, n)| ((*outcome).to_owned(), *n))
+        .collect()
+}
+
+/// Adds one `outcome` to `counts`.
+fn count(counts: &mut Counts, outcome: &str) {
+    *counts.entry(outcome.to_owned()).or_default() += 1;
+}
+
+/// The outcome a telemetry answer stands for, when it can only be one.
+fn telemetry_outcome(reply: &Reply, redis_up: bool) -> &'static str {
+    match (reply.status, redis_up) {
+        (StatusCode::ACCEPTED, true) => "allowed",
+        (StatusCode::ACCEPTED, false) => "fallback_allowed",
+        (StatusCode::TOO_MANY_REQUESTS, false) => "fallback_denied",
+        _ => panic!("unexpected answer: {reply:?}"),
+    }
+}
+
+/// The exempt agent tokens of the metrics tests, secrets that must show up
+/// nowhere.
+const EXEMPT_TOKENS: [&str; 2] = ["HEALTH-7f3a9c2e", "HEALTH-b41d0285"];
+
+#[tokio::test]
+async fn metrics_count_every_outcome_through_a_redis_outage() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let exempt = EXEMPT_TOKENS[0];
+    let edr = Edr::start(&[
+        ("REDIS_URL", server.url()),
+        ("TELEMETRY_RATE", "3/m"),
+        ("LOGIN_RATE", "5/h"),
+        ("DASHBOARD_RATE", "5/m"),
+        ("TELEMETRY_EXEMPT_TOKENS", exempt),
+        // The limiter alone: with the queue in the same Redis, telemetry
+        // would rightly answer 503 during the outage.
+        ("QUEUE_URL", "off"),
+    ])
+    .await;
+    let agents = ["AGENT-A1", "AGENT-B2", "AGENT-C3", "AGENT-D4"];
+    let mut secrets: Vec<&str> = agents.to_vec();
+    secrets.push(exempt);
+    let token = |agent: &'static str| [("x-agent-token", agent.as_bytes())];
+    let alice = [("authorization", &b"Bearer alice"[..])];
+
+    // A layer's series appear with its first request.
+    let scrape = Scrape::of(&edr.http).await;
+    for policy in ["telemetry", "login", "dashboard"] {
+        assert_eq!(scrape.decisions(policy), Counts::new(), "{policy}");
+    }
+
+    // Redis up: allowed, denied (by Redis, then by the block cache), no
+    // token, exempt; and /metrics scraped more often than any limit allows.
+    let mut telemetry = Counts::new();
+    let mut sent = 0;
+    for expected in [202, 202, 202, 429, 429] {
+        let reply = edr.telemetry(&token(agents[0])).await;
+        assert_eq!(reply.status.as_u16(), expected, "{reply:?}");
+        sent += 1;
+    }
+    telemetry.extend(counts(&[
+        ("allowed", 3),
+        ("denied", 1),
+        ("denied_cached", 1),
+    ]));
+    assert_eq!(
+        edr.telemetry(&token(agents[1])).await.status,
+        StatusCode::ACCEPTED
+    );
+    count(&mut telemetry, "allowed");
+    for _ in 0..2 {
+        let reply = edr.telemetry(&[]).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+        count(&mut telemetry, "missing_key");
+    }
+    for _ in 0..4 {
+        let reply = edr.telemetry(&[("x-agent-token", exempt.as_bytes())]).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        assert_eq!(reply.header("ratelimit"), None, "exempt: {reply:?}");
+        count(&mut telemetry, "exempt");
+    }
+    sent += 1 + 2 + 4;
+    assert_eq!(edr.post(LOGIN, &[]).await.status, StatusCode::OK);
+    assert_eq!(edr.get(DASHBOARD, &alice).await.status, StatusCode::OK);
+    for _ in 0..12 {
+        Scrape::of(&edr.http).await;
+    }
+    let scrape = Scrape::of(&edr.http).await;
+    scrape.check(&secrets);
+    assert_eq!(scrape.decisions("telemetry"), telemetry);
+    assert_eq!(scrape.decisions("login"), counts(&[("allowed", 1)]));
+    assert_eq!(scrape.decisions("dashboard"), counts(&[("allowed", 1)]));
+    // Redis answered 5 telemetry requests: the cached denial and the
+    // exempt and token-less requests never reached it.
+    assert_eq!(scrape.store_calls("telemetry"), 5);
+    assert_eq!(scrape.store_calls("login"), 1);
+    assert_eq!(
+        scrape.number("ratelimit_block_cache_entries", &[("policy", "telemetry")]),
+        1
+    );
+    for policy in ["telemetry", "login", "dashboard"] {
+        assert_eq!(scrape.store_errors(policy), 0, "{policy}");
+        assert_eq!(scrape.breaker_open(policy), 0, "{policy}");
+    }
+
+    // Redis down: login fails closed, the dashboard open, telemetry falls
+    // back to the in-process limiter until the breaker opens, and after.
+    server.kill();
+    let reply = edr.post(LOGIN, &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    let reply = edr.get(DASHBOARD, &alice).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let scrape = loop {
+        let reply = edr.telemetry(&token(agents[2])).await;
+        count(&mut telemetry, telemetry_outcome(&reply, false));
+        sent += 1;
+        let scrape = Scrape::of(&edr.http).await;
+        if scrape.breaker_open("telemetry") == 1 {
+            break scrape;
+        }
+        assert!(Instant::now() < deadline, "the breaker never opened");
+    };
+    scrape.check(&secrets);
+    assert_eq!(scrape.decisions("telemetry"), telemetry);
+    assert!(scrape.decided("telemetry", "fallback_allowed") >= 1);
+    // The default breaker opens after 3 failures in a row.
+    assert!(scrape.store_errors("telemetry") >= 3);
+    assert_eq!(scrape.breaker_transitions("telemetry", "open"), 1);
+    assert_eq!(scrape.breaker_transitions("telemetry", "closed"), 0);
+    assert_eq!(
+        scrape.decisions("login"),
+        counts(&[("allowed", 1), ("failed_closed", 1)])
+    );
+    assert_eq!(
+        scrape.decisions("dashboard"),
+        counts(&[("allowed", 1), ("failed_open", 1)])
+    );
+    for policy in ["login", "dashboard"] {
+        // One failure: not enough to open the breaker.
+        assert_eq!(scrape.store_errors(policy), 1, "{policy}");
+        assert_eq!(scrape.breaker_open(policy), 0, "{policy}");
+    }
+
+    // Redis back: once a probe succeeds, the breaker closes and Redis
+    // counts again. Each poll is a fresh agent, decided by the fallback or
+    // by Redis: only their sum is known.
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut polls, mut i) = (0, 0);
+    let scrape = loop {
+        let agent = format!("AGENT-POLL-{i}");
+        i += 1;
+        let reply = edr.telemetry(&[("x-agent-token", agent.as_bytes())]).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        (polls, sent) = (polls + 1, sent + 1);
+        let scrape = Scrape::of(&edr.http).await;
+        if scrape.breaker_open("telemetry") == 0 {
+            break scrape;
+        }
+        assert!(Instant::now() < deadline, "the breaker never closed");
+    };
+    scrape.check(&secrets);
+    assert!(scrape.breaker_transitions("telemetry", "closed") >= 1);
+    let was = |outcome: &str| telemetry.get(outcome).copied().unwrap_or(0);
+    let polled = |scrape: &Scrape| {
+        (scrape.decided("telemetry", "allowed") - was("allowed"))
+            + (scrape.decided("telemetry", "fallback_allowed") - was("fallback_allowed"))
+    };
+    assert_eq!(polled(&scrape), polls);
+
+    // Limited by Redis again: 3 allowed, then denied.
+    let before = scrape;
+    for expected in [202, 202, 202, 429] {
+        let reply = edr.telemetry(&token(agents[3])).await;
+        assert_eq!(reply.status.as_u16(), expected, "{reply:?}");
+        sent += 1;
+    }
+    let after = Scrape::of(&edr.http).await;
+    after.check(&secrets);
+    for (outcome, more) in [("allowed", 3), ("denied", 1), ("fallback_allowed", 0)] {
+        let delta = after.decided("telemetry", outcome) - before.decided("telemetry", outcome);
+        assert_eq!(delta, more, "{outcome}");
+    }
+    assert_eq!(
+        after.store_calls("telemetry") - before.store_calls("telemetry"),
+        4
+    );
+    assert_eq!(
+        after.store_errors("telemetry"),
+        before.store_errors("telemetry")
+    );
+    assert_eq!(after.breaker_open("telemetry"), 0);
+    // Every telemetry request counted once, under one outcome.
+    assert_eq!(after.decisions("telemetry").values().sum::<u64>(), sent);
+}
+
+#[tokio::test]
+async fn metrics_addr_serves_metrics_alone_and_the_api_none() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let edr = Edr::start(&[("METRICS_ADDR", &addr), ("TELEMETRY_RATE", "1/m")]).await;
+    let metrics = HttpClient::new(&format!("http://{addr}"));
+
+    let reply = edr.get("/metrics", &[]).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{reply:?}");
+    let token = [("x-agent-token", &b"AGENT-1"[..])];
+    assert_eq!(edr.telemetry(&token).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        edr.telemetry(&token).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let scrape = Scrape::of(&metrics).await;
+    scrape.check(&["AGENT-1"]);
+    assert_eq!(
+        scrape.decisions("telemetry"),
+        counts(&[("allowed", 1), ("denied", 1)])
+    );
+    // The in-memory store's calls are timed too.
+    assert_eq!(scrape.store_calls("telemetry"), 2);
+    // Only /metrics there.
+    for path in ["/healthz", TELEMETRY, "/"] {
+        let reply = metrics.get(path, &[]).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}: {reply:?}");
+    }
+    drop(edr);
+
+    // Refused at startup: the API's own address, or one that is taken.
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let (status, output) = run_to_exit(&[("LISTEN_ADDR", &listen), ("METRICS_ADDR", &listen)]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("METRICS_ADDR: "), "{output}");
+    assert!(output.contains("LISTEN_ADDR"), "{output}");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let taken = taken.local_addr().unwrap().to_string();
+    let (status, output) = run_to_exit(&[("METRICS_ADDR", &taken)]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(
+        output.contains(&format!("METRICS_ADDR: {taken}")),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn shadow_mode_blocks_nothing_and_counts_the_would_be_denials() {
+    let edr = Edr::start(&[
+        ("TELEMETRY_MODE", "shadow"),
+        ("TELEMETRY_RATE", "2/m"),
+        ("LOGIN_MODE", "annotate"),
+        ("LOGIN_RATE", "2/h"),
+        // Any case, as the other words.
+        ("DASHBOARD_MODE", "Block"),
+        ("DASHBOARD_RATE", "1/m"),
+    ])
+    .await;
+    let token = [("x-agent-token", &b"AGENT-1"[..])];
+    for _ in 0..5 {
+        let reply = edr.telemetry(&token).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+        for field in ["ratelimit", "ratelimit-policy", "retry-after"] {
+            assert_eq!(reply.header(field), None, "{field}: {reply:?}");
+        }
+    }
+    // Shadow mode refuses nothing: not even a request without a token.
+    let reply = edr.telemetry(&[]).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+
+    // Annotate: forwarded with the RateLimit fields, never Retry-After.
+    for remaining in ["r=1", "r=0", "r=0"] {
+        let reply = edr.post(LOGIN, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        let ratelimit = reply
+            .header("ratelimit")
+            .expect("RateLimit in annotate mode");
+        assert!(ratelimit.contains(remaining), "{ratelimit}");
+        assert_eq!(reply.header("retry-after"), None, "{reply:?}");
+    }
+    let alice = [("authorization", &b"Bearer alice"[..])];
+    assert_eq!(edr.get(DASHBOARD, &alice).await.status, StatusCode::OK);
+    let reply = edr.get(DASHBOARD, &alice).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+
+    let scrape = Scrape::of(&edr.http).await;
+    scrape.check(&["AGENT-1"]);
+    assert_eq!(
+        scrape.decisions("telemetry"),
+        counts(&[("allowed", 2), ("shadow_denied", 3), ("missing_key", 1)])
+    );
+    // The block cache spares the store in shadow mode too: the first
+    // would-be denial is the store's, the next two the cache's.
+    assert_eq!(scrape.store_calls("telemetry"), 3);
+    assert_eq!(
+        scrape.decisions("login"),
+        counts(&[("allowed", 2), ("denied", 1)])
+    );
+    assert_eq!(
+        scrape.decisions("dashboard"),
+        counts(&[("allowed", 1), ("denied", 1)])
+    );
+}
+
+#[tokio::test]
+async fn exempt_agent_tokens_skip_the_limit_are_counted_and_never_printed() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let log = TempFile::new("exempt-tokens.log", "");
+    let edr = Edr::start_logged(
+        &[
+            ("REDIS_URL", server.url()),
+            ("TELEMETRY_RATE", "2/m"),
+            // Trimmed around each comma.
+            (
+                "TELEMETRY_EXEMPT_TOKENS",
+                &format!(" {} , {} ", EXEMPT_TOKENS[0], EXEMPT_TOKENS[1]),
+            ),
+            // Every line the example and the library write, decisions too.
+            ("RUST_LOG", "debug"),
+        ],
+        log.path(),
+    )
+    .await;
+    // Each batch with an id of its own: identical bytes would be one batch.
+    let mut batches = 0;
+    for exempt in EXEMPT_TOKENS {
+        for _ in 0..3 {
+            let id = format!("batch-{batches}");
+            let headers = [
+                ("x-agent-token", exempt.as_bytes()),
+                ("x-batch-id", id.as_bytes()),
+            ];
+            let reply = edr.telemetry(&headers).await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+            assert_eq!(json(&reply), serde_json::json!({"status": "queued"}));
+            assert_eq!(reply.header("ratelimit"), None, "exempt: {reply:?}");
+            batches += 1;
+        }
+    }
+    let agent = ("x-agent-token", &b"AGENT-1"[..]);
+    for (n, expected) in [202, 202, 429].into_iter().enumerate() {
+        let id = format!("batch-{n}");
+        let reply = edr.telemetry(&[agent, ("x-batch-id", id.as_bytes())]).await;
+        assert_eq!(reply.status.as_u16(), expected, "{reply:?}");
+    }
+    batches += 2;
+    // The token header twice, even the exempt token twice, is no exemption:
+    // the key refuses it, as any repeated token.
+    let twice = EXEMPT_TOKENS[0].as_bytes();
+    for pair in [
+        [("x-agent-token", twice); 2],
+        [("x-agent-token", twice), agent],
+    ] {
+        let reply = edr.telemetry(&pair).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+        assert_eq!(json(&reply)["repeated_key"], "x-agent-token", "{reply:?}");
+    }
+
+    // The exempt agents' batches are queued as any other.
+    assert_eq!(queued(&server).await.len(), batches);
+    let scrape = Scrape::of(&edr.http).await;
+    scrape.check(&[EXEMPT_TOKENS[0], EXEMPT_TOKENS[1], "AGENT-1"]);
+    assert_eq!(
+        scrape.decisions("telemetry"),
+        counts(&[
+            ("exempt", 6),
+            ("allowed", 2),
+            ("denied", 1),
+            ("repeated_key", 2)
+        ])
+    );
+    drop(edr);
+
+    let log = std::fs::read_to_string(log.path()).expect("the example's log");
+    assert!(log.contains("exempt=2 x-agent-token values"), "{log}");
+    assert!(log.contains("rate-limit decision"), "debug lines: {log}");
+    for token in EXEMPT_TOKENS {
+        assert!(!log.contains(token), "{token} in the log: {log}");
+    }
+
+    // Nor in a refusal, nor in the help.
+    let (status, output) = run_to_exit(&[(
+        "TELEMETRY_EXEMPT_TOKENS",
+        &format!("{},,{}", EXEMPT_TOKENS[0], EXEMPT_TOKENS[1]),
+    )]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(
+        output.contains("TELEMETRY_EXEMPT_TOKENS: entry 2 of 3 is empty"),
+        "{output}"
+    );
+    let help = Command::new(example_binary())
+        .arg("--help")
+        .env("TELEMETRY_EXEMPT_TOKENS", EXEMPT_TOKENS[0])
+        .output()
+        .expect("run --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("TELEMETRY_EXEMPT_TOKENS"), "{help}");
+    for text in [output.as_str(), &*help] {
+        for token in EXEMPT_TOKENS {
+            assert!(!text.contains(token), "{token}: {text}");
+        }
+    }
 }

@@ -22,7 +22,7 @@
 use std::{ffi::OsStr, fmt, net::SocketAddr, num::NonZeroU64, path::PathBuf, time::Duration};
 
 use axum_redis_ratelimit::{
-    Algorithm, ClientIp, Error, Rate,
+    Algorithm, ClientIp, Error, Mode, Rate,
     store::{RedisConfig, TlsFiles},
 };
 use clap::{
@@ -36,6 +36,10 @@ use crate::{
     celery::{CeleryTask, DEFAULT_QUEUE, DEFAULT_TASK},
     queue::{Format, RAW_QUEUE_KEY, mark_prefix},
 };
+
+/// Variables whose values are secrets as a whole (not URLs, which are shown
+/// redacted): no message quotes them.
+pub const SECRET_VARIABLES: &[&str] = &["TELEMETRY_EXEMPT_TOKENS"];
 
 /// The largest `QUEUE_DEDUP_SECONDS`: a week.
 const MAX_DEDUP_SECONDS: u64 = 7 * 24 * 3600;
@@ -53,6 +57,13 @@ pub struct Env {
     /// Address to serve on.
     #[arg(env = "LISTEN_ADDR", default_value = "127.0.0.1:3000", value_parser = socket_addr)]
     pub listen_addr: SocketAddr,
+
+    /// Where to serve `GET /metrics` (the rate limiter's figures, in the
+    /// Prometheus text format) instead of LISTEN_ADDR: a listener of its own
+    /// that serves nothing else, say on an address only the scraper reaches.
+    /// Unset: `/metrics` is a route of the API's address. Never rate limited.
+    #[arg(env = "METRICS_ADDR", value_parser = socket_addr)]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// `off` serves the same routes with no rate limit at all (and so no 401
     /// for a missing agent token): a baseline for benchmarks, never for
@@ -103,6 +114,32 @@ pub struct Env {
     /// The dashboard limit, one rate.
     #[arg(env = "DASHBOARD_RATE", default_value = "60/m", value_parser = rate)]
     pub dashboard_rate: Rate,
+
+    /// What the telemetry limit does with an agent over it: `block` (429),
+    /// `annotate` (forward, with the RateLimit fields) or `shadow` (forward,
+    /// no RateLimit fields; the would-be denials are counted in /metrics as
+    /// `shadow_denied` and logged), to try a limit on real traffic before it
+    /// blocks. Shadow mode refuses nothing, not even a request without an
+    /// agent token (counted as `missing_key`).
+    #[arg(env = "TELEMETRY_MODE", default_value = "block", value_parser = mode)]
+    pub telemetry_mode: Mode,
+
+    /// The login limit's mode: `block`, `annotate` or `shadow`.
+    #[arg(env = "LOGIN_MODE", default_value = "block", value_parser = mode)]
+    pub login_mode: Mode,
+
+    /// The dashboard limit's mode: `block`, `annotate` or `shadow`.
+    #[arg(env = "DASHBOARD_MODE", default_value = "block", value_parser = mode)]
+    pub dashboard_mode: Mode,
+
+    /// Comma-separated agent tokens whose telemetry skips the limit (an
+    /// internal health agent, say): counted in /metrics as `exempt`, still
+    /// checked and queued as any batch. A request carrying its token header
+    /// twice is not exempt. Secrets: never printed, compared in constant
+    /// time.
+    #[arg(env = "TELEMETRY_EXEMPT_TOKENS", value_parser = token_list,
+          hide_env_values = true)]
+    pub telemetry_exempt_tokens: Option<Tokens>,
 
     /// A TOML file of `[[policies]]` named `telemetry`, `login` or
     /// `dashboard`, as in `examples/edr-policies.toml`. A policy in the file
@@ -284,6 +321,11 @@ const REDIS_VARIABLES: &[(&str, &str)] = &[
 /// is in database 0), as `REDIS_URL`'s `/1` in the documented layout.
 const SENTINEL_COUNTERS_DB: i64 = 1;
 
+/// `TELEMETRY_EXEMPT_TOKENS`'s tokens, trimmed. No `Debug`: they are
+/// secrets.
+#[derive(Clone)]
+pub struct Tokens(pub Vec<String>);
+
 /// `TELEMETRY_RATE`'s rates, in order (a newtype, as clap reads a `Vec` as
 /// repeated values).
 #[derive(Clone)]
@@ -311,6 +353,12 @@ impl Env {
             if let Some(value) = std::env::var_os(var)
                 && value.to_str().is_none()
             {
+                if SECRET_VARIABLES.contains(&name(var).as_str()) {
+                    return Err(StartupError::new(
+                        name(var),
+                        "is not valid UTF-8 (the value is not shown: it holds secrets)",
+                    ));
+                }
                 let shown = redact(&value.to_string_lossy());
                 return Err(StartupError::new(
                     name(var),
@@ -625,6 +673,11 @@ impl Env {
     pub fn scrub(&self, err: StartupError) -> StartupError {
         let mut secrets: Vec<String> = self.urls().flat_map(passwords).collect();
         secrets.extend(self.redis_master_password.clone());
+        secrets.extend(
+            self.telemetry_exempt_tokens
+                .iter()
+                .flat_map(|t| t.0.clone()),
+        );
         secrets.retain(|secret| !secret.is_empty());
         // The longest first, so that no part of one is left behind.
         secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
@@ -722,6 +775,33 @@ fn on_off(text: &str) -> Result<bool, String> {
         text if text.eq_ignore_ascii_case("off") => Ok(false),
         text => Err(format!("{text:?} is neither on nor off")),
     }
+}
+
+/// `block`, `annotate` or `shadow`.
+fn mode(text: &str) -> Result<Mode, String> {
+    match text.trim() {
+        text if text.eq_ignore_ascii_case("block") => Ok(Mode::Block),
+        text if text.eq_ignore_ascii_case("annotate") => Ok(Mode::Annotate),
+        text if text.eq_ignore_ascii_case("shadow") => Ok(Mode::Shadow),
+        text => Err(format!(
+            "{text:?} is not a mode: use block, annotate or shadow"
+        )),
+    }
+}
+
+/// Comma-separated tokens, each trimmed, none empty. The message never
+/// quotes the value: the tokens are secrets.
+fn token_list(text: &str) -> Result<Tokens, String> {
+    let tokens: Vec<String> = text.split(',').map(|t| t.trim().to_owned()).collect();
+    if let Some(at) = tokens.iter().position(String::is_empty) {
+        return Err(format!(
+            "entry {} of {} is empty: give comma-separated agent tokens, none empty (the \
+             value is not shown: it holds secrets)",
+            at + 1,
+            tokens.len()
+        ));
+    }
+    Ok(Tokens(tokens))
 }
 
 /// A whole number; what it must be at least is the library's to say.

@@ -7,10 +7,19 @@
 //! | `POST /api/v1/auth/login/` | `login`     | client IP                 | fail closed                  |
 //! | `GET  /api/v1/dashboard/`  | `dashboard` | user (`Bearer <user-id>`) | fail open                    |
 //! | `GET  /healthz`            | none        |                           |                              |
+//! | `GET  /metrics`            | none        |                           |                              |
 //!
 //! (As configured by the environment; a policy file may change any of it
 //! but the routes.) A telemetry request without `X-Agent-Token` is answered
 //! `401`.
+//!
+//! `GET /metrics` serves what the limiter counts, in the Prometheus text
+//! format (`prometheus.rs`): on the API's address, or alone on
+//! `METRICS_ADDR`. Each policy's mode is `TELEMETRY_MODE`, `LOGIN_MODE` or
+//! `DASHBOARD_MODE`: `block` (the default), `annotate` or `shadow`, which
+//! blocks nothing and counts the would-be denials, to try a limit before it
+//! blocks. The agent tokens of `TELEMETRY_EXEMPT_TOKENS` (an internal health
+//! agent, say) skip the telemetry limit; their batches are queued as any.
 //!
 //! Telemetry is where floods come from, so its policy does two more things.
 //! Denials are remembered in-process (the block cache, 100,000 agents at
@@ -73,6 +82,7 @@ mod batch;
 mod celery;
 mod config;
 mod policies;
+mod prometheus;
 mod queue;
 mod telemetry;
 
@@ -124,7 +134,8 @@ fn telemetry_policy(env: &Env) -> Policy {
         // limiting each instance alone for a while; letting every agent
         // through unlimited would be worse still.
         .on_store_error(FailMode::Fallback)
-        .fallback_divisor(env.telemetry_fallback_divisor);
+        .fallback_divisor(env.telemetry_fallback_divisor)
+        .mode(env.telemetry_mode);
     for &rate in &env.telemetry_rate.0 {
         policy = policy.rate(rate);
     }
@@ -134,6 +145,11 @@ fn telemetry_policy(env: &Env) -> Policy {
     // A flooding agent's requests are answered here, not by Redis.
     if env.telemetry_block_cache {
         policy = policy.block_cache(BLOCK_CACHE_KEYS);
+    }
+    // Compared in constant time, with the header sent exactly once; never
+    // logged or counted by value.
+    if let Some(tokens) = &env.telemetry_exempt_tokens {
+        policy = policy.exempt_header(AGENT_TOKEN_HEADER.as_str(), tokens.0.iter().cloned());
     }
     policy
 }
@@ -145,6 +161,7 @@ fn login_policy(env: &Env) -> Policy {
         .key(Key::client_ip_with(env.trusted_proxies.clone()))
         // An unlimited login window invites password guessing.
         .fail_closed()
+        .mode(env.login_mode)
 }
 
 /// Per user: the auth middleware in front of the limiter sets the user.
@@ -153,6 +170,7 @@ fn dashboard_policy(env: &Env) -> Policy {
         .rate(env.dashboard_rate)
         .key(Key::user())
         .fail_open()
+        .mode(env.dashboard_mode)
 }
 
 // ---------------------------------------------------------------- routes
@@ -238,6 +256,19 @@ async fn run() -> Result<(), StartupError> {
 }
 
 async fn serve(env: &Env) -> Result<(), StartupError> {
+    if env.metrics_addr == Some(env.listen_addr) {
+        return Err(StartupError::new(
+            "METRICS_ADDR",
+            format!(
+                "{} is LISTEN_ADDR too: leave METRICS_ADDR unset to serve /metrics on the \
+                 API's address",
+                env.listen_addr
+            ),
+        ));
+    }
+    // Before any layer is built: each registers its series with the
+    // recorder installed at the time.
+    let metrics = prometheus::install()?;
     let policies = Policies::new(
         env,
         [
@@ -260,6 +291,8 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
                 algorithm = %policy.settings().algorithm,
                 limits = %limits_text(policy),
                 from = %spec.origin,
+                mode = %format!("{:?}", policy.settings().mode).to_lowercase(),
+                exempt = %exempt_text(policy),
                 "rate-limit policy"
             );
         }
@@ -290,18 +323,47 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
     }
     .map_err(|e| StartupError::new("policies", e))?;
 
+    // Bound before serving, so that a taken address stops startup.
     let listener = tokio::net::TcpListener::bind(env.listen_addr)
         .await
         .map_err(|e| StartupError::new("LISTEN_ADDR", format!("{}: {e}", env.listen_addr)))?;
+    let (app, metrics_listener) = match env.metrics_addr {
+        None => (app.merge(prometheus::routes(metrics)), None),
+        Some(addr) => {
+            let listener = (tokio::net::TcpListener::bind(addr).await)
+                .map_err(|e| StartupError::new("METRICS_ADDR", format!("{addr}: {e}")))?;
+            (app, Some((listener, prometheus::routes(metrics))))
+        }
+    };
     tracing::info!(addr = %env.listen_addr, "EDR API listening");
+    let metrics_at = env.metrics_addr.unwrap_or(env.listen_addr);
+    tracing::info!(url = %format!("http://{metrics_at}/metrics"), "Prometheus metrics");
+
+    // One signal stops both servers, each finishing its requests in flight.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let on_stop = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
     // The login limit counts client IPs, which the layer reads from ConnectInfo.
-    axum::serve(
+    let api = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|e| StartupError::new("server", e.to_string()))?;
+    .with_graceful_shutdown(on_stop(stopped.clone()));
+    let api = async { (api.await).map_err(|e| StartupError::new("server", e.to_string())) };
+    let metrics = async {
+        let Some((listener, routes)) = metrics_listener else {
+            return Ok(());
+        };
+        (axum::serve(listener, routes).with_graceful_shutdown(on_stop(stopped)))
+            .await
+            .map_err(|e| StartupError::new("METRICS_ADDR", e.to_string()))
+    };
+    tokio::try_join!(api, metrics)?;
     tracing::info!("shut down");
     Ok(())
 }
@@ -333,6 +395,25 @@ async fn counters(env: &Env, redis: Option<&Redis>) -> Result<Counters, StartupE
     let store = (RedisStore::connect(redis.counters.clone()).await).map_err(|e| fail(redis, e))?;
     tracing::info!(store = %redis.shown, "rate-limit counters in Redis");
     Ok(Counters::Redis(store))
+}
+
+/// What the policy lets through uncounted, without a secret: `none`, or
+/// networks and how many values of which header.
+fn exempt_text(policy: &Policy) -> String {
+    let exempt = &policy.settings().exempt;
+    let mut parts: Vec<String> = Vec::new();
+    if !exempt.ips.is_empty() {
+        parts.push(format!("from {}", exempt.ips.join(" ")));
+    }
+    for header in &exempt.headers {
+        let n = header.values.len();
+        let values = if n == 1 { "value" } else { "values" };
+        parts.push(format!("{n} {} {values}", header.name));
+    }
+    if parts.is_empty() {
+        return "none".to_owned();
+    }
+    parts.join(", ")
 }
 
 /// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one

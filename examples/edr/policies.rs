@@ -11,7 +11,7 @@ use axum_redis_ratelimit::{
 use crate::{
     EVENT_COUNT_HEADER,
     batch::BatchCost,
-    config::{Env, StartupError},
+    config::{Env, SECRET_VARIABLES, StartupError},
 };
 
 /// The variables behind each policy's fields (`field` as
@@ -27,6 +27,8 @@ const VARIABLES: &[(&str, &[(&str, &str)])] = &[
             ("burst", "TELEMETRY_BURST"),
             ("fallback_divisor", "TELEMETRY_FALLBACK_DIVISOR"),
             ("block_cache", "TELEMETRY_BLOCK_CACHE"),
+            ("mode", "TELEMETRY_MODE"),
+            ("exempt", "TELEMETRY_EXEMPT_TOKENS"),
         ],
     ),
     (
@@ -35,11 +37,16 @@ const VARIABLES: &[(&str, &[(&str, &str)])] = &[
             ("rate", "LOGIN_RATE"),
             ("limits", "LOGIN_RATE"),
             ("key", "TRUSTED_PROXIES"),
+            ("mode", "LOGIN_MODE"),
         ],
     ),
     (
         "dashboard",
-        &[("rate", "DASHBOARD_RATE"), ("limits", "DASHBOARD_RATE")],
+        &[
+            ("rate", "DASHBOARD_RATE"),
+            ("limits", "DASHBOARD_RATE"),
+            ("mode", "DASHBOARD_MODE"),
+        ],
     ),
 ];
 
@@ -155,6 +162,9 @@ impl PolicySpec {
                 _ => None,
             };
             match var.map(|(_, var)| (var, env.given(var))) {
+                Some((var, Some(_))) if SECRET_VARIABLES.contains(&var) => {
+                    StartupError::new(var, err)
+                }
                 Some((var, Some(value))) => StartupError::new(var, format!("{value:?}: {err}")),
                 Some((var, None)) => StartupError::new(var, err),
                 None => StartupError::new("policies", err),
