@@ -25,7 +25,11 @@ Variants:
   off          the EDR example with RATE_LIMIT=off: no limiter (the baseline
                of the ratios)
   memory       the EDR example, in-memory store (block cache off)
-  redis        the EDR example, Redis store, TELEMETRY_BLOCK_CACHE=off
+  redis        the EDR example, Redis store, TELEMETRY_BLOCK_CACHE=off (its
+               Prometheus recorder installed, as by default)
+  redis-no-metrics
+               the same with METRICS=off: no metrics recorder, the baseline
+               of what the metrics cost
   redis+cache  the EDR example, Redis store and block cache (its default)
   cluster      the EDR example on the Redis Cluster (REDIS_CLUSTER_NODES, the
                three primaries' URLs), TELEMETRY_BLOCK_CACHE=off
@@ -41,8 +45,9 @@ server process. For each run it reads wrk's req/s and p50/p99 latency and
 Redis's INFO commandstats before and after (for the cluster variants, on each
 of the three primaries, summed; their CPU time too), and prints one markdown
 table per scenario with medians and ratios against the no-limiter variant,
-then, if both are measured, how cluster compares with redis (and
-cluster+cache with redis+cache): the server's CPU per request and req/s.
+then, for each pair measured, how cluster compares with redis (and
+cluster+cache with redis+cache), and redis with redis-no-metrics: the
+server's CPU per request and req/s.
 
 The cluster is started once, before the first run, only if a cluster variant
 is asked for, and stopped at the end as the redis-server is (also on an error,
@@ -51,7 +56,7 @@ Ctrl-C or SIGTERM).
 Environment (defaults in brackets):
   DURATION [10]      seconds per wrk run
   ROUNDS [3]         rounds
-  VARIANTS [off,memory,redis,redis+cache,cluster,cluster+cache,naive]
+  VARIANTS [off,memory,redis,redis-no-metrics,redis+cache,cluster,cluster+cache,naive]
   SCENARIOS [allowed,flood,mixed]
   CONNECTIONS [64]   wrk -c
   THREADS [1]        wrk -t
@@ -85,7 +90,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TELEMETRY_PATH = "/api/v1/telemetry/"
 
-ALL_VARIANTS = ["off", "memory", "redis", "redis+cache", "cluster", "cluster+cache", "naive"]
+ALL_VARIANTS = [
+    "off", "memory", "redis", "redis-no-metrics", "redis+cache", "cluster", "cluster+cache", "naive",
+]
 CLUSTER_VARIANTS = {"cluster", "cluster+cache"}
 # Primaries of the cluster variants' Redis Cluster (no replicas).
 CLUSTER_SIZE = 3
@@ -102,6 +109,7 @@ TOP_LEVEL = {
     "off": (),
     "memory": (),
     "redis": ("evalsha", "eval", "script"),
+    "redis-no-metrics": ("evalsha", "eval", "script"),
     "redis+cache": ("evalsha", "eval", "script"),
     "cluster": ("evalsha", "eval", "script"),
     "cluster+cache": ("evalsha", "eval", "script"),
@@ -413,6 +421,7 @@ def server_command(setup: Setup, variant: str, scenario: str, port: int):
             "REDIS_CLUSTER_NODES", "REDIS_SENTINELS", "REDIS_MASTER_NAME",
             "REDIS_MASTER_USERNAME", "REDIS_MASTER_PASSWORD", "REDIS_TLS_CA",
             "REDIS_TLS_CERT", "REDIS_TLS_KEY", "QUEUE_DEDUP_SECONDS",
+            "METRICS", "METRICS_ADDR", "LOGIN_MODE", "DASHBOARD_MODE",
         })
     }
     redis_url = f"redis://127.0.0.1:{setup.redis.port}/1"
@@ -431,6 +440,8 @@ def server_command(setup: Setup, variant: str, scenario: str, port: int):
         env["TELEMETRY_BLOCK_CACHE"] = "off"
     elif variant == "redis":
         env.update(REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="off")
+    elif variant == "redis-no-metrics":
+        env.update(REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="off", METRICS="off")
     elif variant == "redis+cache":
         env.update(REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="on")
     elif variant == "cluster":
@@ -663,43 +674,40 @@ def report(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
         if errors:
             print()
             print("Socket errors: " + "; ".join(errors))
-    compare_cluster(setup, variants, scenarios)
+    compare_pairs(setup, variants, scenarios)
 
 
-def compare_cluster(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
+# Variants compared pairwise after the tables: (variant, against, title).
+PAIRS = [
+    ("cluster", "redis", "Redis Cluster against one Redis server"),
+    ("cluster+cache", "redis+cache", "Redis Cluster against one Redis server, block cache on"),
+    ("redis", "redis-no-metrics", "Metrics recorder installed against none"),
+]
+
+
+def compare_pairs(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
     """One line per scenario and pair measured: the server's CPU per request
-    and req/s of the cluster variant against the standalone one, each the
-    median over the rounds (as in the tables)."""
-    pairs = [
-        (cluster, standalone)
-        for cluster, standalone in (("cluster", "redis"), ("cluster+cache", "redis+cache"))
-        if cluster in variants and standalone in variants
-    ]
-    if not pairs:
-        return
-    print()
-    print(
-        "Redis Cluster against one Redis server: the app server's CPU µs per request "
-        "and req/s, medians over the rounds as in the tables."
-    )
-    print()
+    and req/s of a variant against another, each the median over the rounds
+    (as in the tables)."""
 
     def medians(scenario: str, variant: str) -> tuple[float, float]:
         runs = setup.runs[(scenario, variant)]
         cpu = statistics.median(r.cpu_server * 1e6 / max(r.requests, 1) for r in runs)
         return cpu, statistics.median(r.rps for r in runs)
 
-    for scenario in scenarios:
-        for cluster, standalone in pairs:
-            cluster_cpu, cluster_rps = medians(scenario, cluster)
-            standalone_cpu, standalone_rps = medians(scenario, standalone)
-            which = "" if cluster == "cluster" else f" ({cluster} vs {standalone})"
+    for variant, against, title in PAIRS:
+        if variant not in variants or against not in variants:
+            continue
+        print()
+        print(f"{title}: the app server's CPU µs per request and req/s, medians over the rounds.")
+        print()
+        for scenario in scenarios:
+            cpu, rps = medians(scenario, variant)
+            base_cpu, base_rps = medians(scenario, against)
             print(
-                f"- {scenario}{which}: cluster vs standalone, server CPU per request: "
-                f"{cluster_cpu / standalone_cpu:.2f} × ({cluster_cpu:.1f} vs "
-                f"{standalone_cpu:.1f} µs); throughput {cluster}/{standalone}: "
-                f"{cluster_rps / standalone_rps:.2f} × ({cluster_rps:,.0f} vs "
-                f"{standalone_rps:,.0f} req/s)"
+                f"- {scenario}: {variant} vs {against}, server CPU per request: "
+                f"{cpu / base_cpu:.2f} × ({cpu:.1f} vs {base_cpu:.1f} µs); throughput: "
+                f"{rps / base_rps:.2f} × ({rps:,.0f} vs {base_rps:,.0f} req/s)"
             )
 
 

@@ -2658,6 +2658,23 @@ async fn metrics_addr_serves_metrics_alone_and_the_api_none() {
         output.contains(&format!("METRICS_ADDR: {taken}")),
         "{output}"
     );
+    let (status, output) = run_to_exit(&[("METRICS", "off"), ("METRICS_ADDR", &taken)]);
+    assert!(!status.success(), "{status}: {output}");
+    assert!(output.contains("METRICS_ADDR: is set while METRICS=off"), "{output}");
+}
+
+/// `METRICS=off`, the load benchmark's baseline: no /metrics, limits as
+/// ever.
+#[tokio::test]
+async fn metrics_off_serves_no_metrics_and_still_limits() {
+    let edr = Edr::start(&[("METRICS", "off"), ("TELEMETRY_RATE", "1/m")]).await;
+    assert_eq!(edr.get("/metrics", &[]).await.status, StatusCode::NOT_FOUND);
+    let token = [("x-agent-token", &b"AGENT-1"[..])];
+    assert_eq!(edr.telemetry(&token).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        edr.telemetry(&token).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 #[tokio::test]

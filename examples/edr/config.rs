@@ -65,6 +65,13 @@ pub struct Env {
     #[arg(env = "METRICS_ADDR", value_parser = socket_addr)]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// `off` installs no metrics recorder and serves no `/metrics`: the
+    /// baseline against which `scripts/loadbench.py` measures what the
+    /// metrics cost.
+    #[arg(env = "METRICS", default_value = "on", value_parser = on_off,
+          action = ArgAction::Set)]
+    pub metrics: bool,
+
     /// `off` serves the same routes with no rate limit at all (and so no 401
     /// for a missing agent token): a baseline for benchmarks, never for
     /// production (the log warns). The other settings are still checked.

@@ -256,6 +256,12 @@ async fn run() -> Result<(), StartupError> {
 }
 
 async fn serve(env: &Env) -> Result<(), StartupError> {
+    if !env.metrics && env.metrics_addr.is_some() {
+        return Err(StartupError::new(
+            "METRICS_ADDR",
+            "is set while METRICS=off: leave it unset, or turn the metrics on",
+        ));
+    }
     if env.metrics_addr == Some(env.listen_addr) {
         return Err(StartupError::new(
             "METRICS_ADDR",
@@ -268,7 +274,7 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
     }
     // Before any layer is built: each registers its series with the
     // recorder installed at the time.
-    let metrics = prometheus::install()?;
+    let metrics = env.metrics.then(prometheus::install).transpose()?;
     let policies = Policies::new(
         env,
         [
@@ -327,17 +333,20 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
     let listener = tokio::net::TcpListener::bind(env.listen_addr)
         .await
         .map_err(|e| StartupError::new("LISTEN_ADDR", format!("{}: {e}", env.listen_addr)))?;
-    let (app, metrics_listener) = match env.metrics_addr {
-        None => (app.merge(prometheus::routes(metrics)), None),
-        Some(addr) => {
+    let (app, metrics_listener) = match (metrics, env.metrics_addr) {
+        (None, _) => (app, None),
+        (Some(metrics), None) => (app.merge(prometheus::routes(metrics)), None),
+        (Some(metrics), Some(addr)) => {
             let listener = (tokio::net::TcpListener::bind(addr).await)
                 .map_err(|e| StartupError::new("METRICS_ADDR", format!("{addr}: {e}")))?;
             (app, Some((listener, prometheus::routes(metrics))))
         }
     };
     tracing::info!(addr = %env.listen_addr, "EDR API listening");
-    let metrics_at = env.metrics_addr.unwrap_or(env.listen_addr);
-    tracing::info!(url = %format!("http://{metrics_at}/metrics"), "Prometheus metrics");
+    if env.metrics {
+        let metrics_at = env.metrics_addr.unwrap_or(env.listen_addr);
+        tracing::info!(url = %format!("http://{metrics_at}/metrics"), "Prometheus metrics");
+    }
 
     // One signal stops both servers, each finishing its requests in flight.
     let (stop, stopped) = tokio::sync::watch::channel(false);
