@@ -17,7 +17,7 @@ use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
 use axum_redis_ratelimit::{
     Breaker, Cost, FailMode, ForwardedHeader, Key, MemoryStore, Mode, Outcome, Policy, Rate,
     RateLimitLayer, RateLimitStatus, RedisStore, config::PolicyFile, layer::Stats, metrics,
-    store::Store,
+    outcome::STORE_TARGET, store::Store,
 };
 use common::{HttpClient, RedisServer, eventually, free_port, unique_prefix};
 use http::{Method, Request, StatusCode};
@@ -225,6 +225,8 @@ async fn a_redis_outage_shows_in_errors_fail_mode_and_breaker_and_its_end_too() 
         return;
     };
     let policy = name("outage");
+    let capture = Capture::default();
+    let _guard = capture.install("axum_redis_ratelimit::store=info");
     let store = RedisStore::connect(server.url()).await.unwrap();
     let (client, _) = layer(
         Policy::new(&policy)
@@ -271,6 +273,11 @@ async fn a_redis_outage_shows_in_errors_fail_mode_and_breaker_and_its_end_too() 
         Some(1.0)
     );
     assert!(after.decisions(&policy, Outcome::Allowed) >= 2.0);
+    // Logged once when it started and once when it ended, not per request.
+    let log = capture.text();
+    assert_eq!(log.matches("store failing").count(), 1, "{log}");
+    assert_eq!(log.matches("limiting resumed").count(), 1, "{log}");
+    assert!(log.contains(STORE_TARGET), "{log}");
 }
 
 /// Shadow mode and block mode over one store, the same policy and key: what

@@ -151,44 +151,6 @@ mod tests {
 
     use super::*;
 
-    /// Collects what a subscriber writes.
-    #[derive(Clone, Default)]
-    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
-        let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let stats = Stats::new("p");
-            let error = Error::Timeout(Duration::from_millis(100));
-            for _ in 0..5 {
-                stats.record_error("p", &error, FailMode::Open);
-            }
-            for _ in 0..5 {
-                stats.record_success("p");
-            }
-        });
-        let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(log.matches("store failing").count(), 1, "{log}");
-        assert_eq!(log.matches("limiting resumed").count(), 1, "{log}");
-    }
-
     #[test]
     fn an_outage_is_counted_and_ends_with_the_first_answer() {
         let stats = Stats::new("p");

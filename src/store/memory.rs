@@ -202,14 +202,7 @@ impl MemoryStore {
         algorithm: Algorithm,
         now_us: Option<u64>,
     ) -> Result<Vec<LimitState>, Error> {
-        // Checked as a charge of 1; decided with a cost of 0, as the script.
-        let charge = Charge {
-            key,
-            limits,
-            algorithm,
-            cost: 1,
-            now_us,
-        };
+        let charge = Charge::peek(key, limits, algorithm, now_us);
         let (now_us, shard) = self.open(&charge)?;
         let mut counter = KeyBuffer::take();
         Ok(limits

@@ -42,7 +42,24 @@ pub struct Charge<'a> {
     pub now_us: Option<u64>,
 }
 
-impl Charge<'_> {
+impl<'a> Charge<'a> {
+    /// What a peek at `key`'s `limits` is checked as: a charge of 1. The
+    /// stores then decide it with a cost of 0, which counts nothing.
+    pub(crate) fn peek(
+        key: &'a str,
+        limits: &'a [Limit],
+        algorithm: Algorithm,
+        now_us: Option<u64>,
+    ) -> Self {
+        Self {
+            key,
+            limits,
+            algorithm,
+            cost: 1,
+            now_us,
+        }
+    }
+
     /// Policies are checked when built; this guards direct callers of a
     /// store, so that both stores answer every check alike and exactly.
     pub(crate) fn validate(&self) -> Result<(), Error> {

@@ -219,14 +219,7 @@ impl RedisStore {
         algorithm: Algorithm,
         now_us: Option<u64>,
     ) -> Result<Vec<LimitState>, Error> {
-        // Checked as a charge of 1, sent with a cost of 0.
-        let charge = Charge {
-            key,
-            limits,
-            algorithm,
-            cost: 1,
-            now_us,
-        };
+        let charge = Charge::peek(key, limits, algorithm, now_us);
         let reply = self.script_call(&charge, 0)?.await?;
         Ok(verdicts(&reply, limits.len())?
             .zip(limits)
