@@ -3,7 +3,7 @@
 //! cache, fallback limiter), its counters, and the rules that turn a
 //! decision into a response.
 
-use std::{sync::Arc, time::Duration};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use axum::response::Response;
 use http::{Method, Request, header::RETRY_AFTER, request::Parts};
@@ -470,7 +470,11 @@ impl<'a> Noted<'a> {
             return String::new();
         }
         let digest = Sha256::digest(self.key.as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        let mut hex = String::with_capacity(16);
+        for byte in &digest[..8] {
+            let _ = write!(hex, "{byte:02x}");
+        }
+        hex
     }
 }
 
