@@ -3,24 +3,16 @@
 //! connection that routes each script to its key's primary, or a
 //! connection to the master the Sentinels name, followed through failovers.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering::Relaxed},
-    },
-    time::Duration,
-};
-
 use redis::{
-    Client, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind,
-    RedisFuture, RedisResult, Value,
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
+    aio::{ConnectionLike, ConnectionManager},
 };
 
 use super::{
     RedisConfig,
     config::Topology,
-    tls::{self, TlsCertificates},
+    server::{Dropped, client, manager},
+    tls,
 };
 use crate::Error;
 
@@ -50,13 +42,8 @@ enum Inner {
     #[cfg(feature = "cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
     #[cfg(feature = "sentinel")]
-    Sentinel(Arc<super::sentinel::Following>),
+    Sentinel(std::sync::Arc<super::sentinel::Following>),
 }
-
-/// What a connection reports: the connection dropped since the last
-/// decision that reached Redis (set by the manager's push of a
-/// disconnection, over RESP3, or by a failed call).
-pub(super) type Dropped = Arc<AtomicBool>;
 
 impl RedisConnection {
     /// A connection to what `config` names; it connects on its first
@@ -87,7 +74,7 @@ impl RedisConnection {
             Topology::Sentinel {
                 sentinels,
                 master_name,
-            } => Inner::Sentinel(Arc::new(super::sentinel::Following::new(
+            } => Inner::Sentinel(std::sync::Arc::new(super::sentinel::Following::new(
                 config,
                 sentinels,
                 master_name,
@@ -364,55 +351,6 @@ fn in_runtime() -> Result<(), Error> {
     }
 }
 
-/// A client for one server at `url`, with the TLS files if any, speaking
-/// RESP3 whatever the URL's `protocol`: over RESP3 a connection reports its
-/// own drop as it happens, so the manager reconnects at once and the store
-/// knows to check the connection before the next decision.
-pub(super) fn client(
-    url: impl IntoConnectionInfo,
-    field: &str,
-    certs: Option<TlsCertificates>,
-) -> Result<Client, Error> {
-    let bad_url =
-        |e: redis::RedisError| Error::config(field, format!("{e}; expected redis://host:6379/db"));
-    let info = url.into_connection_info().map_err(bad_url)?;
-    let resp3 = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    let info = info.set_redis_settings(resp3);
-    match certs {
-        #[cfg(feature = "tls")]
-        Some(certs) => Client::build_with_tls(info, certs).map_err(bad_url),
-        _ => Client::open(info).map_err(bad_url),
-    }
-}
-
-/// A lazily connecting manager for `client` that flags `dropped`.
-///
-/// One connection attempt per reconnect, without backoff, so that no
-/// decision waits on a backoff's sleep while Redis is already back; while
-/// it is down, the policy's breaker paces the attempts. Each request has its
-/// own timeout in the policy, so the connection needs none beyond the
-/// attempt's.
-pub(super) fn manager(
-    client: Client,
-    timeout: Duration,
-    dropped: &Dropped,
-) -> RedisResult<ConnectionManager> {
-    let on_drop = dropped.clone();
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_number_of_retries(0)
-        .set_push_sender(move |push: PushInfo| {
-            if push.kind == PushKind::Disconnection {
-                on_drop.store(true, Relaxed);
-            }
-            Ok::<_, ()>(())
-        });
-    ConnectionManager::new_lazy_with_config(client, config)
-}
-
 /// Follows the `ASK` of a slot being migrated: the command, preceded by
 /// `ASKING`, to the node the slot is moving to. redis-rs sends the two as
 /// separate requests on a connection other requests share, so under load
@@ -449,8 +387,15 @@ async fn asked<T: FromRedisValue>(
 /// or `ASK` redirect (and survives one reconnect) but never waits out the
 /// default retry schedule of seconds; the policy's timeout bounds it anyway.
 #[cfg(feature = "cluster")]
-fn cluster(config: &RedisConfig, nodes: &[String], timeout: Duration) -> Result<Inner, Error> {
-    use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+fn cluster(
+    config: &RedisConfig,
+    nodes: &[String],
+    timeout: std::time::Duration,
+) -> Result<Inner, Error> {
+    use redis::{
+        IntoConnectionInfo, ProtocolVersion,
+        cluster::{ClusterClientBuilder, ClusterConfig},
+    };
 
     let field = "redis.cluster_nodes";
     let mut infos = Vec::with_capacity(nodes.len());

@@ -5,6 +5,7 @@ mod config;
 mod connection;
 #[cfg(feature = "sentinel")]
 mod sentinel;
+mod server;
 mod tls;
 
 use std::{
@@ -16,8 +17,8 @@ use std::{
 use redis::{ErrorKind, Script, ServerErrorKind, aio::ConnectionManager};
 
 pub use self::config::{RedisConfig, TlsFiles};
-use self::connection::Dropped;
 pub use self::connection::{KeyScan, RedisConnection};
+use self::server::Dropped;
 use super::{Charge, MAX_LIMITS, Store};
 use crate::{Algorithm, Decision, Error, Limit, LimitState, algorithm::Verdict, key::KeyBuffer};
 

@@ -24,7 +24,7 @@ use redis::{
 
 use super::{
     RedisConfig,
-    connection::{self, Dropped},
+    server::{self, Dropped},
     tls,
 };
 use crate::Error;
@@ -168,7 +168,7 @@ impl Following {
         {
             return Ok(master.connection.clone());
         }
-        let connection = connection::manager(client, self.connect_timeout, &self.dropped)?;
+        let connection = server::manager(client, self.connect_timeout, &self.dropped)?;
         *self.master.write().unwrap() = Some(Master {
             address,
             connection: connection.clone(),
