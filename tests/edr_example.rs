@@ -2660,7 +2660,10 @@ async fn metrics_addr_serves_metrics_alone_and_the_api_none() {
     );
     let (status, output) = run_to_exit(&[("METRICS", "off"), ("METRICS_ADDR", &taken)]);
     assert!(!status.success(), "{status}: {output}");
-    assert!(output.contains("METRICS_ADDR: is set while METRICS=off"), "{output}");
+    assert!(
+        output.contains("METRICS_ADDR: is set while METRICS=off"),
+        "{output}"
+    );
 }
 
 /// `METRICS=off`, the load benchmark's baseline: no /metrics, limits as
