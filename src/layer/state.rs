@@ -425,7 +425,11 @@ impl<St> Shared<St> {
             );
             tracing::debug!(target: DECISION_TARGET, parent: &span, "rate-limit decision");
         }
-        if outcome == Outcome::ShadowDenied && self.stats.shadow_log_due() {
+        if outcome == Outcome::ShadowDenied
+            && self
+                .stats
+                .shadow_log_due(crate::algorithm::unix_now_us() / 1000)
+        {
             tracing::info!(
                 target: DECISION_TARGET,
                 policy,

@@ -28,7 +28,8 @@ pub struct Stats {
     store_errors: AtomicU64,
     short_circuited: AtomicU64,
     degraded: AtomicBool,
-    /// The Unix second of the last shadow-mode denial logged at `info`.
+    /// When the last shadow-mode denial was logged at `info`, in Unix
+    /// milliseconds.
     shadow_logged_at: AtomicU64,
     metrics: Metrics,
 }
@@ -92,15 +93,15 @@ impl Stats {
         self.metrics.decision(outcome);
     }
 
-    /// Whether a shadow-mode denial may be logged at `info` now: at most
-    /// one a second, so a flood in shadow mode cannot flood the logs.
-    pub(crate) fn shadow_log_due(&self) -> bool {
-        let now = crate::algorithm::unix_now_us() / 1_000_000;
+    /// Whether a shadow-mode denial may be logged at `info` at `now_ms`
+    /// (Unix milliseconds): a second or more after the last, so a flood in
+    /// shadow mode cannot flood the logs.
+    pub(crate) fn shadow_log_due(&self, now_ms: u64) -> bool {
         let last = self.shadow_logged_at.load(Relaxed);
-        now > last
+        now_ms >= last.saturating_add(1000)
             && self
                 .shadow_logged_at
-                .compare_exchange(last, now, Relaxed, Relaxed)
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
                 .is_ok()
     }
 
@@ -150,6 +151,19 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn shadow_denials_are_logged_a_second_apart_at_most() {
+        let stats = Stats::new("p");
+        let t = 1_800_000_000_000;
+        assert!(stats.shadow_log_due(t), "the first is logged");
+        for ms in [0, 1, 500, 999] {
+            assert!(!stats.shadow_log_due(t + ms), "then none for a second");
+        }
+        assert!(stats.shadow_log_due(t + 1000));
+        assert!(!stats.shadow_log_due(t + 1999));
+        assert!(stats.shadow_log_due(t + 5000));
+    }
 
     #[test]
     fn an_outage_is_counted_and_ends_with_the_first_answer() {
