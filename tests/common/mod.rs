@@ -168,13 +168,28 @@ pub fn spawn_reaped(command: Command) -> std::io::Result<Child> {
     rx.recv().unwrap()
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, never handed out before in this
+/// process, and below the kernel's ephemeral range: a port taken from that
+/// range (`bind` to port 0) is free only until something else gets it, such
+/// as the source port of any outgoing connection, or the same port handed to
+/// another test starting servers at the same time; the server meant for it
+/// then fails to start or, worse, another test's server answers on it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const PORTS: std::ops::Range<u32> = 20_000..32_000;
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        // Test binaries run one after another; each starts elsewhere.
+        AtomicU64::new(u64::from(std::process::id()) * 613)
+    });
+    let span = u64::from(PORTS.end - PORTS.start);
+    for _ in 0..span {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(u64::from(PORTS.start) + offset).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
 }
 
 /// Calls per command since the server started or the last

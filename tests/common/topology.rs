@@ -22,7 +22,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs::File,
-    net::TcpListener,
     ops::RangeInclusive,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -147,16 +146,9 @@ pub fn replica_link_up(port: u16) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 // Ports, directories, processes
 
-/// `n` distinct ports nothing listens on right now (all are bound at once,
-/// so none is handed out twice).
+/// `n` distinct ports nothing listens on right now: see [`super::free_port`].
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    (0..n).map(|_| super::free_port()).collect()
 }
 
 const TEMP_PREFIX: &str = "axum-rl-topology-";
@@ -366,13 +358,21 @@ impl Drop for Node {
     }
 }
 
+/// How long one `redis-cli` run may take: `--cluster create` waits for the
+/// nodes to agree without a limit of its own.
+const REDIS_CLI_LIMIT: Duration = Duration::from_secs(60);
+
 /// Runs `redis-cli` with `args` to its end (a child of this binary, like
-/// the servers).
+/// the servers), killed after [`REDIS_CLI_LIMIT`] (coreutils `timeout`: exit
+/// status 124, with what it printed so far).
 pub fn redis_cli<'a>(
     args: impl IntoIterator<Item = &'a str>,
 ) -> std::io::Result<std::process::Output> {
-    let mut command = Command::new("redis-cli");
+    let mut command = Command::new("timeout");
     command
+        .args(["--kill-after=5"])
+        .arg(REDIS_CLI_LIMIT.as_secs().to_string())
+        .arg("redis-cli")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
