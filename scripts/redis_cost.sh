@@ -10,13 +10,13 @@
 # fixed-window limiter can do in one round trip.
 #
 # Against a redis-server of its own (loopback, a free port, no persistence,
-# killed on exit) it loads the three scripts exactly as the crate sends them
-# (src/algorithm/<algorithm>.lua followed by driver.lua; see
-# Algorithm::script and RedisStore::evalsha) and the minimal baseline, then
+# killed on exit) it loads the three scripts of Redis's clock exactly as the
+# crate sends them (src/algorithm/<algorithm>.lua; see Script::source,
+# Script::limit_args and RedisStore::evalsha) and the minimal baseline, then
 # for each script and for 1, 2 and 4 limits (the baseline: 1) runs
 #
 #   redis-benchmark -c CLIENTS -n REQUESTS -r KEYS_SPACE \
-#       EVALSHA <sha> <limits> <one key per limit> -1 1 <limit window burst>...
+#       EVALSHA <sha> <limits> <one key per limit> [-1] 1 <two numbers per limit>...
 #
 # with a limit of 1000000000 per window, so that every call is an allowed
 # decision (the path that writes), and for 1 limit once more with a limit of
@@ -26,7 +26,7 @@
 # time Redis spent executing the calls, not the network or the client's.
 # It prints a Markdown table of those and their ratio to the baseline.
 #
-# Keys follow the crate's layout, rl:p:{<client>}:<window s>[:sliding|:gcra].
+# Keys follow the crate's layout, rl:p:{<client>}:<window s>:fixed|sliding|gcra.
 # redis-benchmark replaces every __rand_int__ with its own random value, even
 # within one argument (checked at start-up and reported), so with several
 # limits each key of a call belongs to a different random client: in a
@@ -70,7 +70,7 @@ done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 algorithms=$root/src/algorithm
-for f in driver fixed_window sliding_window gcra; do
+for f in fixed_window sliding_window gcra; do
     [[ -f $algorithms/$f.lua ]] || die "$algorithms/$f.lua not found"
 done
 
@@ -136,9 +136,7 @@ else
     rand_note="redis-benchmark gives each __rand_int__ in one command its own random value ($differ of $((same + differ)) probe keys had two different values): with several limits, each key of a call is a different random client's (see the top of the script)"
 fi
 
-cat "$algorithms/fixed_window.lua" "$algorithms/driver.lua" >"$work/fixed_window.lua"
-cat "$algorithms/sliding_window.lua" "$algorithms/driver.lua" >"$work/sliding_window.lua"
-cat "$algorithms/gcra.lua" "$algorithms/driver.lua" >"$work/gcra.lua"
+for a in fixed_window sliding_window gcra; do cp "$algorithms/$a.lua" "$work/$a.lua"; done
 baseline_src="local c = redis.call('INCRBY', KEYS[1], ARGV[1]) local t if c == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) t = tonumber(ARGV[2]) else t = redis.call('PTTL', KEYS[1]) end return {c, t}"
 
 load() { cli -x SCRIPT LOAD <"$1" | tr -d '\r'; }
@@ -150,7 +148,7 @@ for a in baseline fixed_window sliding_window gcra; do
 done
 
 windows_s=(60 600 3600 86400)
-suffix() { case $1 in sliding_window) echo ":sliding" ;; gcra) echo ":gcra" ;; *) echo "" ;; esac; }
+suffix() { case $1 in sliding_window) echo ":sliding" ;; gcra) echo ":gcra" ;; *) echo ":fixed" ;; esac; }
 
 # The EVALSHA arguments after the sha for `algorithm` with `n` limits of
 # `limit` per window, `client` in the keys' hash tag.
@@ -162,8 +160,21 @@ evalsha_args() {
     fi
     args="$n"
     for ((i = 0; i < n; i++)); do args+=" rl:p:{$client}:${windows_s[i]}$(suffix "$algorithm")"; done
-    args+=" -1 1"
-    for ((i = 0; i < n; i++)); do args+=" $limit $((windows_s[i] * 1000)) $limit"; done
+    # As Script::limit_args: the fixed window reads no clock; GCRA takes
+    # its emission interval and tolerance (burst = limit), in µs.
+    case $algorithm in
+    fixed_window) args+=" 1" ;;
+    *) args+=" -1 1" ;;
+    esac
+    for ((i = 0; i < n; i++)); do
+        local window_ms=$((windows_s[i] * 1000))
+        if [[ $algorithm == gcra ]]; then
+            local interval=$(((window_ms * 1000 + limit - 1) / limit))
+            args+=" $interval $((interval * limit))"
+        else
+            args+=" $limit $window_ms"
+        fi
+    done
     echo "$args"
 }
 
@@ -173,7 +184,12 @@ check_first() {
     local algorithm=$1 n=$2 limit=$3 reply
     # shellcheck disable=SC2046  # the arguments are words by design
     reply=$(cli EVALSHA "${sha[$algorithm]}" $(evalsha_args "$algorithm" "$n" "$limit" check) | tr -d '\r')
-    echo "$reply" | head -1
+    if [[ $algorithm == fixed_window ]]; then
+        # {count, ms left} per limit: admitted while every count <= limit.
+        echo "$reply" | awk -v limit="$limit" 'NR % 2 == 1 && $1 > limit { over = 1 } END { print over ? 0 : 1 }'
+    else
+        echo "$reply" | head -1
+    fi
 }
 cli FLUSHALL >/dev/null
 for a in fixed_window sliding_window gcra; do
@@ -247,7 +263,7 @@ printf '%s\n' "${rows[@]}"
 cat <<EOF
 
 - allowed: a limit of 1000000000 per window, every call allowed; denied: 1 per 60000 ms, every call after a key's first denied.
-- Windows of the limits, in order: ${windows_s[*]} s; each limit's burst = its limit; ARGV[1] = -1 (Redis's clock).
+- Windows of the limits, in order: ${windows_s[*]} s; each limit's burst = its limit; Redis's clock (ARGV[1] = -1, none for the fixed window).
 - Command line (fixed_window, 2 limits; the others differ in the sha, the keys' suffix and the limits):
   \`$REDIS_BENCHMARK -p <port> -c $CLIENTS -n $REQUESTS -r $KEYS_SPACE -q EVALSHA $sample_sha $sample_args\`
 - Minimal baseline: \`$REDIS_BENCHMARK -p <port> -c $CLIENTS -n $REQUESTS -r $KEYS_SPACE -q EVALSHA <sha> $(evalsha_args baseline 1 0 __rand_int__)\`, script: \`$baseline_src\`

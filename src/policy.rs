@@ -7,7 +7,7 @@ use http::Method;
 
 use crate::{
     Algorithm, Cost, Error, ForwardedHeader, Key, Rate,
-    algorithm::{Limit, MAX_LIMITS},
+    algorithm::{Limit, MAX_LIMITS, Script},
     config::{
         Breaker, Clock, CostConfig, ExemptHeader, FailMode, KeyConfig, LimitConfig, Mode,
         OnMissingKey, PolicyConfig,
@@ -405,7 +405,8 @@ impl Policy {
         let mut own = String::new();
         self.limits()
             .any(|limit| {
-                layout::counter_key(client, &limit, s.algorithm, &mut own);
+                let script = Script::of(s.algorithm, s.clock == Clock::App);
+                layout::counter_key(client, &limit, script, &mut own);
                 own == counter
             })
             .then_some(client)

@@ -108,8 +108,11 @@ fn redis_store_decision() {
             })
             .await;
             println!("redis store, {algorithm}: {n} allocations per decision");
-            // The command, the boxed future and the connection's pipeline.
-            assert!(n <= 13, "{algorithm}: {n}");
+            // The crate's: the boxed future, the command's two buffers
+            // (sized once: growing them as the arguments came cost 5 more)
+            // and the reply's Vec; the rest is the redis crate's (the
+            // connection's pipeline and reply parsing).
+            assert!(n <= 8, "{algorithm}: {n}");
         }
     });
 }

@@ -65,5 +65,9 @@ async fn a_store_of_ones_own_limits_through_the_layer() {
     );
     let counters = store.counters.lock().unwrap();
     assert_eq!(counters.len(), 3);
-    assert!(counters.iter().all(|c| c == "rl:api:{x-agent-token:a}:60"));
+    assert!(
+        counters
+            .iter()
+            .all(|c| c == "rl:api:{x-agent-token:a}:60:fixed")
+    );
 }

@@ -436,7 +436,7 @@ mod sentinel {
     fn holds(port: u16, key: &str) -> bool {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/1")).unwrap();
         let mut conn = client.get_connection().unwrap();
-        let counter = format!("{key}:3600");
+        let counter = format!("{key}:3600:fixed");
         redis::cmd("EXISTS").arg(counter).query(&mut conn).unwrap()
     }
 

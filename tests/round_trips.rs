@@ -7,7 +7,7 @@ use axum_redis_ratelimit::{
     Algorithm, Limit, Rate, RedisStore,
     store::{Charge, Store},
 };
-use common::{RedisServer, check, command_calls, hget, reset_command_stats};
+use common::{RedisServer, check, command_calls, reset_command_stats};
 
 #[tokio::test]
 async fn a_decision_with_three_limits_is_one_command() {
@@ -39,7 +39,8 @@ async fn a_decision_with_three_limits_is_one_command() {
         // Everything else was run by the script inside that one EVALSHA (or
         // is this test's own bookkeeping): no second round trip.
         let inside_scripts = [
-            "incrby", "hincrby", "time", "get", "set", "pttl", "pexpire", "del", "hmget", "hset",
+            "incrby", "decrby", "hincrby", "time", "get", "psetex", "pttl", "pexpire", "del",
+            "hmget", "hset",
         ];
         let own = ["config|resetstat", "info", "evalsha"];
         for name in calls.keys() {
@@ -67,7 +68,11 @@ async fn a_denial_by_one_limit_leaves_the_others_unchanged_in_redis() {
         assert!(!store.check(check).await.unwrap().allowed);
     }
     let mut conn = server.connection().await;
-    let per_minute: u64 = hget(&mut conn, "rl:p:{k}:60", "c").await;
+    let per_minute: u64 = redis::cmd("GET")
+        .arg("rl:p:{k}:60:fixed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(
         per_minute, 1,
         "denied requests must not count on the per-minute limit"
@@ -124,9 +129,10 @@ async fn an_error_other_than_noscript_is_not_sent_again() {
         .await
         .unwrap();
     let mut conn = server.connection().await;
-    let _: () = redis::cmd("SET")
-        .arg("rl:p:{k}:60")
-        .arg("not a hash")
+    let _: () = redis::cmd("HSET")
+        .arg("rl:p:{k}:60:fixed")
+        .arg("not")
+        .arg("a number")
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -1,42 +1,59 @@
--- Fixed window. A hash: c = the count, e = when the window ends, in ms on the
--- clock of the `now` that opened it. The window opens at the key's first
--- request. Redis's expiry is always relative (PEXPIRE), never `now` as an
--- instant: an app clock behind Redis's would otherwise drop counters early.
-local function decide(key, now_us, limit, window, burst, cost)
-  local now = math.floor(now_us / 1000)
-  local stored = redis.call('HMGET', key, 'c', 'e')
-  local count, window_end = tonumber(stored[1]) or 0, tonumber(stored[2])
-  if redis.call('PTTL', key) == -1 then
-    -- A counter that lost its expiry (PERSIST, a restore) gets one now,
-    -- even if this request is denied: no key may live forever.
-    redis.call('PEXPIRE', key, window)
+-- Fixed window on Redis's own clock: the counter is a plain integer and its
+-- TTL is the window. The INCRBY that creates the key opens the window (and
+-- gives it its expiry at once); the window ends when the key expires, so no
+-- clock is read and app servers' clocks play no part.
+-- KEYS: one counter per limit. ARGV[1]: cost (0: a peek, which counts
+-- nothing; negative: a refund). Then per limit: limit, window (ms).
+-- Returns per limit: the count with this cost, and the ms left in the window
+-- (for a key that does not exist yet, the whole window). A request that one
+-- limit denies is taken back from every limit, so it consumes nothing.
+-- A counter never holds 0 (a count that would is deleted), so a count equal
+-- to the cost means the window is new.
+local cost = tonumber(ARGV[1])
+if cost < 0 then
+  for i = 1, #KEYS do
+    local count = tonumber(redis.call('GET', KEYS[i]))
+    if count and count + cost > 0 then
+      redis.call('DECRBY', KEYS[i], -cost)
+    elseif count then
+      redis.call('DEL', KEYS[i])
+    end
   end
-  local opens = window_end == nil or window_end <= now
-  if opens then
-    count = 0
-    window_end = now + window
-  end
-  local reset = (window_end - now) * 1000
-  if count + cost > limit then
-    return false, math.max(limit - count, 0), reset, reset, nil
-  end
-  return true, limit - count - cost, reset, 0, {opens, count + cost, window_end, cost, window}
+  return {1}
 end
-
-local function commit(key, state)
-  if state[1] then
-    redis.call('HSET', key, 'c', state[2], 'e', state[3])
-    redis.call('PEXPIRE', key, state[5])
+local out, over = {}, false
+for i = 1, #KEYS do
+  local key, window = KEYS[i], tonumber(ARGV[2 * i + 1])
+  local count, ttl = nil, window
+  if cost > 0 then
+    count = redis.call('INCRBY', key, cost)
   else
-    -- The window is open: only the count moves, the expiry stays.
-    redis.call('HINCRBY', key, 'c', state[4])
+    count = tonumber(redis.call('GET', key)) or 0
+  end
+  if count == cost then
+    if cost > 0 then redis.call('PEXPIRE', key, window) end
+  else
+    ttl = redis.call('PTTL', key)
+    if ttl == -1 then
+      -- A counter that lost its expiry (PERSIST, a restore) gets one now,
+      -- even on a denial: no key may live forever.
+      redis.call('PEXPIRE', key, window)
+      ttl = window
+    elseif ttl == 0 then
+      -- Under a millisecond left: report one, never an early reset.
+      ttl = 1
+    end
+  end
+  if count > tonumber(ARGV[2 * i]) then over = true end
+  out[2 * i - 1], out[2 * i] = count, ttl
+end
+if over and cost > 0 then
+  for i = 1, #KEYS do
+    if out[2 * i - 1] == cost then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('DECRBY', KEYS[i], cost)
+    end
   end
 end
-
-local function refund(key, now_us, limit, window, burst, cost)
-  local stored = redis.call('HMGET', key, 'c', 'e')
-  local count, window_end = tonumber(stored[1]), tonumber(stored[2])
-  if count and count > 0 and window_end and window_end > math.floor(now_us / 1000) then
-    redis.call('HINCRBY', key, 'c', -math.min(cost, count))
-  end
-end
+return out

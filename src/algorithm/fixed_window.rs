@@ -1,4 +1,5 @@
-//! Fixed window: the twin of `fixed_window.lua`.
+//! Fixed window: the twin of `fixed_window.lua` (Redis's expiry is the
+//! window) and of `fixed_window_app_clock.lua` (the window's end is stored).
 //!
 //! A counter per key opens a window at the key's first request and expires
 //! with it; at most `limit` requests are admitted per window. One integer per
@@ -7,8 +8,9 @@
 
 use super::{Entry, Limit, Verdict};
 
-/// The script's `decide` over an in-memory counter (`None`: no such key or
-/// expired). State: `[count]`, expiring at the window's end.
+/// Decides over a counter (`None`: no such key or expired). State:
+/// `[count]`, expiring at the window's end. The Redis store calls it too,
+/// over the count and the time left that a script found.
 pub(crate) fn decide(
     entry: Option<Entry>,
     now_us: u64,
@@ -36,9 +38,10 @@ pub(crate) fn decide(
     )
 }
 
-/// The script's `refund` over a live counter: the count given back, never
-/// below zero.
+/// The scripts' refund over a live counter: the count given back; a count
+/// that reaches zero drops the counter, as the scripts delete it (on Redis's
+/// clock a counter of 0 would read as a new window).
 pub(crate) fn refund(mut entry: Entry, cost: u64) -> Option<Entry> {
-    entry.value[0] -= cost.min(entry.value[0]);
+    entry.value[0] = entry.value[0].checked_sub(cost).filter(|&c| c > 0)?;
     Some(entry)
 }

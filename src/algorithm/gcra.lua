@@ -1,41 +1,67 @@
 -- GCRA (generic cell rate algorithm): a token bucket of `burst` tokens
 -- refilled at the rate, kept as one number, the theoretical arrival time
--- (TAT) in microseconds. Each request pushes the TAT one emission interval
--- further; a request is admitted while the TAT stays within `burst`
--- intervals of now. Values stay below 2^53, so Lua's doubles are exact.
-local function decide(key, now, limit, window, burst, cost)
-  local interval = math.floor((window * 1000 + limit - 1) / limit)
-  local tolerance = interval * burst
-  local stored = tonumber(redis.call('GET', key))
-  local tat = math.max(stored or 0, now)
-  local new_tat = tat + cost * interval
-  local allow_at = new_tat - tolerance
-  if allow_at > now then
-    -- A denial writes nothing, but a TAT that lost its expiry gets one back.
-    if stored and redis.call('PTTL', key) == -1 then
-      redis.call('PEXPIRE', key, math.floor((tat - now + 999) / 1000))
+-- (TAT) in microseconds. Each request pushes the TAT `cost` emission
+-- intervals further; a request is admitted while the TAT stays within the
+-- tolerance (`burst` intervals) of now. A TAT in the past means the same as
+-- no key. Values stay below 2^53, so Lua's doubles are exact.
+-- KEYS: one TAT per limit. ARGV[1]: now in microseconds since the Unix
+-- epoch, or -1 to read Redis's clock. ARGV[2]: cost (0: a peek; negative: a
+-- refund). Then per limit: the emission interval and the tolerance (µs).
+-- Returns {1 if every limit admits the request else 0, now, then per limit
+-- the TAT found (0: none)}; the app computes the headers from them.
+local now = tonumber(ARGV[1])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local cost = tonumber(ARGV[2])
+if cost < 0 then
+  for i = 1, #KEYS do
+    local tat = tonumber(redis.call('GET', KEYS[i]))
+    if tat and tat > now then
+      local back = tat + cost * ARGV[2 * i + 1]
+      if back > now then
+        -- Only moves back, so the key's expiry stays long enough.
+        redis.call('INCRBY', KEYS[i], back - tat)
+      else
+        redis.call('DEL', KEYS[i])
+      end
     end
-    local remaining = math.floor(math.max(now + tolerance - tat, 0) / interval)
-    return false, remaining, tat - now, allow_at - now, nil
   end
-  local remaining = math.floor((now + tolerance - new_tat) / interval)
-  return true, remaining, new_tat - now, 0, {new_tat, new_tat - now}
+  return {1}
 end
-
-local function commit(key, state)
-  -- Once the TAT has passed, the key means the same as no key. The expiry is
-  -- relative, so an app clock behind Redis's cannot drop the TAT early.
-  redis.call('SET', key, state[1], 'PX', math.floor((state[2] + 999) / 1000))
+local out = {1, now}
+for i = 1, #KEYS do
+  local stored = tonumber(redis.call('GET', KEYS[i])) or 0
+  out[i + 2] = stored
+  local ahead = 0
+  if stored > now then ahead = stored - now end
+  if ahead + cost * ARGV[2 * i + 1] > tonumber(ARGV[2 * i + 2]) then
+    out[1] = 0
+    -- A denial writes nothing, but a TAT that lost its expiry gets one back.
+    if ahead > 0 and redis.call('PTTL', KEYS[i]) == -1 then
+      redis.call('PEXPIRE', KEYS[i], math.floor(ahead / 1000) + 1)
+    end
+  end
 end
-
-local function refund(key, now, limit, window, burst, cost)
-  local tat = tonumber(redis.call('GET', key))
-  if not tat or tat <= now then return end
-  local interval = math.floor((window * 1000 + limit - 1) / limit)
-  local new_tat = math.max(tat - cost * interval, now)
-  if new_tat > now then
-    redis.call('SET', key, new_tat, 'PX', math.floor((new_tat - now + 999) / 1000))
+if out[1] == 0 or cost == 0 then return out end
+for i = 1, #KEYS do
+  local key, stored = KEYS[i], out[i + 2]
+  local tat = now
+  if stored > now then tat = stored end
+  tat = tat + cost * ARGV[2 * i + 1]
+  -- The key must outlive the TAT. It is given the tolerance on top, so that
+  -- a busy key renews its expiry about once a tolerance, not on every
+  -- request: the TAT itself is updated in place.
+  local needed = tat - now
+  if stored == 0 then
+    redis.call('PSETEX', key, math.floor((needed + ARGV[2 * i + 2]) / 1000) + 1, tat)
   else
-    redis.call('DEL', key)
+    redis.call('INCRBY', key, tat - stored)
+    -- PTTL is whole ms: a ms of margin, so the key never expires before it.
+    if redis.call('PTTL', key) * 1000 < needed + 1000 then
+      redis.call('PEXPIRE', key, math.floor((needed + ARGV[2 * i + 2]) / 1000) + 1)
+    end
   end
 end
+return out

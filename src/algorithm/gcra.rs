@@ -7,8 +7,8 @@
 
 use super::{Entry, Limit, Verdict};
 
-/// The script's `decide` over an in-memory TAT (`None`: no such key, or it
-/// expired, which means the same).
+/// Decides over a TAT (`None`: no such key, or it expired, which means the
+/// same). The Redis store calls it too, over the TAT a script found.
 pub(crate) fn decide(
     entry: Option<Entry>,
     now: u64,
@@ -25,22 +25,29 @@ pub(crate) fn decide(
         return (Verdict::denied(remaining, tat - now, allow_at - now), None);
     }
     let remaining = (now + tolerance - new_tat) / interval;
+    // As the script: a key outlives its TAT by up to the tolerance, so that
+    // a busy key's expiry is renewed about once a tolerance.
+    let expires_at_ms = match entry {
+        Some(e) if e.expires_at_ms.saturating_mul(1000) >= new_tat + 1000 => e.expires_at_ms,
+        _ => (new_tat + tolerance) / 1000 + 1,
+    };
     let state = Entry {
         value: [new_tat, 0, 0],
-        expires_at_ms: new_tat.div_ceil(1000),
+        expires_at_ms,
     };
     (Verdict::allowed(remaining, new_tat - now), Some(state))
 }
 
 /// The script's `refund` over a live TAT: moved back `cost` intervals, not
-/// past now; `None` once it has passed (the same as no key).
+/// past now; `None` once it has passed (the same as no key). The expiry
+/// stays: it outlives the earlier TAT.
 pub(crate) fn refund(entry: Entry, now: u64, limit: &Limit, cost: u64) -> Option<Entry> {
     let tat = entry.value[0];
     let new_tat = tat
         .saturating_sub(cost.saturating_mul(limit.interval_us()))
         .max(now);
-    (new_tat > now).then(|| Entry {
+    (new_tat > now).then_some(Entry {
         value: [new_tat, 0, 0],
-        expires_at_ms: new_tat.div_ceil(1000),
+        ..entry
     })
 }

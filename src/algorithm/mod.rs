@@ -1,14 +1,18 @@
 //! The decision logic, kept apart from where counters live.
 //!
-//! Each algorithm is a Lua `decide`/`commit` pair that Redis runs inside one
-//! shared driver script (`driver.lua`: every limit of a policy decided in one
-//! call, all or nothing) and, beside it, an in-memory twin of `decide`
-//! written line for line against the same state. The conformance tests feed
-//! both the same sequences and require identical answers.
+//! Each algorithm is a Lua script that Redis runs (every limit of a policy
+//! decided in one call, all or nothing) and, beside it, an in-memory twin
+//! written against the same state. A script does only what must happen
+//! inside Redis, atomically: it reads each limit's state, admits or not, and
+//! writes; it returns the state it found, and the twin's `decide` computes
+//! the headers' figures from it in the app, so that the arithmetic of
+//! `remaining`, `reset` and `Retry-After` exists once, in Rust, and Redis's
+//! CPU is spent on counting alone. The conformance tests feed both stores the
+//! same sequences and require identical answers.
 //!
 //! | algorithm | state per limit | worst case over-admission |
 //! |---|---|---|
-//! | [`FixedWindow`](Algorithm::FixedWindow) | one integer | `2 × limit` within moments, at a window boundary |
+//! | [`FixedWindow`](Algorithm::FixedWindow) | one integer whose expiry is the window (on the app's clock: a 2-field hash) | `2 × limit` within moments, at a window boundary |
 //! | [`SlidingWindow`](Algorithm::SlidingWindow) | a 3-field hash | `2 × limit` in one window's length, only when bunched at the ends of two windows; about `limit` across a boundary |
 //! | [`Gcra`](Algorithm::Gcra) | one integer | none: at most `burst + t / T` in any span `t`, `T = window / limit` |
 //!
@@ -53,23 +57,6 @@ impl Algorithm {
             Self::FixedWindow => "fixed_window",
             Self::SlidingWindow => "sliding_window",
             Self::Gcra => "gcra",
-        }
-    }
-
-    /// The full script Redis runs: the algorithm's `decide`/`commit` and the
-    /// shared driver.
-    pub(crate) fn script(self) -> &'static str {
-        match self {
-            Self::FixedWindow => {
-                concat!(include_str!("fixed_window.lua"), include_str!("driver.lua"))
-            }
-            Self::SlidingWindow => {
-                concat!(
-                    include_str!("sliding_window.lua"),
-                    include_str!("driver.lua")
-                )
-            }
-            Self::Gcra => concat!(include_str!("gcra.lua"), include_str!("driver.lua")),
         }
     }
 
@@ -134,6 +121,139 @@ impl std::str::FromStr for Algorithm {
                     "{name:?} is not one of fixed_window (fixed), sliding_window (sliding), gcra"
                 ),
             )),
+        }
+    }
+}
+
+/// One of the Lua scripts Redis runs: an algorithm's, and for the fixed
+/// window, on whose clock.
+///
+/// The fixed window on the store's clock needs no clock at all: Redis's
+/// expiry of the counter is the window, so its script is the least any
+/// fixed window can do (`INCRBY`, then `PEXPIRE` or `PTTL`). On the app's
+/// clock the window's end is stored beside the count, in a hash, under a key
+/// of its own (see [`crate::key`]'s layout), so that switching clocks never
+/// meets a counter of the other shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Script {
+    FixedWindow,
+    FixedWindowAppClock,
+    SlidingWindow,
+    Gcra,
+}
+
+impl Script {
+    pub(crate) const ALL: [Script; 4] = [
+        Self::FixedWindow,
+        Self::FixedWindowAppClock,
+        Self::SlidingWindow,
+        Self::Gcra,
+    ];
+
+    /// The script for `algorithm`; `app_clock`: the caller sends its time.
+    pub(crate) fn of(algorithm: Algorithm, app_clock: bool) -> Self {
+        match algorithm {
+            Algorithm::FixedWindow if app_clock => Self::FixedWindowAppClock,
+            Algorithm::FixedWindow => Self::FixedWindow,
+            Algorithm::SlidingWindow => Self::SlidingWindow,
+            Algorithm::Gcra => Self::Gcra,
+        }
+    }
+
+    /// The Lua source.
+    pub(crate) fn source(self) -> &'static str {
+        match self {
+            Self::FixedWindow => include_str!("fixed_window.lua"),
+            Self::FixedWindowAppClock => include_str!("fixed_window_app_clock.lua"),
+            Self::SlidingWindow => include_str!("sliding_window.lua"),
+            Self::Gcra => include_str!("gcra.lua"),
+        }
+    }
+
+    /// Whether `ARGV[1]` is the time (µs, or -1 for Redis's `TIME`); the
+    /// fixed window on the store's clock reads none.
+    pub(crate) fn takes_now(self) -> bool {
+        self != Self::FixedWindow
+    }
+
+    /// The arguments the script takes for `limit`, after the time and cost.
+    pub(crate) fn limit_args(self, limit: &Limit) -> [u64; 2] {
+        match self {
+            Self::Gcra => {
+                let interval = limit.interval_us();
+                [interval, interval * limit.burst()]
+            }
+            _ => [limit.rate.limit(), limit.rate.window_ms()],
+        }
+    }
+
+    /// Each limit's verdict on a request of `cost` (0 for a peek), from the
+    /// script's reply: the twin decides again over the state the script
+    /// found, and where the script says whether it admitted the request, the
+    /// two must agree. `None`: a reply of another shape, or a disagreement.
+    pub(crate) fn verdicts(
+        self,
+        reply: &[i64],
+        limits: &[Limit],
+        cost: u64,
+    ) -> Option<[Option<Verdict>; MAX_LIMITS]> {
+        let n = limits.len();
+        let at = |i: usize| reply.get(i).and_then(|&v| u64::try_from(v).ok());
+        let mut verdicts = [None; MAX_LIMITS];
+        let slots = verdicts.iter_mut().zip(limits).enumerate();
+        let admitted = match self {
+            Self::FixedWindow | Self::FixedWindowAppClock => {
+                // Per limit: the count with this cost, and the ms left in the
+                // window: decided at a time 0 at which the window ends then.
+                (reply.len() == 2 * n).then_some(())?;
+                for (i, (slot, limit)) in slots {
+                    let count = at(2 * i)?.checked_sub(cost)?;
+                    let entry = Entry {
+                        value: [count, 0, 0],
+                        expires_at_ms: at(2 * i + 1)?,
+                    };
+                    *slot = Some(fixed_window::decide(Some(entry), 0, limit, cost).0);
+                }
+                None
+            }
+            Self::SlidingWindow => {
+                // {admitted, now (ms), then per limit w (-1: none), c, p}.
+                (reply.len() == 3 * n + 2).then_some(())?;
+                let now_us = at(1)?.checked_mul(1000)?;
+                for (i, (slot, limit)) in slots {
+                    let o = 3 * i + 2;
+                    let entry = match reply[o] {
+                        -1 => None,
+                        _ => Some(Entry {
+                            value: [at(o)?, at(o + 1)?, at(o + 2)?],
+                            expires_at_ms: u64::MAX,
+                        }),
+                    };
+                    *slot = Some(sliding_window::decide(entry, now_us, limit, cost).0);
+                }
+                Some(reply[0] == 1)
+            }
+            Self::Gcra => {
+                // {admitted, now (µs), then per limit the TAT (0: none)}.
+                (reply.len() == n + 2).then_some(())?;
+                let now_us = at(1)?;
+                for (i, (slot, limit)) in slots {
+                    let entry = match at(i + 2)? {
+                        0 => None,
+                        tat => Some(Entry {
+                            value: [tat, 0, 0],
+                            expires_at_ms: u64::MAX,
+                        }),
+                    };
+                    *slot = Some(gcra::decide(entry, now_us, limit, cost).0);
+                }
+                Some(reply[0] == 1)
+            }
+        };
+        let all = verdicts.iter().flatten().all(|v| v.allowed);
+        match admitted {
+            Some(admitted) if admitted != all => None,
+            _ => Some(verdicts),
         }
     }
 }

@@ -10,8 +10,9 @@
 
 use super::{Entry, Limit, Verdict};
 
-/// The script's `decide`. State: `[window index, count, previous count]`,
-/// expiring two windows after the current one opened.
+/// Decides over a counter (`None`: none, or expired). State: `[window
+/// index, count, previous count]`, expiring two windows after the current
+/// one opened. The Redis store calls it too, over the state a script found.
 pub(crate) fn decide(
     entry: Option<Entry>,
     now_us: u64,

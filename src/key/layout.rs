@@ -8,16 +8,19 @@
 //! The head is the policy's prefix and name; the hash tag holds the key's
 //! label and the client's value (encoded, see [`encode`](super::encode)), so
 //! that every counter of one client lands in one Redis Cluster slot; each
-//! limit then names its counter by its window in seconds and, for the
-//! sliding window and GCRA, the algorithm, so that switching a policy's
-//! algorithm never reads another's state.
+//! limit then names its counter by its window in seconds and the algorithm
+//! (for the fixed window, on Redis's clock only: `:fixed`), so that switching
+//! a policy's algorithm or clock never reads state of another shape.
 
 use std::fmt::Write as _;
 
 use http::request::Parts;
 
 use super::{Key, KeyError};
-use crate::{Algorithm, Error, algorithm::Limit};
+use crate::{
+    Error,
+    algorithm::{Limit, Script},
+};
 
 /// `<prefix><policy>:{`: every client key of a policy starts so.
 pub(crate) fn head(prefix: &str, policy: &str) -> String {
@@ -71,12 +74,17 @@ pub(crate) fn client_of_counter<'a>(head: &str, counter: &'a str) -> Option<&'a 
 }
 
 /// Writes the counter of `limit` under `client_key` to `out` (cleared
-/// first): `:60`, `:60:sliding`, `:60:gcra`.
-pub(crate) fn counter_key(client_key: &str, limit: &Limit, algorithm: Algorithm, out: &mut String) {
-    let suffix = match algorithm {
-        Algorithm::FixedWindow => "",
-        Algorithm::SlidingWindow => ":sliding",
-        Algorithm::Gcra => ":gcra",
+/// first): `:60:fixed` (on Redis's clock), `:60` (the fixed window on the
+/// app's clock), `:60:sliding`, `:60:gcra`.
+pub(crate) fn counter_key(client_key: &str, limit: &Limit, script: Script, out: &mut String) {
+    // The fixed window on Redis's clock is a plain integer; the unsuffixed
+    // name holds the hash of the window on the app's clock (and of versions
+    // before 0.2, which kept that shape for both clocks).
+    let suffix = match script {
+        Script::FixedWindow => ":fixed",
+        Script::FixedWindowAppClock => "",
+        Script::SlidingWindow => ":sliding",
+        Script::Gcra => ":gcra",
     };
     out.clear();
     out.push_str(client_key);
@@ -101,12 +109,13 @@ mod tests {
         assert_eq!(client, "rl:telemetry:{x-agent-token:AGENT-1}");
         let limit = Limit::new(Rate::per_minute(5));
         let mut counter = String::new();
-        for (algorithm, expected) in [
-            (Algorithm::FixedWindow, ":60"),
-            (Algorithm::SlidingWindow, ":60:sliding"),
-            (Algorithm::Gcra, ":60:gcra"),
+        for (script, expected) in [
+            (Script::FixedWindow, ":60:fixed"),
+            (Script::FixedWindowAppClock, ":60"),
+            (Script::SlidingWindow, ":60:sliding"),
+            (Script::Gcra, ":60:gcra"),
         ] {
-            counter_key(&client, &limit, algorithm, &mut counter);
+            counter_key(&client, &limit, script, &mut counter);
             assert_eq!(counter, format!("{client}{expected}"));
         }
         let missing = client_key(&head, &Key::user(), &parts, &mut client);

@@ -235,12 +235,12 @@ impl MemoryStore {
             now_us: None,
         };
         let (now_us, mut shard) = self.open(&charge)?;
-        let mut counter = KeyBuffer::take();
         let mut live = 0;
         for limit in limits {
-            charge.counter_key(limit, &mut counter);
-            let removed = shard.counters.remove(counter.as_str());
-            live += u64::from(removed.is_some_and(|e| e.expires_at_ms > now_us / 1000));
+            charge.each_counter_on_any_clock(limit, |counter| {
+                let removed = shard.counters.remove(counter);
+                live += u64::from(removed.is_some_and(|e| e.expires_at_ms > now_us / 1000));
+            });
         }
         Ok(live)
     }

@@ -15,7 +15,11 @@ pub use self::{
     redis::{KeyScan, RedisConfig, RedisConnection, RedisStore, TlsFiles},
 };
 pub use crate::algorithm::MAX_LIMITS;
-use crate::{Algorithm, Decision, Error, algorithm::Limit, key::layout};
+use crate::{
+    Algorithm, Decision, Error,
+    algorithm::{Limit, Script},
+    key::layout,
+};
 
 /// What one request would cost a client: `cost` requests on `key`, under
 /// every one of `limits`. A store [`check`](Store::check)s a charge (counts
@@ -72,8 +76,17 @@ impl<'a> Charge<'a> {
                 ),
             ));
         }
-        for limit in self.limits {
+        for (i, limit) in self.limits.iter().enumerate() {
             limit.validate("limits.")?;
+            // Counters are named by their window: two such limits would
+            // count into one counter, twice.
+            let window = limit.rate.window();
+            if self.limits[..i].iter().any(|l| l.rate.window() == window) {
+                return Err(Error::config(
+                    "limits",
+                    format!("two limits share the window of {}", limit.rate),
+                ));
+            }
         }
         if self.cost == 0 {
             return Err(Error::config("cost", "must be at least 1"));
@@ -94,7 +107,31 @@ impl<'a> Charge<'a> {
     /// `rl:telemetry:{x-agent-token:AGENT-1}:60:gcra`. A store of your own
     /// keeps one counter per key it gives.
     pub fn counter_key(&self, limit: &Limit, out: &mut String) {
-        layout::counter_key(self.key, limit, self.algorithm, out);
+        layout::counter_key(self.key, limit, self.script(), out);
+    }
+
+    /// The script that decides this check: the algorithm's, on the clock
+    /// the check names (a time given is the app's clock).
+    pub(crate) fn script(&self) -> Script {
+        Script::of(self.algorithm, self.now_us.is_some())
+    }
+
+    /// Calls `each` with the name of every counter a reset of `limit`
+    /// deletes: the limit's counter on either clock (two names only for the
+    /// fixed window, whose counters differ in shape).
+    pub(crate) fn each_counter_on_any_clock(&self, limit: &Limit, mut each: impl FnMut(&str)) {
+        let (mut store, mut app) = (String::new(), String::new());
+        layout::counter_key(
+            self.key,
+            limit,
+            Script::of(self.algorithm, false),
+            &mut store,
+        );
+        layout::counter_key(self.key, limit, Script::of(self.algorithm, true), &mut app);
+        each(&store);
+        if app != store {
+            each(&app);
+        }
     }
 }
 

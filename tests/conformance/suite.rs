@@ -281,12 +281,14 @@ async fn the_most_restrictive_limit_is_reported() {
 }
 
 #[tokio::test]
-async fn a_check_with_no_or_too_many_limits_is_an_error_not_a_panic() {
+async fn a_check_with_no_or_too_many_limits_or_two_on_one_window_is_an_error() {
     let pair = Pair::new().await;
     let nine: Vec<_> = (1..=9)
         .map(|s| Limit::new(Rate::new(nz(5), Duration::from_secs(s)).unwrap()))
         .collect();
-    for limits in [&[][..], &nine[..]] {
+    // Counters are named by their window: these two would share one.
+    let one_window = limits(&["5/m", "10/m"]);
+    for limits in [&[][..], &nine[..], &one_window[..]] {
         let check = check("rl:p:{k}", limits, Algorithm::FixedWindow);
         for error in [
             pair.memory.check(check).await.unwrap_err(),
@@ -453,7 +455,9 @@ impl OwnClock for Redis {
 
     /// Waits until Redis has expired the counter: the window is over.
     async fn await_reset(&self, key: &str, _decision: &Decision) {
-        let key = format!("{}{key}:1", self.1);
+        let key = format!("{}{key}", self.1);
+        let limits = [Limit::new(Rate::per_second(1))];
+        let key = counter_key(&check(&key, &limits, Algorithm::FixedWindow));
         let conn = inspect();
         eventually(Duration::from_secs(5), || {
             let (key, mut conn) = (key.clone(), conn.clone());
@@ -536,13 +540,11 @@ fn unix_now_us() -> u64 {
 }
 
 /// The counter keys of one client, as the stores name them.
-fn counter_key(client: &str, algorithm: Algorithm, window_secs: u64) -> String {
-    let suffix = match algorithm {
-        Algorithm::FixedWindow => "",
-        Algorithm::SlidingWindow => ":sliding",
-        _ => ":gcra",
-    };
-    format!("{client}:{window_secs}{suffix}")
+/// The Redis key of the first limit of `charge`, as the store names it.
+fn counter_key(charge: &Charge<'_>) -> String {
+    let mut key = String::new();
+    charge.counter_key(&charge.limits[0], &mut key);
+    key
 }
 
 /// `Clock::App` with the app's clock two hours behind Redis's, or ahead of
@@ -557,7 +559,7 @@ async fn an_app_clock_behind_or_ahead_of_redis_never_weakens_the_limit() {
         for skew in [-(two_hours as i64), -300_000, 300_000, two_hours as i64] {
             let client = format!("{}{{k}}", unique_prefix());
             let five = limits(&["5/m"]);
-            let mut admitted = 0;
+            let (mut admitted, mut key) = (0, String::new());
             for _ in 0..100 {
                 let check = Charge {
                     key: &client,
@@ -567,13 +569,14 @@ async fn an_app_clock_behind_or_ahead_of_redis_never_weakens_the_limit() {
                     now_us: Some(unix_now_us().saturating_add_signed(skew)),
                 };
                 admitted += u32::from(redis.check(check).await.unwrap().allowed);
+                key = counter_key(&check);
             }
             assert_eq!(
                 admitted, 5,
                 "{algorithm:?} with the app clock {skew} us off"
             );
             // And the counter lives no longer than its algorithm needs.
-            let ttl = pttl(&counter_key(&client, algorithm, 60)).await;
+            let ttl = pttl(&key).await;
             assert!(
                 ttl > 0 && ttl <= 120_000,
                 "{algorithm:?} {skew}: PTTL {ttl}"
@@ -627,12 +630,12 @@ async fn every_algorithm_gives_a_persisted_counter_its_ttl_back() {
     let redis = redis().await;
     for algorithm in ALGORITHMS {
         let client = format!("{}{{k}}", unique_prefix());
-        let key = counter_key(&client, algorithm, 60);
         let three = limits(&["3/m"]);
         let check = |cost| Charge {
             cost,
             ..check(&client, &three, algorithm)
         };
+        let key = counter_key(&check(1));
         assert!(redis.check(check(1)).await.unwrap().allowed);
         persist(&key).await;
         assert!(
@@ -806,5 +809,137 @@ async fn a_reset_starts_the_client_afresh_and_only_that_client() {
         assert_eq!(pair.check("k", algorithm, &both, 1).await, fresh);
         assert!(!pair.check("other", algorithm, &both, 1).await.allowed);
         assert_eq!(pair.reset("never", algorithm, &both).await, 0);
+    }
+}
+
+/// `GET` of `key`, parsed: `None` if absent.
+async fn counter_value(key: &str) -> Option<i64> {
+    let value = redis::cmd("GET").arg(key).query_async(&mut inspect()).await;
+    value.unwrap()
+}
+
+/// The fixed window on Redis's clock (`fixed_window.lua`: the counter's
+/// expiry is the window, no clock is read) against its twin in the memory
+/// store: random costs, refunds and peeks on a few clients under one to
+/// three limits, all within windows of an hour or more, so Redis's time
+/// plays no part but in the time left, which counts down. Every answer
+/// agrees on admission and what remains; Redis's reset is never later than
+/// the twin's (whose time stands still) nor zero; and after every step each
+/// counter in Redis holds a positive count and has an expiry.
+#[test]
+fn the_fixed_window_on_redis_clock_decides_as_its_twin() {
+    let runtime = current_thread();
+    let limit_sets = [
+        limits(&["3/h"]),
+        limits(&["5/h", "12/d"]),
+        limits(&["2/m", "4/h", "7/d"]),
+    ];
+    // (client, cost, what: 0 and 1 check, 2 refund, 3 peek)
+    let op = (0usize..3, 1u64..5, 0u8..4);
+    let sequence = proptest::collection::vec(op, 1..40);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
+    runner
+        .run(&(0usize..3, sequence), |(l, ops)| {
+            let limits = &limit_sets[l];
+            runtime.block_on(async {
+                let (memory, redis, prefix) = (MemoryStore::new(), redis().await, unique_prefix());
+                let now = Some(unix_now_us());
+                for (client, cost, what) in ops {
+                    let key = format!("{prefix}{{k{client}}}");
+                    let on_redis = check(&key, limits, Algorithm::FixedWindow);
+                    let charge = Charge { cost, ..on_redis };
+                    let on_memory = Charge {
+                        now_us: now,
+                        ..charge
+                    };
+                    match what {
+                        0 | 1 => {
+                            let m = memory.check(on_memory).await.unwrap();
+                            let r = redis.check(charge).await.unwrap();
+                            let figures =
+                                |d: &Decision| (d.allowed, d.remaining, d.limit, d.window);
+                            assert_eq!(figures(&m), figures(&r), "{key} cost {cost}");
+                            assert!(
+                                r.reset_after > Duration::ZERO && r.reset_after <= m.reset_after
+                            );
+                            assert_eq!(r.retry_after, r.retry_after.and(Some(r.reset_after)));
+                            assert_eq!(m.retry_after.is_some(), r.retry_after.is_some());
+                        }
+                        2 => {
+                            memory.refund(on_memory).await.unwrap();
+                            redis.refund(charge).await.unwrap();
+                        }
+                        _ => {
+                            let m = memory
+                                .peek(&key, limits, Algorithm::FixedWindow, now)
+                                .unwrap();
+                            let r = redis
+                                .peek(&key, limits, Algorithm::FixedWindow, None)
+                                .await
+                                .unwrap();
+                            let used = |s: &[LimitState]| -> Vec<(u64, u64)> {
+                                s.iter().map(|s| (s.remaining, s.used)).collect()
+                            };
+                            assert_eq!(used(&m), used(&r), "peek of {key}");
+                        }
+                    }
+                    for limit in limits {
+                        let mut counter = String::new();
+                        on_redis.counter_key(limit, &mut counter);
+                        if let Some(count) = counter_value(&counter).await {
+                            assert!(count > 0, "{counter} holds {count}");
+                            assert!(pttl(&counter).await > 0, "{counter} has no expiry");
+                        }
+                    }
+                }
+            });
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// On Redis's clock the fixed window counts first and takes back a denied
+/// request: a new client's request denied by any limit, or a cost above the
+/// limit, leaves no counter behind, and a peek or a refund of a client with
+/// no counters creates none.
+#[tokio::test]
+async fn a_denied_request_leaves_no_counter_behind_on_redis_clock() {
+    let redis = redis().await;
+    let client = format!("{}{{k}}", unique_prefix());
+    let two = limits(&["5/h", "2/d"]);
+    let keys: Vec<String> = two
+        .iter()
+        .map(|limit| {
+            let mut key = String::new();
+            check(&client, &two, Algorithm::FixedWindow).counter_key(limit, &mut key);
+            key
+        })
+        .collect();
+    let charge = |cost| Charge {
+        cost,
+        ..check(&client, &two, Algorithm::FixedWindow)
+    };
+    // Denied by the second limit alone: the first, with room, keeps nothing.
+    assert!(!redis.check(charge(3)).await.unwrap().allowed);
+    // Denied by both.
+    assert!(!redis.check(charge(9)).await.unwrap().allowed);
+    redis
+        .peek(&client, &two, Algorithm::FixedWindow, None)
+        .await
+        .unwrap();
+    redis.refund(charge(1)).await.unwrap();
+    for key in &keys {
+        assert_eq!(counter_value(key).await, None, "{key}");
+    }
+    // The mirror case: counters that exist are taken back to where they were.
+    assert!(redis.check(charge(1)).await.unwrap().allowed);
+    assert!(!redis.check(charge(2)).await.unwrap().allowed);
+    for key in &keys {
+        assert_eq!(counter_value(key).await, Some(1), "{key}");
+    }
+    // A refund to nothing deletes them: the next request opens a new window.
+    redis.refund(charge(1)).await.unwrap();
+    for key in &keys {
+        assert_eq!(counter_value(key).await, None, "{key}");
     }
 }

@@ -14,35 +14,28 @@ use std::{
     sync::{LazyLock, atomic::Ordering::Relaxed},
 };
 
-use redis::{ErrorKind, Script, ServerErrorKind, aio::ConnectionManager};
+use redis::{ErrorKind, ServerErrorKind, aio::ConnectionManager};
 
 pub use self::config::{RedisConfig, TlsFiles};
 pub use self::connection::{KeyScan, RedisConnection};
 use self::server::Dropped;
 use super::{Charge, MAX_LIMITS, Store};
-use crate::{Algorithm, Decision, Error, Limit, LimitState, algorithm::Verdict, key::KeyBuffer};
+use crate::{
+    Algorithm, Decision, Error, Limit, LimitState,
+    algorithm::{Script, Verdict},
+    key::KeyBuffer,
+};
 
-const ALGORITHMS: [Algorithm; 3] = [
-    Algorithm::FixedWindow,
-    Algorithm::SlidingWindow,
-    Algorithm::Gcra,
-];
-
-/// What a limiter's user must be allowed: the connection's commands, the
-/// scripts, and what they run inside.
 const SCRIPT_COMMANDS: &str = "PING, HELLO, SELECT (for a database other than 0), EVALSHA, EVAL, \
-     and within the scripts TIME, GET, SET, DEL, PTTL, PEXPIRE, HMGET, HSET and HINCRBY";
+     and within the scripts TIME, GET, PSETEX, INCRBY, DECRBY, DEL, PTTL, PEXPIRE, HMGET, HSET \
+     and HINCRBY";
 
 /// One script per algorithm, hashed once.
-static SCRIPTS: LazyLock<[Script; 3]> =
-    LazyLock::new(|| ALGORITHMS.map(|algorithm| Script::new(algorithm.script())));
+static SCRIPTS: LazyLock<[redis::Script; 4]> =
+    LazyLock::new(|| Script::ALL.map(|script| redis::Script::new(script.source())));
 
-fn script(algorithm: Algorithm) -> &'static Script {
-    &SCRIPTS[match algorithm {
-        Algorithm::FixedWindow => 0,
-        Algorithm::SlidingWindow => 1,
-        Algorithm::Gcra => 2,
-    }]
+fn loaded(script: Script) -> &'static redis::Script {
+    &SCRIPTS[Script::ALL.iter().position(|s| *s == script).unwrap_or(0)]
 }
 
 /// Counters in Redis: one `EVALSHA` per decision, whatever the number of
@@ -122,8 +115,8 @@ impl RedisStore {
                 _ => e.into(),
             });
         }
-        for algorithm in ALGORITHMS {
-            store.probe(algorithm).await?;
+        for script in Script::ALL {
+            store.probe(script).await?;
         }
         Ok(store)
     }
@@ -153,20 +146,20 @@ impl RedisStore {
         }
     }
 
-    /// Runs `algorithm`'s script on no key at all, a refund of nothing that
-    /// reads only `TIME`: it proves the user may run the script, and `TIME`
-    /// within it.
-    async fn probe(&self, algorithm: Algorithm) -> Result<(), Error> {
+    /// Runs `script` on no key at all, a refund of nothing that reads at
+    /// most `TIME`: it proves the user may run the script, and `TIME` within
+    /// it (and loads it).
+    async fn probe(&self, script: Script) -> Result<(), Error> {
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha
-            .arg(script(algorithm).get_hash())
+            .arg(loaded(script).get_hash())
             .arg(0)
             .arg(-1)
             .arg(-1);
         let reply = Self::run(
             self.connection.clone(),
             self.dropped.clone(),
-            algorithm,
+            script,
             evalsha,
         );
         let denied = |e: &redis::RedisError| {
@@ -222,7 +215,9 @@ impl RedisStore {
     ) -> Result<Vec<LimitState>, Error> {
         let charge = Charge::peek(key, limits, algorithm, now_us);
         let reply = self.script_call(&charge, 0)?.await?;
-        Ok(verdicts(&reply, limits.len())?
+        Ok(verdicts(&charge, &reply, 0)?
+            .into_iter()
+            .flatten()
             .zip(limits)
             .map(|(verdict, limit)| LimitState::new(limit, algorithm, verdict))
             .collect())
@@ -249,10 +244,10 @@ impl RedisStore {
         };
         charge.validate()?;
         let mut del = redis::cmd("DEL");
-        let mut counter = String::new();
         for limit in limits {
-            charge.counter_key(limit, &mut counter);
-            del.arg(counter.as_str());
+            charge.each_counter_on_any_clock(limit, |counter| {
+                del.arg(counter);
+            });
         }
         Ok(self.connection.query(&del).await?)
     }
@@ -280,41 +275,41 @@ impl RedisStore {
     ) -> Result<impl Future<Output = Result<Vec<i64>, Error>> + Send + 'static, Error> {
         let evalsha = Self::evalsha(check, cost)?;
         let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
-        Ok(Self::run(connection, dropped, check.algorithm, evalsha))
+        Ok(Self::run(connection, dropped, check.script(), evalsha))
     }
 
     /// The `EVALSHA` of `check` with `cost` (negative: a refund), or the
     /// check's validation error.
     fn evalsha(check: &Charge<'_>, cost: i64) -> Result<redis::Cmd, Error> {
         check.validate()?;
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha
-            .arg(script(check.algorithm).get_hash())
-            .arg(check.limits.len());
+        let script = check.script();
+        // Sized once, so that its buffers do not grow (and reallocate) as
+        // the arguments come: the name, the sha, the key count, the time and
+        // the cost, then per limit the counter (the client's key and at most
+        // 24 bytes: `:<window>:sliding`) and two numbers of at most 20 digits.
+        let n = check.limits.len();
+        let data = 7 + 40 + 3 * 20 + n * (check.key.len() + 24 + 2 * 20);
+        let mut evalsha = redis::Cmd::with_capacity(5 + 3 * n, data);
+        evalsha.arg("EVALSHA").arg(loaded(script).get_hash()).arg(n);
         let mut key = KeyBuffer::take();
         for limit in check.limits {
             check.counter_key(limit, &mut key);
             evalsha.arg(key.as_str());
         }
-        evalsha
-            .arg(check.now_us.map_or(-1, |now| now as i64))
-            .arg(cost);
+        if script.takes_now() {
+            evalsha.arg(check.now_us.map_or(-1, |now| now as i64));
+        }
+        evalsha.arg(cost);
         for limit in check.limits {
-            evalsha
-                .arg(limit.rate.limit())
-                .arg(limit.rate.window_ms())
-                .arg(limit.burst());
+            evalsha.arg(&script.limit_args(limit)[..]);
         }
         Ok(evalsha)
     }
 
-    /// Runs `evalsha`; a server without the script gets it by `EVAL`, which
-    /// reaches exactly the node that lacks it (in a Cluster, the key's
-    /// primary, newly promoted or importing the slot).
     async fn run(
         connection: RedisConnection,
         dropped: Dropped,
-        algorithm: Algorithm,
+        script: Script,
         evalsha: redis::Cmd,
     ) -> Result<Vec<i64>, Error> {
         // A call the policy's timeout abandons, or that fails, may mean the
@@ -337,7 +332,7 @@ impl RedisStore {
                 Err(e)
             }
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                connection.query(&eval(&evalsha, algorithm)).await
+                connection.query(&eval(&evalsha, script)).await
             }
             reply => reply,
         };
@@ -349,26 +344,21 @@ impl RedisStore {
 }
 
 /// The verdicts of a script's reply to a check or a peek of `count` limits.
-fn verdicts(reply: &[i64], count: usize) -> Result<impl Iterator<Item = Verdict> + '_, Error> {
-    let verdicts = reply.get(1..).unwrap_or_default().chunks(4);
-    if verdicts.len() != count || verdicts.clone().any(|v| v.len() != 4) {
-        return Err(Error::UnexpectedReply(format!("{reply:?}")));
-    }
-    Ok(verdicts.map(|v| {
-        let n = |i: usize| u64::try_from(v[i]).unwrap_or(0);
-        Verdict {
-            allowed: v[0] == 1,
-            remaining: n(1),
-            reset_us: n(2),
-            retry_us: n(3),
-        }
-    }))
+/// Each limit's verdict on `check` at `cost` from its script's reply.
+fn verdicts(
+    check: &Charge<'_>,
+    reply: &[i64],
+    cost: u64,
+) -> Result<[Option<Verdict>; MAX_LIMITS], Error> {
+    check
+        .script()
+        .verdicts(reply, check.limits, cost)
+        .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
 }
 
-/// `evalsha` as an `EVAL` of the script's body, same keys and arguments.
-fn eval(evalsha: &redis::Cmd, algorithm: Algorithm) -> redis::Cmd {
+fn eval(evalsha: &redis::Cmd, script: Script) -> redis::Cmd {
     let mut eval = redis::cmd("EVAL");
-    eval.arg(algorithm.script());
+    eval.arg(script.source());
     for arg in evalsha.args_iter().skip(2) {
         if let redis::Arg::Simple(bytes) = arg {
             eval.arg(bytes);
@@ -403,16 +393,18 @@ impl Store for RedisStore {
             Ok(call) => call,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        // Copied onto the future's stack rather than into a Vec.
-        let mut limits = [None; MAX_LIMITS];
-        for (slot, limit) in limits.iter_mut().zip(check.limits) {
-            *slot = Some(*limit);
-        }
+        // Copied onto the future's stack rather than into a Vec (the call
+        // exists, so the check is valid: 1 to MAX_LIMITS limits).
+        let (script, cost, n) = (check.script(), check.counted_cost(), check.limits.len());
+        let mut limits = [check.limits[0]; MAX_LIMITS];
+        limits[..n].copy_from_slice(check.limits);
         Box::pin(async move {
             let reply = call.await?;
-            let limits = limits.iter().flatten();
-            let verdicts = verdicts(&reply, limits.clone().count())?;
-            Decision::combine(limits.zip(verdicts))
+            let limits = &limits[..n];
+            let verdicts = script
+                .verdicts(&reply, limits, cost)
+                .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))?;
+            Decision::combine(limits.iter().zip(verdicts.into_iter().flatten()))
                 .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
         })
     }
