@@ -3,7 +3,8 @@
 
     python3 scripts/loadbench.py
 
-Builds `examples/edr/` and `examples/naive_baseline.rs` in release, starts a
+Builds `examples/edr/`, `examples/naive_baseline.rs` and
+`examples/evalsha_baseline.rs` in release, starts a
 redis-server of its own (a free port, no persistence; never the one on 6379)
 and, for the cluster variants, a Redis Cluster of its own (three primaries, no
 replicas, on free ports; created with `redis-cli --cluster create`), installs
@@ -36,6 +37,9 @@ Variants:
   cluster+cache
                the same with the block cache (TELEMETRY_BLOCK_CACHE=on)
   naive        examples/naive_baseline.rs: GET, INCR, EXPIRE per request
+  evalsha      examples/evalsha_baseline.rs: one EVALSHA of a minimal fixed
+               window per request (INCRBY, then PEXPIRE or PTTL inside it;
+               examples/minimal_baseline.lua), as a careful user would write
 
 Each round runs every scenario and, within it, every variant, the variants'
 order rotated from round to round; ROUNDS rounds, so that a noisy machine
@@ -46,7 +50,8 @@ Redis's INFO commandstats before and after (for the cluster variants, on each
 of the three primaries, summed; their CPU time too), and prints one markdown
 table per scenario with medians and ratios against the no-limiter variant,
 then, for each pair measured, how cluster compares with redis (and
-cluster+cache with redis+cache), and redis with redis-no-metrics: the
+cluster+cache with redis+cache), redis with redis-no-metrics, and redis with
+evalsha (issue 11: at least 1.0 × its req/s on the allowed path): the
 server's CPU per request and req/s.
 
 The cluster is started once, before the first run, only if a cluster variant
@@ -56,14 +61,15 @@ Ctrl-C or SIGTERM).
 Environment (defaults in brackets):
   DURATION [10]      seconds per wrk run
   ROUNDS [3]         rounds
-  VARIANTS [off,memory,redis,redis-no-metrics,redis+cache,cluster,cluster+cache,naive]
+  VARIANTS [off,memory,redis,redis-no-metrics,redis+cache,cluster,cluster+cache,naive,
+            evalsha]
   SCENARIOS [allowed,flood,mixed]
   CONNECTIONS [64]   wrk -c
   THREADS [1]        wrk -t
   REDIS_SERVER [redis-server]
   REDIS_CLI [redis-cli]  for `--cluster create` (the cluster variants only)
 
-A full default run takes about 13 minutes plus the build. Quick check:
+A full default run takes about 15 minutes plus the build. Quick check:
   DURATION=2 ROUNDS=1 VARIANTS=off,redis SCENARIOS=flood python3 scripts/loadbench.py
 """
 
@@ -92,6 +98,7 @@ TELEMETRY_PATH = "/api/v1/telemetry/"
 
 ALL_VARIANTS = [
     "off", "memory", "redis", "redis-no-metrics", "redis+cache", "cluster", "cluster+cache", "naive",
+    "evalsha",
 ]
 CLUSTER_VARIANTS = {"cluster", "cluster+cache"}
 # Primaries of the cluster variants' Redis Cluster (no replicas).
@@ -114,6 +121,8 @@ TOP_LEVEL = {
     "cluster": ("evalsha", "eval", "script"),
     "cluster+cache": ("evalsha", "eval", "script"),
     "naive": ("get", "incr", "expire"),
+    # INCRBY and PEXPIRE or PTTL run inside its EVALSHA ('all cmds/req').
+    "evalsha": ("evalsha", "eval", "script"),
 }
 # Ours, not the variants'.
 ADMIN = {"info", "flushall", "ping", "config", "client", "hello", "command"}
@@ -348,6 +357,7 @@ def stop_servers(servers: list[Server]) -> None:
 def build() -> Path:
     command = [
         "cargo", "build", "--release", "--example", "edr", "--example", "naive_baseline",
+        "--example", "evalsha_baseline",
     ]
     log(f"$ {shlex.join(command)}")
     subprocess.run(command, cwd=ROOT, check=True)
@@ -450,6 +460,9 @@ def server_command(setup: Setup, variant: str, scenario: str, port: int):
         env.update(REDIS_CLUSTER_NODES=cluster_nodes, TELEMETRY_BLOCK_CACHE="on")
     elif variant == "naive":
         binary = setup.examples / "naive_baseline"
+        env["REDIS_URL"] = redis_url
+    elif variant == "evalsha":
+        binary = setup.examples / "evalsha_baseline"
         env["REDIS_URL"] = redis_url
     return [str(binary)], env
 
@@ -614,8 +627,9 @@ def report(setup: Setup, variants: list[str], scenarios: list[str]) -> None:
     print(
         "Commands/request counts the Redis commands each variant sends itself "
         "(INFO commandstats deltas over wrk's completed requests): EVALSHA for the "
-        "EDR example, GET + INCR + EXPIRE for the naive baseline. Redis also counts "
-        "the commands a script runs inside EVALSHA; 'all cmds/req' includes those. "
+        "EDR example and the evalsha baseline, GET + INCR + EXPIRE for the naive "
+        "baseline. Redis also counts the commands a script runs inside EVALSHA; "
+        "'all cmds/req' includes those. "
         "'Redis µs/req' is the time Redis spent executing those top-level commands "
         "(commandstats usec; a script's includes its commands). "
         "Latency and commands are medians over the rounds; 'denied' is wrk's "
@@ -682,6 +696,7 @@ PAIRS = [
     ("cluster", "redis", "Redis Cluster against one Redis server"),
     ("cluster+cache", "redis+cache", "Redis Cluster against one Redis server, block cache on"),
     ("redis", "redis-no-metrics", "Metrics recorder installed against none"),
+    ("redis", "evalsha", "Redis store against the minimal single-EVALSHA middleware"),
 ]
 
 

@@ -142,7 +142,12 @@ baseline_src="local c = redis.call('INCRBY', KEYS[1], ARGV[1]) local t if c == t
 load() { cli -x SCRIPT LOAD <"$1" | tr -d '\r'; }
 declare -A sha
 for a in fixed_window sliding_window gcra; do sha[$a]=$(load "$work/$a.lua"); done
-sha[baseline]=$(cli SCRIPT LOAD "$baseline_src" | tr -d '\r')
+# The baseline as examples/evalsha_baseline.rs runs it: the file it includes,
+# whose lines joined are baseline_src (the report's one-line form).
+baseline_file=$root/examples/minimal_baseline.lua
+[[ $(paste -sd ' ' "$baseline_file") == "$baseline_src" ]] ||
+    die "$baseline_file differs from baseline_src: keep the two identical"
+sha[baseline]=$(load "$baseline_file")
 for a in baseline fixed_window sliding_window gcra; do
     [[ ${sha[$a]} =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD of $a answered: ${sha[$a]}"
 done
