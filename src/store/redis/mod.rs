@@ -3,6 +3,7 @@
 
 mod config;
 mod connection;
+mod lease;
 #[cfg(feature = "sentinel")]
 mod sentinel;
 mod server;
@@ -159,7 +160,7 @@ impl RedisStore {
         let reply = Self::run(
             self.connection.clone(),
             self.dropped.clone(),
-            script,
+            script.source(),
             evalsha,
         );
         let denied = |e: &redis::RedisError| {
@@ -275,7 +276,12 @@ impl RedisStore {
     ) -> Result<impl Future<Output = Result<Vec<i64>, Error>> + Send + 'static, Error> {
         let evalsha = Self::evalsha(check, cost)?;
         let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
-        Ok(Self::run(connection, dropped, check.script(), evalsha))
+        Ok(Self::run(
+            connection,
+            dropped,
+            check.script().source(),
+            evalsha,
+        ))
     }
 
     /// The `EVALSHA` of `check` with `cost` (negative: a refund), or the
@@ -309,7 +315,7 @@ impl RedisStore {
     async fn run(
         connection: RedisConnection,
         dropped: Dropped,
-        script: Script,
+        source: &'static str,
         evalsha: redis::Cmd,
     ) -> Result<Vec<i64>, Error> {
         // A call the policy's timeout abandons, or that fails, may mean the
@@ -332,7 +338,7 @@ impl RedisStore {
                 Err(e)
             }
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                connection.query(&eval(&evalsha, script)).await
+                connection.query(&eval(&evalsha, source)).await
             }
             reply => reply,
         };
@@ -356,9 +362,9 @@ fn verdicts(
         .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
 }
 
-fn eval(evalsha: &redis::Cmd, script: Script) -> redis::Cmd {
+fn eval(evalsha: &redis::Cmd, source: &str) -> redis::Cmd {
     let mut eval = redis::cmd("EVAL");
-    eval.arg(script.source());
+    eval.arg(source);
     for arg in evalsha.args_iter().skip(2) {
         if let redis::Arg::Simple(bytes) = arg {
             eval.arg(bytes);
@@ -422,5 +428,13 @@ impl Store for RedisStore {
                 ref reply => Err(Error::UnexpectedReply(format!("{reply:?}"))),
             }
         })
+    }
+
+    fn can_lease(&self) -> bool {
+        true
+    }
+
+    fn lease(&self, call: crate::lease::LeaseCall<'_>) -> crate::lease::LeaseFuture {
+        self.lease_call(call)
     }
 }

@@ -1,0 +1,747 @@
+//! The slices this process holds: a bounded table of keys, each with its
+//! slice (units, the windows they were granted in, when it ends), the next
+//! slice size it asks for, and at most one grant in flight.
+//!
+//! The hot path is [`Table::spend`]: one shard lock, one lookup. A request
+//! the slice cannot cover goes through [`Table::take`]: one grant per key
+//! in flight (the others wait for it, then spend from what it brought), the
+//! slice's leftovers handed in with the call. A background task, started by
+//! the first grant and gone with the table, gives back slices left idle and
+//! those evicted. Eviction is CLOCK (second chance), constant work per insert
+//! amortised, never a slice with a grant in flight unless every slot has one.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    hash::{BuildHasher, RandomState},
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::Notify,
+    time::{Instant, timeout},
+};
+
+use super::{LeaseCall, LeaseRelease, LeaseReply, Release};
+use crate::{
+    Algorithm, Decision, Error,
+    algorithm::Limit,
+    config::LeaseConfig,
+    layer::Stats,
+    store::{MAX_LIMITS, Store},
+};
+
+/// Shards of a large table, each behind its own lock.
+const SHARDS: usize = 16;
+
+/// How much a slice grows each time one is spent while its key stays busy.
+const GROWTH: u64 = 4;
+
+/// What a request taken through [`Table::take`] got.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Taken {
+    pub decision: Decision,
+    /// The slice it was admitted from, to refund into (`None`: nothing to
+    /// refund into, or denied).
+    pub generation: Option<u64>,
+    /// Whether this request asked the store itself.
+    pub asked: bool,
+}
+
+pub(crate) struct Table<St> {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    store: St,
+    limits: Vec<Limit>,
+    algorithm: Algorithm,
+    config: LeaseConfig,
+    /// Bound on each give-back call.
+    timeout: Duration,
+    stats: Arc<Stats>,
+    /// After [`Table::release`]: no more slices, each request takes its cost.
+    closed: AtomicBool,
+    generations: AtomicU64,
+    sweeper: AtomicBool,
+    /// Wakes the sweeper when a slice was evicted.
+    wake: Arc<Notify>,
+    /// Slices to give back that are no longer in the table (evicted, or
+    /// landed after the table closed).
+    orphans: Mutex<Vec<Unspent>>,
+    /// Grants in flight, and who waits for them to land.
+    flights: AtomicUsize,
+    landed: Notify,
+    /// Held by whoever is giving slices back, so that a release waits for
+    /// the sweeper's give-backs under way.
+    giving_back: tokio::sync::Mutex<()>,
+}
+
+struct Shard {
+    slots: HashMap<Arc<str>, Slot>,
+    /// Keys in CLOCK order; `None` where a slot was removed (and is in
+    /// `free`).
+    ring: Vec<Option<Arc<str>>>,
+    free: Vec<usize>,
+    hand: usize,
+    capacity: usize,
+}
+
+struct Slot {
+    units: u64,
+    /// Per limit, the window the units were granted in.
+    windows: [u64; MAX_LIMITS],
+    /// When the slice ends: its first window's end as the store reported
+    /// it, counted from when the grant was asked for.
+    expires_at: Instant,
+    /// For the headers: the reported limit, and when it is whole again.
+    limit: u64,
+    window: Duration,
+    reset_at: Instant,
+    generation: u64,
+    last_used: Instant,
+    /// The slice to ask for next.
+    want: u64,
+    flight: Option<Arc<Flight>>,
+    referenced: bool,
+    ring: usize,
+}
+
+/// A grant in flight, which requests for the same key wait for.
+#[derive(Default)]
+struct Flight {
+    done: AtomicBool,
+    notify: Notify,
+    /// A denial it brought: `(cost, decision, when it came)`, which a
+    /// waiter of the same cost is given at once.
+    denied: Mutex<Option<(u64, Decision, Instant)>>,
+}
+
+impl Flight {
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.done.load(SeqCst) {
+            notified.await;
+        }
+    }
+
+    fn land(&self) {
+        self.done.store(true, SeqCst);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Units to give back, and the windows they were granted in.
+struct Unspent {
+    key: Arc<str>,
+    units: u64,
+    windows: [u64; MAX_LIMITS],
+}
+
+/// What a request does after looking at its key's slot.
+enum Begin {
+    Local(Decision, u64),
+    Wait(Arc<Flight>),
+    Fly(Ticket),
+}
+
+/// A grant this request asks for.
+struct Ticket {
+    flight: Arc<Flight>,
+    give_back: u64,
+    windows: [u64; MAX_LIMITS],
+    want: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<St: Store> Table<St> {
+    pub(crate) fn new(
+        config: LeaseConfig,
+        limits: &[Limit],
+        algorithm: Algorithm,
+        timeout: Duration,
+        store: St,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let shards = if config.capacity >= SHARDS * 32 {
+            SHARDS
+        } else {
+            1
+        };
+        let per_shard = config.capacity / shards;
+        Self {
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        slots: HashMap::new(),
+                        ring: Vec::new(),
+                        free: Vec::new(),
+                        hand: 0,
+                        capacity: per_shard,
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+            store,
+            limits: limits.to_vec(),
+            algorithm,
+            config,
+            timeout,
+            stats,
+            closed: AtomicBool::new(false),
+            generations: AtomicU64::new(0),
+            sweeper: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
+            orphans: Mutex::new(Vec::new()),
+            flights: AtomicUsize::new(0),
+            landed: Notify::new(),
+            giving_back: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let index = self.hasher.hash_one(key) as usize % self.shards.len();
+        lock(&self.shards[index])
+    }
+
+    /// Admits a request of `cost` from its key's slice, if the slice holds
+    /// that much and has not ended: the decision for its headers and the
+    /// slice's generation. `None`: only [`take`](Self::take) can tell.
+    pub(crate) fn spend(&self, key: &str, cost: u64, now: Instant) -> Option<(Decision, u64)> {
+        let mut shard = self.shard(key);
+        let slot = shard.slots.get_mut(key)?;
+        slot.referenced = true;
+        slot.spend(cost, now)
+    }
+
+    /// Gives back `cost` units an inner layer refused, to the slice they
+    /// came from if it is still the key's: else they stay spent.
+    pub(crate) fn refund(&self, key: &str, cost: u64, generation: Option<u64>) {
+        let Some(generation) = generation else {
+            return;
+        };
+        let mut shard = self.shard(key);
+        if let Some(slot) = shard.slots.get_mut(key)
+            && slot.generation == generation
+            && slot.expires_at > Instant::now()
+        {
+            slot.units += cost;
+        }
+    }
+
+    /// Decides a request of `cost` that [`spend`](Self::spend) could not:
+    /// from a grant this request asks for (handing in the slice's
+    /// leftovers), or from one in flight for the same key.
+    pub(crate) async fn take(self: Arc<Self>, key: String, cost: u64) -> Result<Taken, Error> {
+        loop {
+            let ticket = match self.begin(&key, cost, Instant::now()) {
+                Begin::Local(decision, generation) => {
+                    self.stats.record_lease_local();
+                    return Ok(Taken {
+                        decision,
+                        generation: Some(generation),
+                        asked: false,
+                    });
+                }
+                Begin::Wait(flight) => {
+                    flight.wait().await;
+                    let denied = *lock(&flight.denied);
+                    match denied {
+                        Some((denied_cost, decision, at)) if denied_cost == cost => {
+                            return Ok(Taken {
+                                decision: counted_down(decision, at),
+                                generation: None,
+                                asked: false,
+                            });
+                        }
+                        _ => continue,
+                    }
+                }
+                Begin::Fly(ticket) => ticket,
+            };
+            return self.fly(&key, cost, ticket).await;
+        }
+    }
+
+    /// Looks at the key's slot: spend, wait for its grant in flight, or
+    /// ask for one (taking the slice's leftovers to hand in).
+    fn begin(self: &Arc<Self>, key: &str, cost: u64, now: Instant) -> Begin {
+        let flight = Arc::new(Flight::default());
+        if self.closed.load(SeqCst) {
+            // No slices any more: exactly the request's cost.
+            self.flights.fetch_add(1, SeqCst);
+            return Begin::Fly(Ticket {
+                flight,
+                give_back: 0,
+                windows: [0; MAX_LIMITS],
+                want: cost,
+            });
+        }
+        let mut shard = self.shard(key);
+        let ticket = match shard.slots.get_mut(key) {
+            Some(slot) => {
+                slot.referenced = true;
+                if let Some((decision, generation)) = slot.spend(cost, now) {
+                    return Begin::Local(decision, generation);
+                }
+                if let Some(flight) = &slot.flight {
+                    return Begin::Wait(flight.clone());
+                }
+                slot.flight = Some(flight.clone());
+                Ticket {
+                    flight,
+                    give_back: std::mem::take(&mut slot.units),
+                    windows: slot.windows,
+                    want: slot.want.max(cost),
+                }
+            }
+            None => {
+                let slot = Slot {
+                    units: 0,
+                    windows: [0; MAX_LIMITS],
+                    expires_at: now,
+                    limit: 0,
+                    window: Duration::ZERO,
+                    reset_at: now,
+                    generation: 0,
+                    last_used: now,
+                    // A key new here asks for its cost alone: a one-off
+                    // request leaves nothing to give back.
+                    want: cost,
+                    flight: Some(flight.clone()),
+                    referenced: false,
+                    ring: 0,
+                };
+                if let Some((key, evicted)) = shard.insert(key.into(), slot) {
+                    drop(shard);
+                    self.orphan(key, &evicted);
+                }
+                Ticket {
+                    flight,
+                    give_back: 0,
+                    windows: [0; MAX_LIMITS],
+                    want: cost,
+                }
+            }
+        };
+        self.flights.fetch_add(1, SeqCst);
+        Begin::Fly(ticket)
+    }
+
+    /// Asks the store for a grant, and lands it.
+    async fn fly(self: &Arc<Self>, key: &str, cost: u64, ticket: Ticket) -> Result<Taken, Error> {
+        // However this ends (an answer, an error, the request dropped by its
+        // timeout), the waiters are woken and the slot freed.
+        let guard = FlightGuard {
+            table: self,
+            key,
+            flight: &ticket.flight,
+        };
+        let sent_at = Instant::now();
+        let n = self.limits.len();
+        let call = LeaseCall {
+            key,
+            limits: &self.limits,
+            algorithm: self.algorithm,
+            cost,
+            want: ticket.want.min(self.config.max_slice).max(cost),
+            instances: self.config.instances,
+            give_back: ticket.give_back,
+            windows: &ticket.windows[..n],
+        };
+        self.stats.record_lease_call(false);
+        let reply = self.store.lease(call).await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(error) => {
+                // The handed-in units may or may not have been credited.
+                self.stats.record_lease_units(0, 0, ticket.give_back);
+                return Err(error);
+            }
+        };
+        let credited = min_credited(&reply, n);
+        self.stats
+            .record_lease_units(reply.granted, credited, ticket.give_back - credited);
+        let Some(decision) = reply.decision else {
+            return Err(Error::UnexpectedReply(
+                "a lease grant without a decision".into(),
+            ));
+        };
+        let now = Instant::now();
+        if reply.granted < cost || !decision.allowed {
+            *lock(&ticket.flight.denied) = Some((cost, decision, now));
+            return Ok(Taken {
+                decision,
+                generation: None,
+                asked: true,
+            });
+        }
+        self.start_sweeper();
+        let leftover = reply.granted - cost;
+        let left = reply.window_left[..n].iter().min().copied();
+        // The store's window ends no sooner than this after the call was
+        // sent: its clock read the time left after the call arrived, and
+        // `PTTL` rounds down by less than 1 ms.
+        let expires_at = sent_at
+            + left
+                .unwrap_or_default()
+                .saturating_sub(Duration::from_millis(1));
+        let generation = self.generations.fetch_add(1, SeqCst) + 1;
+        let mut shard = self.shard(key);
+        let ours = shard.slots.get_mut(key).filter(|slot| {
+            slot.flight
+                .as_ref()
+                .is_some_and(|f| Arc::ptr_eq(f, &ticket.flight))
+        });
+        match ours {
+            Some(slot) if !self.closed.load(SeqCst) => {
+                *slot = Slot {
+                    units: leftover,
+                    windows: reply.windows,
+                    expires_at,
+                    limit: decision.limit,
+                    window: decision.window,
+                    reset_at: now + decision.reset_after,
+                    generation,
+                    last_used: now,
+                    want: ticket
+                        .want
+                        .saturating_mul(GROWTH)
+                        .min(self.config.max_slice),
+                    flight: slot.flight.take(),
+                    referenced: true,
+                    ring: slot.ring,
+                };
+                drop(shard);
+                drop(guard);
+                Ok(Taken {
+                    decision: Decision {
+                        remaining: leftover,
+                        ..decision
+                    },
+                    generation: Some(generation),
+                    asked: true,
+                })
+            }
+            _ => {
+                // Evicted while in flight, or the table closed: the
+                // leftovers go straight back.
+                drop(shard);
+                if leftover > 0 {
+                    lock(&self.orphans).push(Unspent {
+                        key: key.into(),
+                        units: leftover,
+                        windows: reply.windows,
+                    });
+                    self.wake.notify_one();
+                }
+                drop(guard);
+                Ok(Taken {
+                    decision: Decision {
+                        remaining: 0,
+                        ..decision
+                    },
+                    generation: None,
+                    asked: true,
+                })
+            }
+        }
+    }
+
+    /// An evicted slot's units, to give back.
+    fn orphan(&self, key: Arc<str>, slot: &Slot) {
+        if slot.units > 0 {
+            lock(&self.orphans).push(Unspent {
+                key,
+                units: slot.units,
+                windows: slot.windows,
+            });
+            self.wake.notify_one();
+        }
+    }
+
+    /// Starts the task that gives back idle and evicted slices, once.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.sweeper.swap(true, SeqCst) {
+            return;
+        }
+        let (table, wake) = (Arc::downgrade(self), self.wake.clone());
+        let tick = (self.config.idle_return / 2).max(Duration::from_millis(1));
+        tokio::spawn(sweep(table, wake, tick));
+    }
+
+    /// Takes the slices idle for `idle_return` (and the evicted ones) out
+    /// of the table; forgets keys idle with nothing left, so that they start
+    /// small again. Slices that ended with units left are given back only
+    /// under several limits (the longer windows may still run); under one,
+    /// their window is over and the units are dropped.
+    fn collect(&self, now: Instant) -> Vec<Unspent> {
+        let mut out = std::mem::take(&mut *lock(&self.orphans));
+        let idle = self.config.idle_return;
+        let several = self.limits.len() > 1;
+        let mut dropped = 0;
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            let Shard {
+                slots, ring, free, ..
+            } = &mut *shard;
+            slots.retain(|key, slot| {
+                if slot.flight.is_some() {
+                    return true;
+                }
+                let ended = slot.expires_at <= now;
+                if slot.last_used + idle > now && !ended {
+                    return true;
+                }
+                if slot.units > 0 && (!ended || several) {
+                    out.push(Unspent {
+                        key: key.clone(),
+                        units: slot.units,
+                        windows: slot.windows,
+                    });
+                } else {
+                    dropped += slot.units;
+                }
+                ring[slot.ring] = None;
+                free.push(slot.ring);
+                false
+            });
+        }
+        if dropped > 0 {
+            self.stats.record_lease_units(0, 0, dropped);
+        }
+        out
+    }
+
+    /// Takes every slice out of the table.
+    fn drain(&self) -> Vec<Unspent> {
+        let mut out = std::mem::take(&mut *lock(&self.orphans));
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            for (key, slot) in shard.slots.drain() {
+                if slot.units > 0 {
+                    out.push(Unspent {
+                        key,
+                        units: slot.units,
+                        windows: slot.windows,
+                    });
+                }
+            }
+            shard.ring.clear();
+            shard.free.clear();
+            shard.hand = 0;
+        }
+        out
+    }
+
+    /// Gives `unspent` back, all calls at once (pipelined on the store's
+    /// connection), each bounded by the policy's timeout.
+    async fn give_back(&self, unspent: Vec<Unspent>) -> LeaseRelease {
+        let n = self.limits.len();
+        let mut report = LeaseRelease::default();
+        let mut calls = tokio::task::JoinSet::new();
+        for u in &unspent {
+            report.slices += 1;
+            report.units += u.units;
+            let call = LeaseCall {
+                key: &u.key,
+                limits: &self.limits,
+                algorithm: self.algorithm,
+                cost: 0,
+                want: 0,
+                instances: self.config.instances,
+                give_back: u.units,
+                windows: &u.windows[..n],
+            };
+            self.stats.record_lease_call(true);
+            let reply = timeout(self.timeout, self.store.lease(call));
+            let units = u.units;
+            calls.spawn(async move { (units, reply.await) });
+        }
+        while let Some(done) = calls.join_next().await {
+            let Ok((units, reply)) = done else {
+                continue;
+            };
+            match reply {
+                Ok(Ok(reply)) => {
+                    let credited = min_credited(&reply, n);
+                    report.credited += credited;
+                    self.stats.record_lease_units(0, credited, units - credited);
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "lease give-back not made");
+                    report.failed += units;
+                    self.stats.record_lease_units(0, 0, units);
+                }
+                Err(_) => {
+                    report.failed += units;
+                    self.stats.record_lease_units(0, 0, units);
+                }
+            }
+        }
+        report
+    }
+
+    /// Closes the table and gives everything back (see
+    /// [`LeaseHandle::release`](super::LeaseHandle::release)).
+    async fn release_all(&self) -> LeaseRelease {
+        self.closed.store(true, SeqCst);
+        // Grants in flight land first (each is bounded by its request's
+        // timeout); then the sweeper's give-backs under way finish.
+        let flights = async {
+            loop {
+                let landed = self.landed.notified();
+                tokio::pin!(landed);
+                landed.as_mut().enable();
+                if self.flights.load(SeqCst) == 0 {
+                    break;
+                }
+                landed.await;
+            }
+        };
+        if timeout(self.timeout * 4, flights).await.is_err() {
+            tracing::debug!("lease release: grants still in flight");
+        }
+        let _giving_back = self.giving_back.lock().await;
+        let unspent = self.drain();
+        self.give_back(unspent).await
+    }
+}
+
+impl<St: Store> Release for Table<St> {
+    fn release(&self) -> Pin<Box<dyn Future<Output = LeaseRelease> + Send + '_>> {
+        Box::pin(self.release_all())
+    }
+}
+
+/// The smallest number of units any limit credited: what came back to
+/// every limit.
+fn min_credited(reply: &LeaseReply, n: usize) -> u64 {
+    reply.credited[..n].iter().min().copied().unwrap_or(0)
+}
+
+/// A denial that came at `at`, with its times counted down to now.
+fn counted_down(decision: Decision, at: Instant) -> Decision {
+    let elapsed = at.elapsed();
+    Decision {
+        reset_after: decision.reset_after.saturating_sub(elapsed),
+        // Never early: the wait is what is left of the store's, at least 1 µs
+        // while it runs.
+        retry_after: decision
+            .retry_after
+            .map(|r| r.saturating_sub(elapsed).max(Duration::from_micros(1))),
+        ..decision
+    }
+}
+
+/// The sweeper: every `tick`, or when woken for an eviction, gives back
+/// what [`Table::collect`] takes out; ends with the table.
+async fn sweep<St: Store>(table: Weak<Table<St>>, wake: Arc<Notify>, tick: Duration) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = wake.notified() => {}
+        }
+        let Some(table) = table.upgrade() else {
+            return;
+        };
+        let _giving_back = table.giving_back.lock().await;
+        let unspent = table.collect(Instant::now());
+        if !unspent.is_empty() {
+            table.give_back(unspent).await;
+        }
+    }
+}
+
+/// Ends a grant in flight however its request ends: the slot forgets the
+/// flight, its waiters wake, and a release waiting for flights learns of it.
+struct FlightGuard<'a, St: Store> {
+    table: &'a Table<St>,
+    key: &'a str,
+    flight: &'a Arc<Flight>,
+}
+
+impl<St: Store> Drop for FlightGuard<'_, St> {
+    fn drop(&mut self) {
+        {
+            let mut shard = self.table.shard(self.key);
+            if let Some(slot) = shard.slots.get_mut(self.key)
+                && slot
+                    .flight
+                    .as_ref()
+                    .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+            {
+                slot.flight = None;
+            }
+        }
+        self.flight.land();
+        if self.table.flights.fetch_sub(1, SeqCst) == 1 {
+            self.table.landed.notify_waiters();
+        }
+    }
+}
+
+impl Slot {
+    /// Spends `cost` if the slice holds it and has not ended.
+    fn spend(&mut self, cost: u64, now: Instant) -> Option<(Decision, u64)> {
+        if self.units < cost || self.expires_at <= now || self.generation == 0 {
+            return None;
+        }
+        self.units -= cost;
+        self.last_used = now;
+        let decision = Decision {
+            allowed: true,
+            limit: self.limit,
+            window: self.window,
+            remaining: self.units,
+            reset_after: self.reset_at.saturating_duration_since(now),
+            retry_after: None,
+        };
+        Some((decision, self.generation))
+    }
+}
+
+impl Shard {
+    /// Inserts `slot` under `key` (absent), evicting a slot if the shard is
+    /// full: the first the CLOCK hand finds not recently used and without a
+    /// grant in flight (after two turns, whatever it points at).
+    fn insert(&mut self, key: Arc<str>, mut slot: Slot) -> Option<(Arc<str>, Slot)> {
+        let mut evicted = None;
+        let index = if let Some(index) = self.free.pop() {
+            index
+        } else if self.ring.len() < self.capacity.max(1) {
+            self.ring.push(None);
+            self.ring.len() - 1
+        } else {
+            let turns = 2 * self.ring.len();
+            let mut steps = 0;
+            loop {
+                let index = self.hand;
+                self.hand = (self.hand + 1) % self.ring.len();
+                steps += 1;
+                let held = self.ring[index].as_ref().expect("a full ring has no holes");
+                let victim = self.slots.get_mut(held).expect("the ring names slots");
+                if steps <= turns && (victim.referenced || victim.flight.is_some()) {
+                    victim.referenced = false;
+                    continue;
+                }
+                let held = self.ring[index].take().expect("checked above");
+                let victim = self.slots.remove(&held).expect("checked above");
+                evicted = Some((held, victim));
+                break index;
+            }
+        };
+        slot.ring = index;
+        self.ring[index] = Some(key.clone());
+        self.slots.insert(key, slot);
+        evicted
+    }
+}
