@@ -6,13 +6,20 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{Router, routing::post};
 use axum_redis_ratelimit::{
-    Algorithm, Clock, Cost, Key, MemoryStore, Policy, RateLimitLayer, RedisStore, layer::Stats,
+    Algorithm, Clock, Cost, FailMode, Key, MemoryStore, Outcome, Policy, RateLimitLayer,
+    RedisStore, layer::Stats,
 };
-use common::{EVENT_COUNT, HttpClient, RedisServer, TOKEN, unique_prefix};
+use common::{
+    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, eventually, serve, unique_prefix, within,
+};
+use futures::future::join_all;
 use http::StatusCode;
 
 /// One app server: its own layer over its own Redis connection.
@@ -22,18 +29,37 @@ struct Instance {
 }
 
 impl Instance {
+    /// In-process, on the harness's shared Redis.
     async fn new(policy: Policy) -> Self {
+        Self::on(RedisServer::shared(), policy).await
+    }
+
+    /// In-process, on `server`.
+    async fn on(server: &RedisServer, policy: Policy) -> Self {
+        let store = RedisStore::connect(server.url()).await.unwrap();
+        let layer = RateLimitLayer::new(policy, store).unwrap();
+        Self {
+            http: HttpClient::in_process(router(&layer)),
+            layer,
+        }
+    }
+
+    /// Served over a socket, as a separate app server would be.
+    async fn served(policy: Policy) -> Self {
         let store = RedisStore::connect(RedisServer::shared().url())
             .await
             .unwrap();
         let layer = RateLimitLayer::new(policy, store).unwrap();
-        let app = Router::new()
-            .route("/t", post(|| async { "queued" }))
-            .layer(layer.clone());
         Self {
+            http: HttpClient::new(&serve(router(&layer)).await),
             layer,
-            http: HttpClient::in_process(app),
         }
+    }
+
+    async fn post(&self, agent: &str, cost: u64) -> Reply {
+        let cost = cost.to_string();
+        let headers = [(TOKEN, agent.as_bytes()), (EVENT_COUNT, cost.as_bytes())];
+        within(Duration::from_secs(10), self.http.post("/t", &headers)).await
     }
 
     fn stats(&self) -> Arc<Stats> {
@@ -42,20 +68,19 @@ impl Instance {
 
     /// A request of `agent` costing `cost`: whether it was admitted.
     async fn send(&self, agent: &str, cost: u64) -> bool {
-        let cost = cost.to_string();
-        let reply = self
-            .http
-            .post(
-                "/t",
-                &[(TOKEN, agent.as_bytes()), (EVENT_COUNT, cost.as_bytes())],
-            )
-            .await;
+        let reply = self.post(agent, cost).await;
         match reply.status {
             StatusCode::OK => true,
             StatusCode::TOO_MANY_REQUESTS => false,
             other => panic!("unexpected {other}: {reply:?}"),
         }
     }
+}
+
+fn router(layer: &RateLimitLayer<RedisStore>) -> Router {
+    Router::new()
+        .route("/t", post(|| async { "queued" }))
+        .layer(layer.clone())
 }
 
 /// A leasing policy over `rate`, a request costing its `X-Event-Count`.
@@ -179,4 +204,244 @@ async fn leasing_is_refused_where_it_cannot_hold_its_bound() {
     .unwrap_err()
     .to_string();
     assert!(memory.contains("policies.telemetry.lease"), "{memory}");
+}
+
+#[tokio::test]
+async fn an_idle_slice_goes_back_by_itself() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "1000/m", 64).lease_idle_return(Duration::from_millis(50));
+        let one = Instance::new(policy.clone()).await;
+        // Slices of 1 and 4: 3 units left over.
+        assert!(one.send("agent", 1).await && one.send("agent", 1).await);
+        eventually(Duration::from_secs(10), || async {
+            counter(&policy, "agent").await == 2
+        })
+        .await;
+        let stats = one.stats();
+        assert_eq!(stats.lease_units_returned(), 3, "{algorithm:?}");
+        assert!(stats.lease_returns() >= 1);
+        assert_eq!(one.layer.release_leases().await.units, 0);
+    }
+}
+
+#[tokio::test]
+async fn an_evicted_slice_goes_back_first() {
+    let policy = leasing(Algorithm::FixedWindow, "1000/m", 64)
+        .lease_capacity(1)
+        .lease_idle_return(Duration::from_secs(60));
+    let one = Instance::new(policy.clone()).await;
+    assert!(one.send("a", 1).await && one.send("a", 1).await);
+    assert_eq!(
+        counter(&policy, "a").await,
+        5,
+        "a slice of 4 after one of 1"
+    );
+    // The table holds one key: b's slot evicts a's, whose 3 units go back.
+    assert!(one.send("b", 1).await);
+    eventually(Duration::from_secs(10), || async {
+        counter(&policy, "a").await == 2
+    })
+    .await;
+    assert_eq!(one.stats().lease_units_returned(), 3);
+}
+
+/// The window the units were granted in, for the fixed window: wait until
+/// Redis has expired its counter; for the sliding window, until the clock
+/// (Redis's is this machine's) is in the next window.
+async fn until_the_window_rolls(policy: &Policy, agent: &str) {
+    let window_ms = policy.limits().next().unwrap().rate().window().as_millis() as u64;
+    let unix_ms = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let index = unix_ms() / window_ms;
+    eventually(Duration::from_secs(10), || async {
+        match policy.settings().algorithm {
+            Algorithm::SlidingWindow => unix_ms() / window_ms > index,
+            _ => counter(policy, agent).await == 0,
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_give_back_after_its_window_rolled_over_credits_nothing() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "20/s", 64).lease_idle_return(Duration::from_secs(60));
+        let first = Instance::new(policy.clone()).await;
+        let second = Instance::new(policy.clone()).await;
+        assert!(first.send("agent", 1).await && first.send("agent", 1).await);
+        until_the_window_rolls(&policy, "agent").await;
+        // A new window, counted by the second app server.
+        assert!(second.send("agent", 1).await);
+        assert_eq!(counter(&policy, "agent").await, 1, "{algorithm:?}");
+        // The first gives back its 3 unspent units of the old window.
+        let released = first.layer.release_leases().await;
+        assert_eq!((released.units, released.credited), (3, 0), "{algorithm:?}");
+        assert_eq!(
+            counter(&policy, "agent").await,
+            1,
+            "{algorithm:?}: not credited"
+        );
+        assert_eq!(first.stats().lease_units_dropped(), 3);
+    }
+}
+
+#[tokio::test]
+async fn a_cost_above_the_slice_asks_redis_and_never_admits_on_credit() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "20/m", 4).lease_idle_return(Duration::from_secs(60));
+        let one = Instance::new(policy.clone()).await;
+        // Slices of 1 and 4: 3 left over, 5 counted.
+        assert!(one.send("agent", 1).await && one.send("agent", 1).await);
+        assert_eq!(counter(&policy, "agent").await, 5);
+        // 15 > the 3 held, and > the largest slice: the 3 are handed in with
+        // a call granting exactly 15.
+        assert!(one.send("agent", 15).await);
+        assert_eq!(counter(&policy, "agent").await, 17, "{algorithm:?}");
+        assert!(!one.send("agent", 4).await, "{algorithm:?}: 3 left");
+        assert!(one.send("agent", 3).await);
+        assert!(!one.send("agent", 1).await);
+        assert_eq!(counter(&policy, "agent").await, 20);
+        // A cost above the limit is refused before any store call.
+        let reply = one.post("agent", 21).await;
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_app_server_loses_at_most_its_slice() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "100/m", 16).lease_idle_return(Duration::from_secs(60));
+        let crashing = Instance::new(policy.clone()).await;
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += u64::from(crashing.send("agent", 1).await);
+        }
+        let held = counter(&policy, "agent").await - admitted;
+        assert!(held > 0 && held <= 16, "{algorithm:?}: {held}");
+        // Gone without a release, as a crash: its slice stays counted.
+        drop(crashing);
+        let survivor = Instance::new(policy.clone()).await;
+        for _ in 0..200 {
+            admitted += u64::from(survivor.send("agent", 1).await);
+        }
+        assert_eq!(admitted, 100 - held, "{algorithm:?}");
+        assert_eq!(counter(&policy, "agent").await, 100);
+    }
+}
+
+/// Requests sent to `servers` in turn, all at once.
+async fn burst(servers: &[Instance], n: usize, agent: &str) -> u64 {
+    let sent = (0..n).map(|i| servers[i % servers.len()].send(agent, 1));
+    join_all(sent).await.into_iter().map(u64::from).sum()
+}
+
+#[tokio::test]
+async fn two_app_servers_admit_exactly_the_limit() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "100/m", 8)
+            .lease_instances(2)
+            .lease_idle_return(Duration::from_secs(60));
+        let servers = [
+            Instance::served(policy.clone()).await,
+            Instance::served(policy.clone()).await,
+        ];
+        let mut admitted = burst(&servers, 300, "agent").await;
+        assert!(admitted <= 100, "{algorithm:?}: {admitted}");
+        // What one server still holds, it admits; a server Redis refuses
+        // holds nothing. Once both are refused, every unit was spent.
+        let mut refused_in_a_row = 0;
+        for i in 0.. {
+            if servers[i % 2].send("agent", 1).await {
+                admitted += 1;
+                refused_in_a_row = 0;
+            } else {
+                refused_in_a_row += 1;
+            }
+            if refused_in_a_row == 2 {
+                break;
+            }
+        }
+        assert_eq!(admitted, 100, "{algorithm:?}");
+        assert_eq!(counter(&policy, "agent").await, 100, "{algorithm:?}");
+        let grants: u64 = servers.iter().map(|s| s.stats().lease_grants()).sum();
+        assert!(grants < 200 + 20, "{algorithm:?}: {grants}");
+    }
+}
+
+#[tokio::test]
+async fn the_block_cache_answers_the_denials_of_a_leased_key() {
+    let policy = leasing(Algorithm::FixedWindow, "20/m", 8).block_cache(100);
+    let one = Instance::new(policy).await;
+    let mut admitted = 0;
+    for _ in 0..25 {
+        admitted += u64::from(one.send("agent", 1).await);
+    }
+    assert_eq!(admitted, 20);
+    let stats = one.stats();
+    let grants = stats.lease_grants();
+    for _ in 0..50 {
+        let reply = one.post("agent", 1).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(reply.header("retry-after").is_some());
+    }
+    assert_eq!(stats.lease_grants(), grants, "denials answered in-process");
+    assert!(stats.decisions(Outcome::DeniedCached) >= 50);
+}
+
+#[tokio::test]
+async fn headers_report_what_the_slice_holds_and_retry_after_from_redis() {
+    let policy =
+        leasing(Algorithm::FixedWindow, "20/m", 16).lease_idle_return(Duration::from_secs(60));
+    let one = Instance::new(policy).await;
+    let remaining = |reply: &Reply| -> u64 {
+        let field = reply.header("ratelimit").unwrap();
+        let r = field.split(";r=").nth(1).unwrap();
+        r.split(';').next().unwrap().parse().unwrap()
+    };
+    // A slice of 1, then of 4: what this server holds, not what Redis has.
+    assert_eq!(remaining(&one.post("agent", 1).await), 0);
+    assert_eq!(remaining(&one.post("agent", 1).await), 3);
+    assert_eq!(remaining(&one.post("agent", 1).await), 2);
+    for _ in 0..17 {
+        assert_eq!(one.post("agent", 1).await.status, StatusCode::OK);
+    }
+    let denied = one.post("agent", 1).await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = denied.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (59..=60).contains(&retry),
+        "the rest of the window: {retry}"
+    );
+}
+
+#[tokio::test]
+async fn while_redis_is_away_the_slice_is_spent_then_the_fail_mode_decides() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let policy = leasing(Algorithm::FixedWindow, "1000/m", 64)
+        .lease_idle_return(Duration::from_secs(60))
+        .timeout(Duration::from_millis(100))
+        .on_store_error(FailMode::Fallback);
+    let one = Instance::on(&server, policy).await;
+    // Slices of 1, 4, 16, 64: 64 held after 21 requests.
+    for _ in 0..22 {
+        assert!(one.send("agent", 1).await);
+    }
+    server.kill();
+    let stats = one.stats();
+    let local = stats.lease_local();
+    for _ in 0..63 {
+        assert!(one.send("agent", 1).await);
+    }
+    assert_eq!(stats.lease_local(), local + 63, "spent from the slice");
+    assert_eq!(stats.fell_back(), 0);
+    // The slice is spent: the fallback limiter decides.
+    assert!(one.send("agent", 1).await);
+    assert_eq!(stats.fell_back(), 1);
+    assert!(stats.store_errors() >= 1);
 }

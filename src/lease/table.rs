@@ -478,14 +478,15 @@ impl<St: Store> Table<St> {
         tokio::spawn(sweep(table, wake, tick));
     }
 
-    /// Takes the slices idle for `idle_return` (and the evicted ones) out
-    /// of the table; forgets keys idle with nothing left, so that they start
-    /// small again. Slices that ended with units left are given back only
-    /// under several limits (the longer windows may still run); under one,
-    /// their window is over and the units are dropped.
+    /// Takes the units of slices idle for `idle_return` or ended (and the
+    /// evicted ones) out of the table, and forgets keys idle for as long,
+    /// so that they start small again (a busy key keeps its slice size from
+    /// one window to the next). Units of a slice that ended are given back
+    /// only under several limits (the longer windows may still run); under
+    /// one, their window is over and they are dropped.
     fn collect(&self, now: Instant) -> Vec<Unspent> {
         let mut out = std::mem::take(&mut *lock(&self.orphans));
-        let idle = self.config.idle_return;
+        let idle_return = self.config.idle_return;
         let several = self.limits.len() > 1;
         let mut dropped = 0;
         for shard in &self.shards {
@@ -497,22 +498,25 @@ impl<St: Store> Table<St> {
                 if slot.flight.is_some() {
                     return true;
                 }
+                let idle = slot.last_used + idle_return <= now;
                 let ended = slot.expires_at <= now;
-                if slot.last_used + idle > now && !ended {
-                    return true;
+                if slot.units > 0 && (idle || ended) {
+                    let units = std::mem::take(&mut slot.units);
+                    if ended && !several {
+                        dropped += units;
+                    } else {
+                        out.push(Unspent {
+                            key: key.clone(),
+                            units,
+                            windows: slot.windows,
+                        });
+                    }
                 }
-                if slot.units > 0 && (!ended || several) {
-                    out.push(Unspent {
-                        key: key.clone(),
-                        units: slot.units,
-                        windows: slot.windows,
-                    });
-                } else {
-                    dropped += slot.units;
+                if idle {
+                    ring[slot.ring] = None;
+                    free.push(slot.ring);
                 }
-                ring[slot.ring] = None;
-                free.push(slot.ring);
-                false
+                !idle
             });
         }
         if dropped > 0 {
