@@ -445,3 +445,27 @@ async fn while_redis_is_away_the_slice_is_spent_then_the_fail_mode_decides() {
     assert_eq!(stats.fell_back(), 1);
     assert!(stats.store_errors() >= 1);
 }
+
+#[tokio::test]
+async fn a_slice_is_never_spent_after_its_window_ends() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "1000/s", 64).lease_idle_return(Duration::from_secs(60));
+        let one = Instance::new(policy.clone()).await;
+        // Slices of 1, 4, 16 and 64: most of the last one left.
+        for _ in 0..22 {
+            assert!(one.send("agent", 1).await);
+        }
+        let stats = one.stats();
+        let grants = stats.lease_grants();
+        until_the_window_rolls(&policy, "agent").await;
+        // Whatever this server still holds belongs to a window that is
+        // over: the next request asks Redis.
+        assert!(one.send("agent", 1).await);
+        assert_eq!(stats.lease_grants(), grants + 1, "{algorithm:?}");
+        assert_eq!(
+            counter(&policy, "agent").await,
+            64,
+            "{algorithm:?}: a fresh slice of 64"
+        );
+    }
+}
