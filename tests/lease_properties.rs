@@ -287,18 +287,17 @@ impl Case {
         // Each server holds at most one slice and one give-back under way
         // per key, each under max_slice; crashed servers held as much.
         let held = (self.servers as u64 + crashes) * 2 * self.max_slice;
-        for agent in 0..AGENTS.len() {
+        for (agent, ends) in ends.iter().enumerate() {
             let mine: Vec<Seen> = seen.iter().copied().filter(|s| s.agent == agent).collect();
             let mut admitted: BTreeMap<u64, u64> = BTreeMap::new();
             let mut straddling = 0;
             for s in mine.iter().filter(|s| s.allowed) {
-                match self.place(s, &ends[agent]) {
+                match self.place(s, ends) {
                     Placed::In(window) => *admitted.entry(window).or_default() += s.cost,
                     Placed::Straddling => straddling += 1,
                     Placed::Nowhere => {
                         return Err(TestCaseError::fail(format!(
-                            "admitted while no window ran: {s:?}, windows ending {:?}",
-                            ends[agent]
+                            "admitted while no window ran: {s:?}, windows ending {ends:?}"
                         )));
                     }
                 }
@@ -318,7 +317,7 @@ impl Case {
                 );
             }
             for denial in mine.iter().filter(|s| !s.allowed) {
-                let Placed::In(window) = self.place(denial, &ends[agent]) else {
+                let Placed::In(window) = self.place(denial, ends) else {
                     continue;
                 };
                 let (mut before, slack) = (admitted.get(&window).copied().unwrap_or(0), held);
