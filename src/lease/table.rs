@@ -749,3 +749,103 @@ impl Shard {
         evicted
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(now: Instant) -> Slot {
+        Slot {
+            units: 1,
+            windows: [0; MAX_LIMITS],
+            expires_at: now,
+            limit: 0,
+            window: Duration::ZERO,
+            reset_at: now,
+            generation: 1,
+            last_used: now,
+            want: 1,
+            flight: None,
+            referenced: false,
+            ring: 0,
+        }
+    }
+
+    fn shard(capacity: usize) -> Shard {
+        Shard {
+            slots: HashMap::new(),
+            ring: Vec::new(),
+            free: Vec::new(),
+            hand: 0,
+            capacity,
+        }
+    }
+
+    #[test]
+    fn a_full_shard_evicts_what_was_not_used_since_the_hand_passed() {
+        let now = Instant::now();
+        let mut shard = shard(3);
+        for key in ["a", "b", "c"] {
+            assert!(shard.insert(key.into(), slot(now)).is_none());
+        }
+        // b was used: the hand spares it once; a and c were not.
+        shard.slots.get_mut("b").unwrap().referenced = true;
+        let (evicted, _) = shard.insert("d".into(), slot(now)).unwrap();
+        assert_eq!(&*evicted, "a");
+        let (evicted, _) = shard.insert("e".into(), slot(now)).unwrap();
+        assert_eq!(&*evicted, "c", "b had its second chance");
+        assert_eq!(shard.slots.len(), 3);
+        assert!(shard.slots.contains_key("b"));
+    }
+
+    #[test]
+    fn a_slot_with_a_grant_in_flight_is_evicted_last() {
+        let now = Instant::now();
+        let mut shard = shard(2);
+        let mut flying = slot(now);
+        flying.flight = Some(Arc::new(Flight::default()));
+        shard.insert("flying".into(), flying);
+        shard.insert("idle".into(), slot(now));
+        let (evicted, _) = shard.insert("new".into(), slot(now)).unwrap();
+        assert_eq!(&*evicted, "idle");
+        // Only slots in flight left: after two turns the hand takes one.
+        shard.slots.get_mut("new").unwrap().flight = Some(Arc::new(Flight::default()));
+        assert!(shard.insert("last".into(), slot(now)).is_some());
+        assert_eq!(shard.slots.len(), 2);
+    }
+
+    #[test]
+    fn a_removed_slot_frees_its_place_in_the_ring() {
+        let now = Instant::now();
+        let mut shard = shard(2);
+        shard.insert("a".into(), slot(now));
+        shard.insert("b".into(), slot(now));
+        let Shard {
+            slots, ring, free, ..
+        } = &mut shard;
+        let removed = slots.remove("a").unwrap();
+        ring[removed.ring] = None;
+        free.push(removed.ring);
+        assert!(shard.insert("c".into(), slot(now)).is_none(), "no eviction");
+        assert_eq!(shard.slots.len(), 2);
+    }
+
+    #[test]
+    fn a_slice_is_spent_only_while_it_holds_the_cost_and_lasts() {
+        let now = Instant::now();
+        let mut live = slot(now);
+        live.units = 3;
+        live.expires_at = now + Duration::from_secs(1);
+        live.reset_at = now + Duration::from_secs(2);
+        assert!(live.spend(4, now).is_none());
+        let (decision, generation) = live.spend(3, now).unwrap();
+        assert_eq!((decision.remaining, generation), (0, 1));
+        assert_eq!(decision.reset_after, Duration::from_secs(2));
+        assert!(live.spend(1, now).is_none());
+        live.units = 5;
+        assert!(
+            live.spend(1, now + Duration::from_secs(1)).is_none(),
+            "ended"
+        );
+    }
+}
