@@ -17,7 +17,9 @@ use axum_redis_ratelimit::{
     RedisStore, layer::Stats,
 };
 use common::{
-    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, eventually, serve, unique_prefix, within,
+    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, eventually, serve,
+    topology::{LIMITER_ACL, create_user, url_with_user},
+    unique_prefix, within,
 };
 use futures::future::join_all;
 use http::StatusCode;
@@ -36,7 +38,12 @@ impl Instance {
 
     /// In-process, on `server`.
     async fn on(server: &RedisServer, policy: Policy) -> Self {
-        let store = RedisStore::connect(server.url()).await.unwrap();
+        Self::at(server.url(), policy).await
+    }
+
+    /// In-process, on the Redis at `url`.
+    async fn at(url: &str, policy: Policy) -> Self {
+        let store = RedisStore::connect(url).await.unwrap();
         let layer = RateLimitLayer::new(policy, store).unwrap();
         Self {
             http: HttpClient::in_process(router(&layer)),
@@ -468,4 +475,39 @@ async fn a_slice_is_never_spent_after_its_window_ends() {
             "{algorithm:?}: a fresh slice of 64"
         );
     }
+}
+
+#[tokio::test]
+async fn the_documented_acl_and_pexpiretime_is_all_lease_mode_needs() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let mut rules = LIMITER_ACL.to_vec();
+    rules.push("+pexpiretime");
+    create_user(server.url(), "leaser", "s3cret", &rules);
+    let url = url_with_user(server.url(), "leaser", "s3cret");
+    for algorithm in WINDOWS {
+        // The ACL's keys are under `rl:`.
+        let prefix = format!("rl:{}", unique_prefix());
+        let policy = leasing(algorithm, "10/m", 4).prefix(prefix).fail_closed();
+        let one = Instance::at(&url, policy).await;
+        let mut admitted = 0;
+        for _ in 0..12 {
+            admitted += u64::from(one.send("agent", 1).await);
+        }
+        assert_eq!(admitted, 10, "{algorithm:?}");
+        assert_eq!(one.stats().store_errors(), 0, "{algorithm:?}");
+        assert_eq!(one.layer.release_leases().await.failed, 0);
+    }
+    // Without it, the fixed window's grants fail (here closed: 503).
+    create_user(server.url(), "no-pexpiretime", "s3cret", LIMITER_ACL);
+    let url = url_with_user(server.url(), "no-pexpiretime", "s3cret");
+    let prefix = format!("rl:{}", unique_prefix());
+    let policy = leasing(Algorithm::FixedWindow, "10/m", 4)
+        .prefix(prefix)
+        .fail_closed();
+    let one = Instance::at(&url, policy).await;
+    let reply = one.post("agent", 1).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(one.stats().store_errors(), 1);
 }
