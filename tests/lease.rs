@@ -463,17 +463,15 @@ async fn a_slice_is_never_spent_after_its_window_ends() {
             assert!(one.send("agent", 1).await);
         }
         let stats = one.stats();
-        let grants = stats.lease_grants();
+        let (grants, granted) = (stats.lease_grants(), stats.lease_units_granted());
         until_the_window_rolls(&policy, "agent").await;
         // Whatever this server still holds belongs to a window that is
-        // over: the next request asks Redis.
+        // over: the next request asks Redis, and the new window counts only
+        // what that grant took.
         assert!(one.send("agent", 1).await);
         assert_eq!(stats.lease_grants(), grants + 1, "{algorithm:?}");
-        assert_eq!(
-            counter(&policy, "agent").await,
-            64,
-            "{algorithm:?}: a fresh slice of 64"
-        );
+        let fresh = stats.lease_units_granted() - granted;
+        assert_eq!(counter(&policy, "agent").await, fresh, "{algorithm:?}");
     }
 }
 
@@ -510,4 +508,32 @@ async fn the_documented_acl_and_pexpiretime_is_all_lease_mode_needs() {
     let reply = one.post("agent", 1).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
     assert_eq!(one.stats().store_errors(), 1);
+}
+
+#[tokio::test]
+async fn a_key_at_a_slow_pace_takes_its_cost_alone_and_gives_nothing_back() {
+    for algorithm in WINDOWS {
+        // Half the idle period is 125 ms: a request every 100 ms or more
+        // spends less than one unit in it.
+        let policy = leasing(algorithm, "1000/m", 64);
+        let one = Instance::new(policy.clone()).await;
+        for _ in 0..5 {
+            assert!(one.send("agent", 1).await);
+            // The workload's pace, not a wait for a condition.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stats = one.stats();
+        assert_eq!(stats.lease_grants(), 5, "{algorithm:?}: one call a request");
+        assert_eq!(
+            stats.lease_units_granted(),
+            5,
+            "{algorithm:?}: nothing ahead"
+        );
+        assert_eq!(
+            stats.lease_returns(),
+            0,
+            "{algorithm:?}: nothing to give back"
+        );
+        assert_eq!(counter(&policy, "agent").await, 5);
+    }
 }

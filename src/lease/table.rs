@@ -103,8 +103,10 @@ struct Slot {
     reset_at: Instant,
     generation: u64,
     last_used: Instant,
-    /// The slice to ask for next.
-    want: u64,
+    /// The last grant: its units (the request's cost included) and when it
+    /// came, from which the key's pace is measured.
+    granted: u64,
+    granted_at: Instant,
     flight: Option<Arc<Flight>>,
     referenced: bool,
     ring: usize,
@@ -296,11 +298,12 @@ impl<St: Store> Table<St> {
                     return Begin::Wait(flight.clone());
                 }
                 slot.flight = Some(flight.clone());
+                let want = self.want(slot, cost, now);
                 Ticket {
                     flight,
                     give_back: std::mem::take(&mut slot.units),
                     windows: slot.windows,
-                    want: slot.want.max(cost),
+                    want,
                 }
             }
             None => {
@@ -313,9 +316,8 @@ impl<St: Store> Table<St> {
                     reset_at: now,
                     generation: 0,
                     last_used: now,
-                    // A key new here asks for its cost alone: a one-off
-                    // request leaves nothing to give back.
-                    want: cost,
+                    granted: 0,
+                    granted_at: now,
                     flight: Some(flight.clone()),
                     referenced: false,
                     ring: 0,
@@ -324,6 +326,8 @@ impl<St: Store> Table<St> {
                     drop(shard);
                     self.orphan(key, &evicted);
                 }
+                // A key new here asks for its cost alone: a one-off
+                // request leaves nothing to give back.
                 Ticket {
                     flight,
                     give_back: 0,
@@ -412,10 +416,8 @@ impl<St: Store> Table<St> {
                     reset_at: now + decision.reset_after,
                     generation,
                     last_used: now,
-                    want: ticket
-                        .want
-                        .saturating_mul(GROWTH)
-                        .min(self.config.max_slice),
+                    granted: reply.granted,
+                    granted_at: now,
                     flight: slot.flight.take(),
                     referenced: true,
                     ring: slot.ring,
@@ -454,6 +456,27 @@ impl<St: Store> Table<St> {
                 })
             }
         }
+    }
+
+    /// The slice to ask for after `slot`'s: what the key spends in half
+    /// an idle period at the pace it spent the last one, so that a slice is
+    /// rarely left to go back idle (a key at a few requests a second asks
+    /// for its cost alone, as without leases); at most four times the last
+    /// grant (a busy key grows 1, 4, 16, 64…) and `max_slice`, at least the
+    /// request's cost.
+    fn want(&self, slot: &Slot, cost: u64, now: Instant) -> u64 {
+        let spent = slot.granted.saturating_sub(slot.units);
+        let elapsed = now.saturating_duration_since(slot.granted_at).as_micros();
+        let horizon = (self.config.idle_return / 2).as_micros();
+        let paced = match elapsed {
+            0 => u64::MAX,
+            elapsed => u64::try_from(u128::from(spent) * horizon / elapsed).unwrap_or(u64::MAX),
+        };
+        let most = slot
+            .granted
+            .saturating_mul(GROWTH)
+            .min(self.config.max_slice);
+        paced.min(most).max(cost)
     }
 
     /// An evicted slot's units, to give back.
@@ -649,16 +672,26 @@ fn counted_down(decision: Decision, at: Instant) -> Decision {
 /// The sweeper: every `tick`, or when woken for an eviction, gives back
 /// what [`Table::collect`] takes out; ends with the table.
 async fn sweep<St: Store>(table: Weak<Table<St>>, wake: Arc<Notify>, tick: Duration) {
+    let mut next = Instant::now() + tick;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(tick) => {}
-            () = wake.notified() => {}
-        }
+        // Woken for an eviction, it gives back the evicted slices only; the
+        // scan of the whole table waits for its tick, so that a flood of new
+        // keys evicting old ones never makes it scan at every request.
+        let scan = tokio::select! {
+            () = tokio::time::sleep_until(next) => true,
+            () = wake.notified() => false,
+        };
         let Some(table) = table.upgrade() else {
             return;
         };
         let _giving_back = table.giving_back.lock().await;
-        let unspent = table.collect(Instant::now());
+        let unspent = match scan {
+            true => {
+                next = Instant::now() + tick;
+                table.collect(Instant::now())
+            }
+            false => std::mem::take(&mut *lock(&table.orphans)),
+        };
         if !unspent.is_empty() {
             table.give_back(unspent).await;
         }
@@ -764,7 +797,8 @@ mod tests {
             reset_at: now,
             generation: 1,
             last_used: now,
-            want: 1,
+            granted: 1,
+            granted_at: now,
             flight: None,
             referenced: false,
             ring: 0,
