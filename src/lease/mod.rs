@@ -21,11 +21,14 @@
 //!   left, all or nothing: a counter never exceeds its limit, so **no
 //!   window ever admits more than its limit across all app servers**,
 //!   whatever their number, interleaving, crashes or restarts.
-//! - **The slice adapts**: a key new to this process gets just the
-//!   request's cost (a one-off request leaves nothing to give back); each
-//!   slice spent while the key stays busy asks for four times the last, up
-//!   to `max_slice`; and never more than what the key has left divided by
-//!   `instances`, so a key near its limit hands out small slices. A request
+//! - **The slice adapts** to the key's pace: a key new to this process gets
+//!   just the request's cost (a one-off request leaves nothing to give
+//!   back); after that, a slice is what the key spent in half an idle period
+//!   at the pace it spent the last slice, at most four times the last and
+//!   `max_slice` (a busy key grows 1, 4, 16, 64; a key at a few requests a
+//!   second keeps asking for its cost alone, as without leases); and never
+//!   more than what the key has left divided by `instances`, so a key near
+//!   its limit hands out small slices. A request
 //!   costing more than the slice holds asks the store, handing in what is
 //!   left of the slice in the same call: nothing is admitted on credit.
 //! - **A slice ends with its window**, measured from when it was asked for:
