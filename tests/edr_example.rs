@@ -2880,10 +2880,10 @@ async fn telemetry_leases_slices_and_gives_them_back_at_shutdown() {
         let reply = edr.telemetry(&token).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
     }
-    // Slices of 1, 4, 16, then 64: 5 calls for 100 batches, and units
-    // taken ahead of the batches.
-    assert_eq!(evalsha_calls(&mut db1).await - before, 5);
-    assert_eq!(telemetry_count(&mut db1).await, 1 + 4 + 16 + 64 + 64);
+    // Slices of 1 until the agent has spent 4, then of 4, 16 and 64: 8
+    // calls for 100 batches, and units taken ahead of the batches.
+    assert_eq!(evalsha_calls(&mut db1).await - before, 8);
+    assert_eq!(telemetry_count(&mut db1).await, 4 + 4 + 16 + 64 + 64);
     // SIGTERM: the server finishes its requests, then gives back what it
     // did not spend.
     let pid = i32::try_from(edr.child.id()).unwrap();

@@ -90,6 +90,15 @@ fn router(layer: &RateLimitLayer<RedisStore>) -> Router {
         .layer(layer.clone())
 }
 
+/// Five requests of `agent` to `one`: slices of 1 until the key has spent 4
+/// in this app server (its pace is trusted then), then of 4, 3 of which
+/// are left over; 8 counted in Redis.
+async fn warm_up(one: &Instance, agent: &str) {
+    for _ in 0..5 {
+        assert!(one.send(agent, 1).await);
+    }
+}
+
 /// A leasing policy over `rate`, a request costing its `X-Event-Count`.
 fn leasing(algorithm: Algorithm, rate: &str, max_slice: u64) -> Policy {
     Policy::new("telemetry")
@@ -143,11 +152,12 @@ async fn one_instance_admits_exactly_the_limit_with_few_redis_calls() {
         assert_eq!(admitted, 100, "{algorithm:?}");
         assert_eq!(counter(&policy, "agent").await, 100, "{algorithm:?}");
         let stats = one.stats();
-        // Slices of 1, 4, then 16 units: 8 grants for the 100 admitted,
-        // then one call per denial (no block cache here).
+        // Slices of 1 until the key has spent 4 here (its pace is trusted
+        // then), of 4, then of 16 (the last one what is left): 11 grants for
+        // the 100 admitted, then one call per denial (no block cache here).
         assert_eq!(stats.lease_units_granted(), 100, "{algorithm:?}");
-        assert_eq!(stats.lease_grants(), 8 + 50, "{algorithm:?}");
-        assert_eq!(stats.lease_local(), 100 - 8, "{algorithm:?}");
+        assert_eq!(stats.lease_grants(), 11 + 50, "{algorithm:?}");
+        assert_eq!(stats.lease_local(), 100 - 11, "{algorithm:?}");
         let released = one.layer.release_leases().await;
         assert_eq!(
             released.units, 0,
@@ -218,10 +228,9 @@ async fn an_idle_slice_goes_back_by_itself() {
     for algorithm in WINDOWS {
         let policy = leasing(algorithm, "1000/m", 64).lease_idle_return(Duration::from_millis(50));
         let one = Instance::new(policy.clone()).await;
-        // Slices of 1 and 4: 3 units left over.
-        assert!(one.send("agent", 1).await && one.send("agent", 1).await);
+        warm_up(&one, "agent").await;
         eventually(Duration::from_secs(10), || async {
-            counter(&policy, "agent").await == 2
+            counter(&policy, "agent").await == 5
         })
         .await;
         let stats = one.stats();
@@ -237,16 +246,12 @@ async fn an_evicted_slice_goes_back_first() {
         .lease_capacity(1)
         .lease_idle_return(Duration::from_secs(60));
     let one = Instance::new(policy.clone()).await;
-    assert!(one.send("a", 1).await && one.send("a", 1).await);
-    assert_eq!(
-        counter(&policy, "a").await,
-        5,
-        "a slice of 4 after one of 1"
-    );
+    warm_up(&one, "a").await;
+    assert_eq!(counter(&policy, "a").await, 8);
     // The table holds one key: b's slot evicts a's, whose 3 units go back.
     assert!(one.send("b", 1).await);
     eventually(Duration::from_secs(10), || async {
-        counter(&policy, "a").await == 2
+        counter(&policy, "a").await == 5
     })
     .await;
     assert_eq!(one.stats().lease_units_returned(), 3);
@@ -279,7 +284,7 @@ async fn a_give_back_after_its_window_rolled_over_credits_nothing() {
         let policy = leasing(algorithm, "20/s", 64).lease_idle_return(Duration::from_secs(60));
         let first = Instance::new(policy.clone()).await;
         let second = Instance::new(policy.clone()).await;
-        assert!(first.send("agent", 1).await && first.send("agent", 1).await);
+        warm_up(&first, "agent").await;
         until_the_window_rolls(&policy, "agent").await;
         // A new window, counted by the second app server.
         assert!(second.send("agent", 1).await);
@@ -301,17 +306,16 @@ async fn a_cost_above_the_slice_asks_redis_and_never_admits_on_credit() {
     for algorithm in WINDOWS {
         let policy = leasing(algorithm, "20/m", 4).lease_idle_return(Duration::from_secs(60));
         let one = Instance::new(policy.clone()).await;
-        // Slices of 1 and 4: 3 left over, 5 counted.
-        assert!(one.send("agent", 1).await && one.send("agent", 1).await);
-        assert_eq!(counter(&policy, "agent").await, 5);
-        // 15 > the 3 held, and > the largest slice: the 3 are handed in with
-        // a call granting exactly 15.
+        warm_up(&one, "agent").await;
+        assert_eq!(counter(&policy, "agent").await, 8);
+        // 16 > the 3 held: they are handed in with a call for 16, which
+        // 20 − 5 cannot grant. Denied, and the 3 are back in Redis.
+        assert!(!one.send("agent", 16).await);
+        assert_eq!(counter(&policy, "agent").await, 5, "{algorithm:?}");
+        // 15, above the largest slice: exactly 15 granted.
         assert!(one.send("agent", 15).await);
-        assert_eq!(counter(&policy, "agent").await, 17, "{algorithm:?}");
-        assert!(!one.send("agent", 4).await, "{algorithm:?}: 3 left");
-        assert!(one.send("agent", 3).await);
+        assert_eq!(counter(&policy, "agent").await, 20, "{algorithm:?}");
         assert!(!one.send("agent", 1).await);
-        assert_eq!(counter(&policy, "agent").await, 20);
         // A cost above the limit is refused before any store call.
         let reply = one.post("agent", 21).await;
         assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -409,11 +413,13 @@ async fn headers_report_what_the_slice_holds_and_retry_after_from_redis() {
         let r = field.split(";r=").nth(1).unwrap();
         r.split(';').next().unwrap().parse().unwrap()
     };
-    // A slice of 1, then of 4: what this server holds, not what Redis has.
-    assert_eq!(remaining(&one.post("agent", 1).await), 0);
+    // Slices of 1, then of 4: what this server holds, not what Redis has.
+    for _ in 0..4 {
+        assert_eq!(remaining(&one.post("agent", 1).await), 0);
+    }
     assert_eq!(remaining(&one.post("agent", 1).await), 3);
     assert_eq!(remaining(&one.post("agent", 1).await), 2);
-    for _ in 0..17 {
+    for _ in 0..14 {
         assert_eq!(one.post("agent", 1).await.status, StatusCode::OK);
     }
     let denied = one.post("agent", 1).await;
@@ -435,8 +441,8 @@ async fn while_redis_is_away_the_slice_is_spent_then_the_fail_mode_decides() {
         .timeout(Duration::from_millis(100))
         .on_store_error(FailMode::Fallback);
     let one = Instance::on(&server, policy).await;
-    // Slices of 1, 4, 16, 64: 64 held after 21 requests.
-    for _ in 0..22 {
+    // Slices of 1 (four), 4, 16, then 64: 63 held after 25 requests.
+    for _ in 0..25 {
         assert!(one.send("agent", 1).await);
     }
     server.kill();
@@ -458,8 +464,8 @@ async fn a_slice_is_never_spent_after_its_window_ends() {
     for algorithm in WINDOWS {
         let policy = leasing(algorithm, "1000/s", 64).lease_idle_return(Duration::from_secs(60));
         let one = Instance::new(policy.clone()).await;
-        // Slices of 1, 4, 16 and 64: most of the last one left.
-        for _ in 0..22 {
+        // Slices of 1 (four), 4, 16 and 64: 63 left.
+        for _ in 0..25 {
             assert!(one.send("agent", 1).await);
         }
         let stats = one.stats();

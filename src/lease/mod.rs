@@ -22,11 +22,12 @@
 //!   window ever admits more than its limit across all app servers**,
 //!   whatever their number, interleaving, crashes or restarts.
 //! - **The slice adapts** to the key's pace: a key new to this process gets
-//!   just the request's cost (a one-off request leaves nothing to give
-//!   back); after that, a slice is what the key spent in half an idle period
-//!   at the pace it spent the last slice, at most four times the last and
-//!   `max_slice` (a busy key grows 1, 4, 16, 64; a key at a few requests a
-//!   second keeps asking for its cost alone, as without leases); and never
+//!   just the request's cost until it has spent 4 units here (a one-off
+//!   request leaves nothing to give back); after that, a slice is what the
+//!   key spends in half an idle period at its pace, at most four times the
+//!   last and `max_slice` (a busy key takes 1, 1, 1, 1, 4, 16, 64; a key at a
+//!   few requests a second keeps asking for its cost alone, as without
+//!   leases); and never
 //!   more than what the key has left divided by `instances`, so a key near
 //!   its limit hands out small slices. A request
 //!   costing more than the slice holds asks the store, handing in what is

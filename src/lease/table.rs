@@ -42,6 +42,11 @@ const SHARDS: usize = 16;
 /// How much a slice grows each time one is spent while its key stays busy.
 const GROWTH: u64 = 4;
 
+/// Units a key spends through this process, one grant each, before its
+/// pace is trusted to size a slice: two requests close together prove
+/// little.
+const SAMPLES: u64 = 4;
+
 /// What a request taken through [`Table::take`] got.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Taken {
@@ -107,6 +112,10 @@ struct Slot {
     /// came, from which the key's pace is measured.
     granted: u64,
     granted_at: Instant,
+    /// Every unit granted since the key came into the table, and when it
+    /// did: its pace over its whole stay.
+    granted_total: u64,
+    since: Instant,
     flight: Option<Arc<Flight>>,
     referenced: bool,
     ring: usize,
@@ -318,6 +327,8 @@ impl<St: Store> Table<St> {
                     last_used: now,
                     granted: 0,
                     granted_at: now,
+                    granted_total: 0,
+                    since: now,
                     flight: Some(flight.clone()),
                     referenced: false,
                     ring: 0,
@@ -418,6 +429,8 @@ impl<St: Store> Table<St> {
                     last_used: now,
                     granted: reply.granted,
                     granted_at: now,
+                    granted_total: slot.granted_total + reply.granted,
+                    since: slot.since,
                     flight: slot.flight.take(),
                     referenced: true,
                     ring: slot.ring,
@@ -459,19 +472,25 @@ impl<St: Store> Table<St> {
     }
 
     /// The slice to ask for after `slot`'s: what the key spends in half
-    /// an idle period at the pace it spent the last one, so that a slice is
-    /// rarely left to go back idle (a key at a few requests a second asks
-    /// for its cost alone, as without leases); at most four times the last
-    /// grant (a busy key grows 1, 4, 16, 64…) and `max_slice`, at least the
-    /// request's cost.
+    /// an idle period at its pace (the slower of its last slice's and its
+    /// whole stay's), so that a slice is rarely left to go back idle; its
+    /// cost alone until it has spent [`SAMPLES`] units here, so that a key at
+    /// a few requests a second keeps asking for its cost alone, as without
+    /// leases; at most four times the last grant (a busy key grows 1, 4, 16,
+    /// 64…) and `max_slice`; at least the request's cost.
     fn want(&self, slot: &Slot, cost: u64, now: Instant) -> u64 {
-        let spent = slot.granted.saturating_sub(slot.units);
-        let elapsed = now.saturating_duration_since(slot.granted_at).as_micros();
+        let spent = slot.granted_total.saturating_sub(slot.units);
+        if spent < SAMPLES {
+            return cost;
+        }
         let horizon = (self.config.idle_return / 2).as_micros();
-        let paced = match elapsed {
-            0 => u64::MAX,
-            elapsed => u64::try_from(u128::from(spent) * horizon / elapsed).unwrap_or(u64::MAX),
-        };
+        let pace =
+            |units: u64, since: Instant| match now.saturating_duration_since(since).as_micros() {
+                0 => u64::MAX,
+                elapsed => u64::try_from(u128::from(units) * horizon / elapsed).unwrap_or(u64::MAX),
+            };
+        let last = pace(slot.granted.saturating_sub(slot.units), slot.granted_at);
+        let paced = last.min(pace(spent, slot.since));
         let most = slot
             .granted
             .saturating_mul(GROWTH)
@@ -799,6 +818,8 @@ mod tests {
             last_used: now,
             granted: 1,
             granted_at: now,
+            granted_total: 1,
+            since: now,
             flight: None,
             referenced: false,
             ring: 0,
