@@ -503,7 +503,9 @@ async fn the_documented_acl_and_pexpiretime_is_all_lease_mode_needs() {
         assert_eq!(one.stats().store_errors(), 0, "{algorithm:?}");
         assert_eq!(one.layer.release_leases().await.failed, 0);
     }
-    // Without it, the fixed window's grants fail (here closed: 503).
+    // Without it, the fixed window's slices fail (here closed: 503); a
+    // key's first four requests, each granted its cost alone, are decided
+    // by the plain script, which needs no PEXPIRETIME.
     create_user(server.url(), "no-pexpiretime", "s3cret", LIMITER_ACL);
     let url = url_with_user(server.url(), "no-pexpiretime", "s3cret");
     let prefix = format!("rl:{}", unique_prefix());
@@ -511,6 +513,9 @@ async fn the_documented_acl_and_pexpiretime_is_all_lease_mode_needs() {
         .prefix(prefix)
         .fail_closed();
     let one = Instance::at(&url, policy).await;
+    for _ in 0..4 {
+        assert!(one.send("agent", 1).await);
+    }
     let reply = one.post("agent", 1).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
     assert_eq!(one.stats().store_errors(), 1);

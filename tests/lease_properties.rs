@@ -202,16 +202,21 @@ impl Case {
                 false => Placed::Straddling,
             };
         }
-        // Fixed windows [end − window, end): those that overlap the request.
+        // A counter expiring at `end` (ms) was opened in the millisecond
+        // `end − window` and expires once Redis's clock, in whole ms, is past
+        // `end`: it runs over [end − window, end + 1 ms). Those that overlap
+        // the request:
+        let start = |end: u64| end * 1000 - w;
+        let stop = |end: u64| (end + 1) * 1000;
         let overlapping: Vec<u64> = ends
             .iter()
             .copied()
-            .filter(|&end| seen.before < end * 1000 && end * 1000 - w < seen.after)
+            .filter(|&end| seen.before < stop(end) && start(end) < seen.after)
             .collect();
         let within = overlapping
             .iter()
             .copied()
-            .find(|&end| end * 1000 - w <= seen.before && seen.after < end * 1000);
+            .find(|&end| start(end) <= seen.before && seen.after < stop(end));
         match (within, overlapping.len()) {
             (_, 0) => Placed::Nowhere,
             (Some(end), 1) => Placed::In(end),

@@ -211,8 +211,8 @@ where
         // Lease mode: from this process's slice, while it lasts (even with
         // the breaker open).
         let leases = self.shared.leases.as_ref();
-        let now = tokio::time::Instant::now();
-        if let Some((decision, generation)) = leases.and_then(|l| l.spend(&key, cost, now)) {
+        let spent = leases.and_then(|l| l.spend(&key, cost, tokio::time::Instant::now()));
+        if let Some((decision, generation)) = spent {
             self.shared.stats.record_lease_local();
             let noted = Noted::new(&key, cost);
             let step = self

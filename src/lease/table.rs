@@ -33,7 +33,7 @@ use crate::{
     algorithm::Limit,
     config::LeaseConfig,
     layer::Stats,
-    store::{MAX_LIMITS, Store},
+    store::{Charge, MAX_LIMITS, Store},
 };
 
 /// Shards of a large table, each behind its own lock.
@@ -373,7 +373,14 @@ impl<St: Store> Table<St> {
             windows: &ticket.windows[..n],
         };
         self.stats.record_lease_call(false);
-        let reply = self.store.lease(call).await;
+        // A grant of the cost alone, with nothing to hand in (a key new here,
+        // or at a slow pace; or the table closed), leaves nothing to give
+        // back: the plain script decides it, exactly as without leases, and
+        // more cheaply (it need not name the window).
+        let reply = match ticket.give_back == 0 && call.want == cost {
+            true => self.plain(key, cost).await,
+            false => self.store.lease(call).await,
+        };
         let reply = match reply {
             Ok(reply) => reply,
             Err(error) => {
@@ -469,6 +476,26 @@ impl<St: Store> Table<St> {
                 })
             }
         }
+    }
+
+    /// A grant of exactly `cost` by the store's plain check, as a reply.
+    async fn plain(&self, key: &str, cost: u64) -> Result<LeaseReply, Error> {
+        let check = self.store.check(Charge {
+            key,
+            limits: &self.limits,
+            algorithm: self.algorithm,
+            cost,
+            now_us: None,
+        });
+        let decision = check.await?;
+        let granted = if decision.allowed { cost } else { 0 };
+        Ok(LeaseReply::new(
+            granted,
+            Some(decision),
+            [0; MAX_LIMITS],
+            [Duration::ZERO; MAX_LIMITS],
+            [0; MAX_LIMITS],
+        ))
     }
 
     /// The slice to ask for after `slot`'s: what the key spends in half
