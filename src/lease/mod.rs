@@ -56,8 +56,8 @@
 //! | | bound |
 //! |---|---|
 //! | admitted per window, all app servers | never above the limit |
-//! | a denial while the key still has quota | only when fewer than the request's cost is left unclaimed: at most what the other app servers hold unspent, each at most `max_slice` |
-//! | an app server that crashes (or is dropped without `release_leases`) | its unspent slices are lost for their window: at most `max_slice` per key |
+//! | a denial while the key still has quota | only when fewer than the request's cost is left unclaimed: the rest is held unspent by the app servers, at most `max_slice` per server and key (twice that for the round trip of a give-back under way) |
+//! | an app server that crashes (or is dropped without `release_leases`) | its unspent slices are lost for their window: at most `max_slice` per key (twice that if a give-back was under way) |
 //! | a failover that loses unreplicated writes | the grants among them: at most the units granted within the replication lag, which is what the plain mode loses (the requests admitted in that time) plus at most `instances × max_slice` per key |
 //!
 //! # Graceful shutdown
