@@ -108,13 +108,14 @@ fn redis_store_decision() {
             })
             .await;
             println!("redis store, {algorithm}: {n} allocations per decision");
-            // The crate's: the boxed future and the command's two buffers
+            // The crate's 3: the boxed future and the command's two buffers
             // (sized once: growing them as the arguments came cost 5 more;
-            // the reply is read onto the stack, not into a Vec); the rest is
-            // the redis crate's: the connection's pipeline and the reply's
-            // parsing (an array for the sliding window, one integer for the
-            // fixed window and GCRA with one limit).
-            assert!(n <= 8, "{algorithm}: {n}");
+            // the reply is read onto the stack, not into a Vec). The redis
+            // crate's 4 for an integer reply (the fixed window and GCRA with
+            // one limit) or 5 for an array (the sliding window), as a bare
+            // INCRBY or EVAL on a multiplexed connection measures them.
+            let most = if algorithm == Algorithm::SlidingWindow { 8 } else { 7 };
+            assert!(n <= most, "{algorithm}: {n}");
         }
     });
 }
@@ -186,47 +187,4 @@ fn metrics_add_no_allocation_per_request() {
         counts[0], counts[1]
     );
     assert_eq!(counts[0], counts[1]);
-}
-
-#[test]
-fn scratch_breakdown() {
-    current_thread().block_on(async {
-        let url = common::RedisServer::shared().url().to_owned();
-        let client = redis::Client::open(url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd("INCRBY");
-        cmd.arg("scratch:k").arg(1);
-        let n = per_call(async || {
-            let _: i64 = cmd.query_async(&mut conn).await.unwrap();
-        })
-        .await;
-        println!("redis crate, one INCRBY (int reply) on a multiplexed connection: {n}");
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg("return {1,2,3,4,5}").arg(0);
-        let n = per_call(async || {
-            let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
-        })
-        .await;
-        println!("redis crate, one EVAL with an array reply: {n}");
-        let n = per_call(async || {
-            let mut c = redis::Cmd::with_capacity(8, 256);
-            c.arg("EVALSHA")
-                .arg("0123456789012345678901234567890123456789")
-                .arg(1)
-                .arg("rl:p:{k}:60:fixed")
-                .arg(1)
-                .arg(5)
-                .arg(60000);
-            std::hint::black_box(&c);
-        })
-        .await;
-        println!("building a sized Cmd: {n}");
-        let n = per_call(async || {
-            let f: std::pin::Pin<Box<dyn std::future::Future<Output = u8> + Send>> =
-                Box::pin(async { 1u8 });
-            std::hint::black_box(f.await);
-        })
-        .await;
-        println!("a boxed future: {n}");
-    });
 }
