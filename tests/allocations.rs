@@ -114,7 +114,11 @@ fn redis_store_decision() {
             // crate's 4 for an integer reply (the fixed window and GCRA with
             // one limit) or 5 for an array (the sliding window), as a bare
             // INCRBY or EVAL on a multiplexed connection measures them.
-            let most = if algorithm == Algorithm::SlidingWindow { 8 } else { 7 };
+            let most = if algorithm == Algorithm::SlidingWindow {
+                8
+            } else {
+                7
+            };
             assert!(n <= most, "{algorithm}: {n}");
         }
     });
