@@ -956,3 +956,34 @@ async fn a_denied_request_leaves_no_counter_behind_on_redis_clock() {
         assert_eq!(counter_value(key).await, None, "{key}");
     }
 }
+
+/// On Redis's clock the sliding window counts in the window Redis's own
+/// `TIME` is in (a caller's time is never sent): the counter's window index
+/// is Redis's time over the window, read before and after the check.
+#[tokio::test]
+async fn the_sliding_window_on_redis_clock_counts_in_redis_s_current_window() {
+    let redis = redis().await;
+    let client = format!("{}{{k}}", unique_prefix());
+    let second = limits(&["5/s"]);
+    let charge = check(&client, &second, Algorithm::SlidingWindow);
+    let index_now = || async {
+        let (secs, _): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut inspect())
+            .await
+            .unwrap();
+        secs
+    };
+    let before = index_now().await;
+    assert!(redis.check(charge).await.unwrap().allowed);
+    let after = index_now().await;
+    let w: u64 = redis::cmd("HGET")
+        .arg(counter_key(&charge))
+        .arg("w")
+        .query_async(&mut inspect())
+        .await
+        .unwrap();
+    assert!(
+        (before..=after).contains(&w),
+        "{w} not in {before}..={after}"
+    );
+}
