@@ -21,6 +21,9 @@ X-Agent-Token):
   flood    one token; TELEMETRY_RATE=1000/m, so nearly everything is a 429
   mixed    90 % pool tokens (allowed), 10 % one flooding token;
            TELEMETRY_RATE=1000/m
+  hot      a random token from a pool of 100, each sending hundreds of
+           requests a second; TELEMETRY_RATE=1000000000/m, so nothing is
+           denied: the keys lease mode is for
 
 Variants:
   off          the EDR example with RATE_LIMIT=off: no limiter (the baseline
@@ -40,6 +43,11 @@ Variants:
   evalsha      examples/evalsha_baseline.rs: one EVALSHA of a minimal fixed
                window per request (INCRBY, then PEXPIRE or PTTL inside it;
                examples/minimal_baseline.lua), as a careful user would write
+  lease        the EDR example, Redis store in lease mode (TELEMETRY_LEASE=64),
+               TELEMETRY_BLOCK_CACHE=off
+  lease-2      the same on two app servers sharing Redis
+               (TELEMETRY_INSTANCES=2), each loaded by a wrk of half the
+               connections at once; req/s summed, the slower percentiles
 
 Each round runs every scenario and, within it, every variant, the variants'
 order rotated from round to round; ROUNDS rounds, so that a noisy machine
@@ -51,8 +59,11 @@ of the three primaries, summed; their CPU time too), and prints one markdown
 table per scenario with medians and ratios against the no-limiter variant,
 then, for each pair measured, how cluster compares with redis (and
 cluster+cache with redis+cache), redis with redis-no-metrics, and redis with
-evalsha (issue 11: at least 1.0 × its req/s on the allowed path): the
-server's CPU per request and req/s.
+evalsha (issue 11: at least 1.0 × its req/s on the allowed path), lease with
+memory and redis, and lease-2 with memory (issue 11: lease mode at least
+0.9 × the memory store's throughput on the hot path, with at most 0.05 Redis
+commands per request, 0.1 on two app servers): the server's CPU per request
+and req/s.
 
 The cluster is started once, before the first run, only if a cluster variant
 is asked for, and stopped at the end as the redis-server is (also on an error,
@@ -62,8 +73,8 @@ Environment (defaults in brackets):
   DURATION [10]      seconds per wrk run
   ROUNDS [3]         rounds
   VARIANTS [off,memory,redis,redis-no-metrics,redis+cache,cluster,cluster+cache,naive,
-            evalsha]
-  SCENARIOS [allowed,flood,mixed]
+            evalsha,lease,lease-2]
+  SCENARIOS [allowed,flood,mixed,hot]
   CONNECTIONS [64]   wrk -c
   THREADS [1]        wrk -t
   REDIS_SERVER [redis-server]
@@ -98,16 +109,22 @@ TELEMETRY_PATH = "/api/v1/telemetry/"
 
 ALL_VARIANTS = [
     "off", "memory", "redis", "redis-no-metrics", "redis+cache", "cluster", "cluster+cache", "naive",
-    "evalsha",
+    "evalsha", "lease", "lease-2",
 ]
+# Lease mode (TELEMETRY_LEASE) with two app servers sharing Redis, each
+# loaded by a wrk of half the connections.
+TWO_SERVERS = {"lease-2"}
+# The largest slice of the lease variants.
+LEASE_SLICE = "64"
 CLUSTER_VARIANTS = {"cluster", "cluster+cache"}
 # Primaries of the cluster variants' Redis Cluster (no replicas).
 CLUSTER_SIZE = 3
-ALL_SCENARIOS = ["allowed", "flood", "mixed"]
+ALL_SCENARIOS = ["allowed", "flood", "mixed", "hot"]
 SCENARIO_RATE = {
     "allowed": "1000000000/m",
     "flood": "1000/m",
     "mixed": "1000/m",
+    "hot": "1000000000/m",
 }
 # The commands each variant sends itself. Redis also counts the commands a
 # script runs inside EVALSHA in commandstats, so summing every cmdstat would
@@ -123,6 +140,10 @@ TOP_LEVEL = {
     "naive": ("get", "incr", "expire"),
     # INCRBY and PEXPIRE or PTTL run inside its EVALSHA ('all cmds/req').
     "evalsha": ("evalsha", "eval", "script"),
+    # One EVALSHA per slice granted (or denial), none per request decided
+    # from a slice.
+    "lease": ("evalsha", "eval", "script"),
+    "lease-2": ("evalsha", "eval", "script"),
 }
 # Ours, not the variants'.
 ADMIN = {"info", "flushall", "ping", "config", "client", "hello", "command"}
@@ -464,6 +485,13 @@ def server_command(setup: Setup, variant: str, scenario: str, port: int):
     elif variant == "evalsha":
         binary = setup.examples / "evalsha_baseline"
         env["REDIS_URL"] = redis_url
+    elif variant == "lease":
+        env.update(REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="off", TELEMETRY_LEASE=LEASE_SLICE)
+    elif variant == "lease-2":
+        env.update(
+            REDIS_URL=redis_url, TELEMETRY_BLOCK_CACHE="off", TELEMETRY_LEASE=LEASE_SLICE,
+            TELEMETRY_INSTANCES="2",
+        )
     return [str(binary)], env
 
 
@@ -524,11 +552,11 @@ def parse_wrk(output: str) -> dict:
     }
 
 
-def wrk_command(setup: Setup, scenario: str, port: int) -> list[str]:
+def wrk_command(setup: Setup, scenario: str, port: int, share: int = 1) -> list[str]:
     return [
         setup.wrk,
         f"-t{setup.threads}",
-        f"-c{setup.connections}",
+        f"-c{max(setup.connections // share, 1)}",
         f"-d{setup.duration}s",
         "--latency",
         "-s", str(ROOT / "scripts" / "wrk" / f"{scenario}.lua"),
@@ -562,40 +590,64 @@ def commandstats(servers: list[Server]) -> dict[str, tuple[int, int]]:
     return total
 
 
+def combine_wrk(results: list[dict]) -> dict:
+    """Several wrk runs at once as one: requests and throughput summed, the
+    slowest percentiles."""
+    return {
+        "rps": sum(r["rps"] for r in results),
+        "p50_ms": max(r["p50_ms"] for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "requests": sum(r["requests"] for r in results),
+        "non_2xx": sum(r["non_2xx"] for r in results),
+        "socket_errors": "; ".join(r["socket_errors"] for r in results if r["socket_errors"]),
+    }
+
+
 def run_once(setup: Setup, variant: str, scenario: str) -> Run:
     # Every server of ours, whichever the variant uses.
     for server in [setup.redis, *setup.cluster]:
         server.client.call("FLUSHALL")
     servers = servers_of(setup, variant)
-    port = free_port()
-    command, env = server_command(setup, variant, scenario, port)
-    logfile = setup.workdir / f"{variant}-{scenario}.log"
-    with open(logfile, "wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    count = 2 if variant in TWO_SERVERS else 1
+    processes: list[tuple[subprocess.Popen, int, Path]] = []
+    for index in range(count):
+        port = free_port()
+        command, env = server_command(setup, variant, scenario, port)
+        logfile = setup.workdir / f"{variant}-{scenario}-{index}.log"
+        with open(logfile, "wb") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        processes.append((process, port, logfile))
 
     def cpu() -> tuple[float, float, float]:
         return (
-            cpu_seconds(process.pid),
+            sum(cpu_seconds(process.pid) for process, _, _ in processes),
             sum(cpu_seconds(server.pid) for server in servers),
             children_cpu(),
         )
 
     try:
-        wait_healthy(process, port, logfile)
+        for process, port, logfile in processes:
+            wait_healthy(process, port, logfile)
         before = commandstats(servers)
         load = os.getloadavg()[0]
         cpu_before = cpu()
-        wrk = subprocess.run(
-            wrk_command(setup, scenario, port),
-            capture_output=True, text=True, timeout=setup.duration + 60,
-        )
+        loads = [
+            subprocess.Popen(
+                wrk_command(setup, scenario, port, count),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for _, port, _ in processes
+        ]
+        outputs = [wrk.communicate(timeout=setup.duration + 60) for wrk in loads]
         cpu_after = cpu()
         after = commandstats(servers)
     finally:
-        stop(process)
-    if wrk.returncode != 0:
-        sys.exit(f"loadbench: wrk failed:\n{wrk.stdout}{wrk.stderr}")
-    result = parse_wrk(wrk.stdout)
+        for process, _, _ in processes:
+            stop(process)
+    for wrk, (stdout, stderr) in zip(loads, outputs):
+        if wrk.returncode != 0:
+            sys.exit(f"loadbench: wrk failed:\n{stdout}{stderr}")
+    result = combine_wrk([parse_wrk(stdout) for stdout, _ in outputs])
     zero = (0, 0)
     delta = {
         name: tuple(a - b for a, b in zip(stats, before.get(name, zero)))
@@ -697,6 +749,9 @@ PAIRS = [
     ("cluster+cache", "redis+cache", "Redis Cluster against one Redis server, block cache on"),
     ("redis", "redis-no-metrics", "Metrics recorder installed against none"),
     ("redis", "evalsha", "Redis store against the minimal single-EVALSHA middleware"),
+    ("lease", "memory", "Lease mode against the memory store"),
+    ("lease", "redis", "Lease mode against the Redis store asked for every request"),
+    ("lease-2", "memory", "Lease mode on two app servers against the memory store on one"),
 ]
 
 

@@ -232,6 +232,10 @@ pub struct PolicyConfig {
     /// Requests let through uncounted; see [`ExemptConfig`].
     #[serde(skip_serializing_if = "ExemptConfig::is_empty")]
     pub exempt: ExemptConfig,
+    /// Lease mode (see [`LeaseConfig`] and [`lease`](crate::lease)); absent:
+    /// every request asks the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseConfig>,
 }
 
 impl PolicyConfig {
@@ -269,7 +273,82 @@ impl Default for PolicyConfig {
             breaker: Breaker::default(),
             enabled: true,
             exempt: ExemptConfig::default(),
+            lease: None,
         }
+    }
+}
+
+/// Lease mode's settings: each app server takes a slice of a key's
+/// remaining quota from the store in one call and decides locally until the
+/// slice is spent or its window ends (see [`lease`](crate::lease)). In a
+/// file, `max_slice` is required and the rest default:
+///
+/// ```toml
+/// [policies.lease]
+/// max_slice = 64        # the largest slice one app server takes
+/// instances = 4         # app servers sharing the keys: a slice is at most 1/4 of what is left
+/// idle_return_ms = 250  # give back a slice unused for this long
+/// capacity = 10000      # keys holding a slice in this process, at most
+/// ```
+///
+/// The builder writes the same fields: [`Policy::lease`](crate::Policy::lease),
+/// [`lease_instances`](crate::Policy::lease_instances),
+/// [`lease_idle_return`](crate::Policy::lease_idle_return),
+/// [`lease_capacity`](crate::Policy::lease_capacity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LeaseConfig {
+    /// The largest slice of a key's quota one app server takes in one call
+    /// (at least 1). A request costing more takes exactly its cost.
+    pub max_slice: u64,
+    /// How many app servers share the keys (at least 1): a slice is at most
+    /// what the key has left divided by this, so that each can still get
+    /// some. Default 1.
+    #[serde(default = "LeaseConfig::default_instances")]
+    pub instances: u64,
+    /// Give a slice back once no request has used it for this long
+    /// (`idle_return_ms` in a file; at least 1 ms). Default 250 ms.
+    #[serde(
+        rename = "idle_return_ms",
+        with = "millis",
+        default = "LeaseConfig::default_idle_return"
+    )]
+    pub idle_return: Duration,
+    /// Keys holding a slice in this process, at most (at least 1): a new key
+    /// in a full table evicts one, whose slice is given back first. Default
+    /// 10,000.
+    #[serde(default = "LeaseConfig::default_capacity")]
+    pub capacity: usize,
+}
+
+/// Default of [`LeaseConfig::idle_return`].
+pub const DEFAULT_LEASE_IDLE_RETURN: Duration = Duration::from_millis(250);
+
+/// Default of [`LeaseConfig::capacity`].
+pub const DEFAULT_LEASE_CAPACITY: usize = 10_000;
+
+impl LeaseConfig {
+    /// Slices of at most `max_slice`, every other setting at its default.
+    pub fn new(max_slice: u64) -> Self {
+        Self {
+            max_slice,
+            instances: Self::default_instances(),
+            idle_return: Self::default_idle_return(),
+            capacity: Self::default_capacity(),
+        }
+    }
+
+    fn default_instances() -> u64 {
+        1
+    }
+
+    fn default_idle_return() -> Duration {
+        DEFAULT_LEASE_IDLE_RETURN
+    }
+
+    fn default_capacity() -> usize {
+        DEFAULT_LEASE_CAPACITY
     }
 }
 

@@ -42,7 +42,8 @@
 //! exemptions (requests let through uncounted, set on the policy);
 //! [`key`] (whom to count, and the Redis key layout); [`cost`] (how much a
 //! request counts); [`block_cache`] (denials answered in-process);
-//! [`store`] (where counters live); [`algorithm`] (how to count, as a Lua
+//! [`store`] (where counters live); [`lease`] (slices of a key's quota
+//! decided in-process); [`algorithm`] (how to count, as a Lua
 //! script and its in-memory twin); [`layer`] (the middleware: its state,
 //! circuit breaker and counters); [`outcome`] (what became of a request,
 //! and the log targets) and [`metrics`](mod@metrics) (the figures of it);
@@ -61,6 +62,7 @@ pub mod fuzzing;
 pub mod headers;
 pub mod key;
 pub mod layer;
+pub mod lease;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;

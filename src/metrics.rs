@@ -13,6 +13,12 @@
 //! | `ratelimit_breaker_transitions_total` | counter | `policy`, `to` (`open`, `closed`) |
 //! | `ratelimit_block_cache_entries` | gauge | `policy` |
 //! | `ratelimit_memory_store_counters` | gauge, all memory stores of the process | |
+//! | `ratelimit_lease_local_total` | counter: lease mode's requests admitted from a slice, without the store | `policy` |
+//! | `ratelimit_lease_calls_total` | counter: lease mode's store calls | `policy`, `call` (`grant`, `return`) |
+//! | `ratelimit_lease_units_total` | counter: lease mode's units | `policy`, `kind` (`granted`, `returned`, `dropped`) |
+//!
+//! The lease series are registered at a policy's first grant, so a policy
+//! without leases has none.
 //!
 //! A layer registers its series at its first request, so install the
 //! recorder before serving.
@@ -38,6 +44,16 @@ pub mod names {
     /// Gauge: counters held by the process's memory stores (main or
     /// fallback).
     pub const MEMORY_STORE_COUNTERS: &str = "ratelimit_memory_store_counters";
+    /// Counter: lease mode's requests admitted from a slice held in
+    /// process, without the store.
+    pub const LEASE_LOCAL: &str = "ratelimit_lease_local_total";
+    /// Counter: lease mode's store calls, by `call`: `grant` (a slice
+    /// asked for) or `return` (unspent units given back).
+    pub const LEASE_CALLS: &str = "ratelimit_lease_calls_total";
+    /// Counter: lease mode's units by `kind`: `granted` by the store,
+    /// `returned` (given back and credited), `dropped` (unspent and lost:
+    /// their window ended first, or the give-back came after it or failed).
+    pub const LEASE_UNITS: &str = "ratelimit_lease_units_total";
 }
 
 /// Histogram buckets for [`names::STORE_DURATION`] that resolve 100 µs to
@@ -64,6 +80,17 @@ mod on {
     pub(crate) struct Metrics {
         policy: String,
         handles: OnceLock<Handles>,
+        lease: OnceLock<LeaseHandles>,
+    }
+
+    /// Lease mode's series, registered at its first use.
+    struct LeaseHandles {
+        local: Counter,
+        grants: Counter,
+        returns: Counter,
+        granted: Counter,
+        returned: Counter,
+        dropped: Counter,
     }
 
     struct Handles {
@@ -89,7 +116,45 @@ mod on {
             Self {
                 policy: policy.to_owned(),
                 handles: OnceLock::new(),
+                lease: OnceLock::new(),
             }
+        }
+
+        fn lease(&self) -> &LeaseHandles {
+            self.lease.get_or_init(|| {
+                describe_lease();
+                let policy = &self.policy;
+                let with = |name: &'static str, label: &'static str, value: &'static str| {
+                    ::metrics::counter!(name, "policy" => policy.clone(), label => value)
+                };
+                LeaseHandles {
+                    local: ::metrics::counter!(names::LEASE_LOCAL, "policy" => policy.clone()),
+                    grants: with(names::LEASE_CALLS, "call", "grant"),
+                    returns: with(names::LEASE_CALLS, "call", "return"),
+                    granted: with(names::LEASE_UNITS, "kind", "granted"),
+                    returned: with(names::LEASE_UNITS, "kind", "returned"),
+                    dropped: with(names::LEASE_UNITS, "kind", "dropped"),
+                }
+            })
+        }
+
+        pub(crate) fn lease_local(&self) {
+            self.lease().local.increment(1);
+        }
+
+        pub(crate) fn lease_call(&self, give_back: bool) {
+            let lease = self.lease();
+            match give_back {
+                true => lease.returns.increment(1),
+                false => lease.grants.increment(1),
+            }
+        }
+
+        pub(crate) fn lease_units(&self, granted: u64, returned: u64, dropped: u64) {
+            let lease = self.lease();
+            lease.granted.increment(granted);
+            lease.returned.increment(returned);
+            lease.dropped.increment(dropped);
         }
 
         fn handles(&self) -> &Handles {
@@ -147,6 +212,16 @@ mod on {
         }
     }
 
+    fn describe_lease() {
+        use ::metrics::describe_counter;
+        describe_counter!(
+            names::LEASE_LOCAL,
+            "Lease mode: requests admitted from a slice held in process"
+        );
+        describe_counter!(names::LEASE_CALLS, "Lease mode: store calls, by call");
+        describe_counter!(names::LEASE_UNITS, "Lease mode: units, by kind");
+    }
+
     fn describe() {
         use ::metrics::{describe_counter, describe_gauge, describe_histogram};
         describe_counter!(
@@ -200,6 +275,9 @@ mod off {
         pub(crate) fn store_error(&self) {}
         pub(crate) fn breaker(&self, _: bool) {}
         pub(crate) fn block_cache_len(&self, _: usize) {}
+        pub(crate) fn lease_local(&self) {}
+        pub(crate) fn lease_call(&self, _: bool) {}
+        pub(crate) fn lease_units(&self, _: u64, _: u64, _: u64) {}
     }
 
     pub(crate) fn memory_store_counters(_: isize) {}

@@ -9,8 +9,8 @@ use crate::{
     Algorithm, Cost, Error, ForwardedHeader, Key, Rate,
     algorithm::{Limit, MAX_LIMITS, Script},
     config::{
-        Breaker, Clock, CostConfig, ExemptHeader, FailMode, KeyConfig, LimitConfig, Mode,
-        OnMissingKey, PolicyConfig,
+        Breaker, Clock, CostConfig, ExemptHeader, FailMode, KeyConfig, LeaseConfig, LimitConfig,
+        Mode, OnMissingKey, PolicyConfig,
     },
     exempt::Exemptions,
     key::{encode, layout},
@@ -151,6 +151,61 @@ impl Policy {
     pub fn block_cache(mut self, capacity: usize) -> Self {
         self.settings.block_cache = Some(capacity);
         self
+    }
+
+    /// Lease mode: each app server takes a slice of a key's remaining quota
+    /// from the store in one call, at most `max_slice` requests' worth, and
+    /// admits locally until the slice is spent or its window ends; unspent
+    /// slices go back when idle, when evicted and at
+    /// [`release_leases`](crate::RateLimitLayer::release_leases). Across
+    /// every app server, no window ever admits more than its limit; what a
+    /// crashed server held is lost for its window. For keys that see many
+    /// requests per window (telemetry agents), not for login limits of
+    /// `10/h`. Fixed and sliding windows on the store's clock only; see
+    /// [`lease`](crate::lease) for the rules and their bounds.
+    ///
+    /// ```
+    /// use axum_redis_ratelimit::{Key, Policy, Rate};
+    /// use std::time::Duration;
+    ///
+    /// let telemetry = Policy::new("telemetry")
+    ///     .rate(Rate::per_minute(1000))
+    ///     .key(Key::header("X-Agent-Token").secret())
+    ///     .lease(64)
+    ///     .lease_instances(4)
+    ///     .lease_idle_return(Duration::from_millis(250));
+    /// telemetry.validate().unwrap();
+    /// ```
+    pub fn lease(mut self, max_slice: u64) -> Self {
+        self.lease_settings().max_slice = max_slice;
+        self
+    }
+
+    /// For [`lease`](Self::lease): how many app servers share the keys
+    /// (default 1); a slice is at most what a key has left divided by it.
+    pub fn lease_instances(mut self, instances: u64) -> Self {
+        self.lease_settings().instances = instances;
+        self
+    }
+
+    /// For [`lease`](Self::lease): give a slice back once no request has
+    /// used it for this long (default 250 ms, whole milliseconds).
+    pub fn lease_idle_return(mut self, idle: Duration) -> Self {
+        self.lease_settings().idle_return = idle;
+        self
+    }
+
+    /// For [`lease`](Self::lease): keys holding a slice in this process, at
+    /// most (default 10,000); a new key in a full table evicts one, whose
+    /// slice is given back first.
+    pub fn lease_capacity(mut self, capacity: usize) -> Self {
+        self.lease_settings().capacity = capacity;
+        self
+    }
+
+    /// The lease settings, created (with no slice size yet) if absent.
+    fn lease_settings(&mut self) -> &mut LeaseConfig {
+        self.settings.lease.get_or_insert(LeaseConfig::new(0))
     }
 
     /// When to stop calling a failing store (default: after 3 failures in a
@@ -508,6 +563,9 @@ impl Policy {
                 format!("{cost} is above {capacity}, the most one request can be allowed"),
             ));
         }
+        if let Some(lease) = &s.lease {
+            check_lease(lease, s)?;
+        }
         let exemptions = Exemptions::new(&s.exempt, self.exempt_if.clone())?;
         Ok(Checked {
             limits,
@@ -549,6 +607,49 @@ impl Policy {
         }
         Ok(limits)
     }
+}
+
+/// Lease mode's settings, and whether the policy can lease at all.
+fn check_lease(lease: &LeaseConfig, s: &PolicyConfig) -> Result<(), Error> {
+    if lease.max_slice == 0 {
+        return Err(Error::config(
+            "lease.max_slice",
+            "must be at least 1: the largest slice of a key's quota one app server takes \
+             (leave lease out to ask the store for every request)",
+        ));
+    }
+    if lease.instances == 0 {
+        return Err(Error::config(
+            "lease.instances",
+            "must be at least 1: the app servers sharing the keys",
+        ));
+    }
+    if lease.idle_return.as_millis() == 0 {
+        return Err(Error::config(
+            "lease.idle_return_ms",
+            "must be at least 1 ms: how long a slice may go unused before it is given back",
+        ));
+    }
+    if lease.capacity == 0 {
+        return Err(Error::config("lease.capacity", "must hold at least 1 key"));
+    }
+    if s.algorithm == Algorithm::Gcra {
+        return Err(Error::config(
+            "lease",
+            "is not available with the gcra algorithm: a GCRA bucket has no window, so \
+             nothing bounds when a slice taken from it is spent, and a slice spent late is a \
+             burst the bucket never allowed; use fixed_window or sliding_window",
+        ));
+    }
+    if s.clock == Clock::App {
+        return Err(Error::config(
+            "lease",
+            "needs clock = \"store\": a slice must end with its window, which lease mode \
+             times on the store's clock from when the slice was asked for, with no clock of \
+             the app's involved",
+        ));
+    }
+    Ok(())
 }
 
 /// What [`Policy::check`] derives from the settings.

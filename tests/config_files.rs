@@ -119,3 +119,86 @@ fn mistakes_in_a_file_are_reported_by_name() {
     assert!(build_error("rate = [\"1/s\", \"2/s\"]").contains("policies.p.rate"));
     assert!(build_error("rate = \"1/s\"\ncost = 0").contains("policies.p.cost"));
 }
+
+#[test]
+fn lease_mode_in_a_file_is_the_builders() {
+    use std::time::Duration;
+
+    use axum_redis_ratelimit::{Key, Policy, Rate};
+
+    let file: PolicyFile = toml::from_str(
+        r#"
+[[policies]]
+name = "telemetry"
+rate = "1000/m"
+key = { type = "header", name = "X-Agent-Token" }
+
+[policies.lease]
+max_slice = 64
+instances = 4
+idle_return_ms = 100
+capacity = 500
+
+[[policies]]
+name = "defaults"
+rate = "1000/m"
+key = { type = "header", name = "X-Agent-Token" }
+lease = { max_slice = 16 }
+"#,
+    )
+    .unwrap();
+    let built = Policy::new("telemetry")
+        .rate(Rate::per_minute(1000))
+        .key(Key::header("X-Agent-Token"))
+        .lease(64)
+        .lease_instances(4)
+        .lease_idle_return(Duration::from_millis(100))
+        .lease_capacity(500);
+    let from_file = file.get("telemetry").unwrap();
+    assert_eq!(from_file.lease, built.settings().lease);
+    let defaults = file.get("defaults").unwrap().lease.unwrap();
+    assert_eq!(
+        (defaults.max_slice, defaults.instances),
+        (16, 1),
+        "{defaults:?}"
+    );
+    assert_eq!(defaults.idle_return, Duration::from_millis(250));
+    assert_eq!(defaults.capacity, 10_000);
+    let again: PolicyFile = toml::from_str(&toml::to_string(&file).unwrap()).unwrap();
+    assert_eq!(again, file);
+}
+
+#[test]
+fn lease_mistakes_in_a_file_are_reported_by_name() {
+    let policy =
+        |body: &str| format!("name = \"p\"\nrate = \"10/s\"\nkey = {{ type = \"user\" }}\n{body}");
+    let parse_error = |body: &str| {
+        toml::from_str::<PolicyConfig>(&policy(body))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(parse_error("lease = { instances = 4 }").contains("max_slice"));
+    assert!(parse_error("lease = { max_slice = 4, slice = 2 }").contains("slice"));
+    let checked = |body: &str| {
+        let config: PolicyConfig = toml::from_str(&policy(body)).unwrap();
+        config.into_policy().validate().unwrap_err().to_string()
+    };
+    let zero = checked("lease = { max_slice = 0 }");
+    assert!(zero.contains("policies.p.lease.max_slice"), "{zero}");
+    let instances = checked("lease = { max_slice = 8, instances = 0 }");
+    assert!(
+        instances.contains("policies.p.lease.instances"),
+        "{instances}"
+    );
+    let idle = checked("lease = { max_slice = 8, idle_return_ms = 0 }");
+    assert!(idle.contains("policies.p.lease.idle_return_ms"), "{idle}");
+    let capacity = checked("lease = { max_slice = 8, capacity = 0 }");
+    assert!(capacity.contains("policies.p.lease.capacity"), "{capacity}");
+    let gcra = checked("algorithm = \"gcra\"\nlease = { max_slice = 8 }");
+    assert!(
+        gcra.contains("policies.p.lease") && gcra.contains("gcra"),
+        "{gcra}"
+    );
+    let app_clock = checked("clock = \"app\"\nlease = { max_slice = 8 }");
+    assert!(app_clock.contains("policies.p.lease"), "{app_clock}");
+}

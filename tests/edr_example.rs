@@ -46,6 +46,8 @@ const EXAMPLE_VARS: &[&str] = &[
     "TELEMETRY_BURST",
     "TELEMETRY_FALLBACK_DIVISOR",
     "TELEMETRY_BLOCK_CACHE",
+    "TELEMETRY_LEASE",
+    "TELEMETRY_INSTANCES",
     "RATE_LIMIT",
     "LOGIN_RATE",
     "DASHBOARD_RATE",
@@ -2838,4 +2840,96 @@ async fn exempt_agent_tokens_skip_the_limit_are_counted_and_never_printed() {
             assert!(!text.contains(token), "{token}: {text}");
         }
     }
+}
+
+/// The agent's one counter in database 1, and its count.
+async fn telemetry_count(db1: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let counters = keys(db1, "rl:telemetry:*").await;
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    let count: Option<u64> = redis::cmd("GET")
+        .arg(&counters[0])
+        .query_async(db1)
+        .await
+        .unwrap();
+    count.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn telemetry_leases_slices_and_gives_them_back_at_shutdown() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let log = std::env::temp_dir().join(format!("edr-lease-{}.log", std::process::id()));
+    let log = log.to_str().unwrap().to_owned();
+    let _ = std::fs::remove_file(&log);
+    let mut edr = Edr::start_logged(
+        &[
+            ("REDIS_URL", server.url()),
+            ("TELEMETRY_RATE", "1000/m"),
+            ("TELEMETRY_LEASE", "64"),
+            ("TELEMETRY_INSTANCES", "2"),
+            ("QUEUE_URL", "off"),
+        ],
+        &log,
+    )
+    .await;
+    let mut db1 = server.connection().await;
+    let before = evalsha_calls(&mut db1).await;
+    let token = [("x-agent-token", &b"AGENT-1"[..])];
+    for _ in 0..100 {
+        let reply = edr.telemetry(&token).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+    }
+    // Slices of 1 until the agent has spent 4, then of 4, 16 and 64: 8
+    // calls for 100 batches, and units taken ahead of the batches.
+    assert_eq!(evalsha_calls(&mut db1).await - before, 8);
+    assert_eq!(telemetry_count(&mut db1).await, 4 + 4 + 16 + 64 + 64);
+    // SIGTERM: the server finishes its requests, then gives back what it
+    // did not spend.
+    let pid = i32::try_from(edr.child.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let child = &mut edr.child;
+    let mut exited = None;
+    eventually(STARTUP, || {
+        exited = exited.or_else(|| child.try_wait().unwrap());
+        std::future::ready(exited.is_some())
+    })
+    .await;
+    assert!(exited.unwrap().success(), "{exited:?}");
+    assert_eq!(
+        telemetry_count(&mut db1).await,
+        100,
+        "exactly the batches admitted"
+    );
+    let output = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(output.contains("leased slices given back"), "{output}");
+    assert!(
+        output.contains("lease=slices of up to 64, 2 instances"),
+        "{output}"
+    );
+}
+
+#[test]
+fn bad_lease_settings_stop_startup_naming_the_variable() {
+    for (env, var) in [
+        (&[("TELEMETRY_LEASE", "0")][..], "TELEMETRY_LEASE"),
+        (&[("TELEMETRY_LEASE", "lots")][..], "TELEMETRY_LEASE"),
+        (&[("TELEMETRY_INSTANCES", "0")][..], "TELEMETRY_INSTANCES"),
+        (
+            &[("TELEMETRY_LEASE", "64"), ("TELEMETRY_ALGORITHM", "gcra")][..],
+            "TELEMETRY_LEASE",
+        ),
+        // No Redis: in-process counters have nothing to lease.
+        (&[("TELEMETRY_LEASE", "64")][..], "TELEMETRY_LEASE"),
+    ] {
+        let (status, output) = run_to_exit(env);
+        assert!(!status.success(), "{env:?}: {status}: {output}");
+        assert!(output.contains(&format!("{var}: ")), "{env:?}: {output}");
+        assert!(!output.contains("panicked"), "{env:?}: {output}");
+    }
+    let (_, output) = run_to_exit(&[("TELEMETRY_LEASE", "64")]);
+    assert!(output.contains("needs Redis"), "{output}");
+    let (_, output) = run_to_exit(&[("TELEMETRY_LEASE", "64"), ("TELEMETRY_ALGORITHM", "gcra")]);
+    assert!(output.contains("no window"), "{output}");
 }

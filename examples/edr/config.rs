@@ -108,6 +108,20 @@ pub struct Env {
           action = ArgAction::Set)]
     pub telemetry_block_cache: bool,
 
+    /// Lease mode for telemetry: the largest slice of an agent's quota one
+    /// instance takes from Redis in one call (say `64`), then admits from
+    /// in-process until it is spent or its window ends; never more than the
+    /// limit across instances. Fixed or sliding window with Redis only.
+    /// Unset or `off`: every request asks Redis.
+    #[arg(env = "TELEMETRY_LEASE", value_parser = lease_slice)]
+    pub telemetry_lease: Option<LeaseSlice>,
+
+    /// With TELEMETRY_LEASE: how many app instances share the agents'
+    /// counters; a slice is at most what an agent has left divided by this.
+    /// At least 1.
+    #[arg(env = "TELEMETRY_INSTANCES", default_value = "1", value_parser = at_least_one)]
+    pub telemetry_instances: NonZeroU64,
+
     /// Comma-separated CIDRs whose `X-Forwarded-For` is believed for the
     /// login limit; default none (the socket peer is the client).
     #[arg(env = "TRUSTED_PROXIES", default_value = "", hide_default_value = true,
@@ -821,6 +835,26 @@ fn whole_number(text: &str) -> Result<u64, String> {
 
 fn at_least_one(text: &str) -> Result<NonZeroU64, String> {
     NonZeroU64::new(whole_number(text)?).ok_or_else(|| format!("{text:?} must be at least 1"))
+}
+
+/// `TELEMETRY_LEASE`'s value: a slice size, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseSlice(pub Option<NonZeroU64>);
+
+fn lease_slice(text: &str) -> Result<LeaseSlice, String> {
+    match text.trim() {
+        text if text.eq_ignore_ascii_case("off") => Ok(LeaseSlice(None)),
+        text => at_least_one(text)
+            .map(|n| LeaseSlice(Some(n)))
+            .map_err(|e| format!("{e} (or off)")),
+    }
+}
+
+impl Env {
+    /// The largest telemetry slice, if telemetry leases.
+    pub fn telemetry_lease(&self) -> Option<NonZeroU64> {
+        self.telemetry_lease.and_then(|lease| lease.0)
+    }
 }
 
 fn algorithm(text: &str) -> Result<Algorithm, String> {

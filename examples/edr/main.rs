@@ -28,6 +28,12 @@
 //! one agent costs Redis nothing. And while Redis is away, each instance
 //! keeps limiting telemetry by itself, at the limits divided by
 //! `TELEMETRY_FALLBACK_DIVISOR`, rather than letting every agent through.
+//! With `TELEMETRY_LEASE=64` (and `TELEMETRY_INSTANCES`, the instances
+//! sharing Redis), each instance takes slices of up to 64 events of an
+//! agent's quota from Redis in one call and admits from them in-process,
+//! so a busy agent costs Redis about one call per 64 batches; what an
+//! instance has not spent goes back when idle and at shutdown (SIGTERM or
+//! Ctrl-C), after the requests in flight are finished.
 //!
 //! The routes and the policies are below; the rest is in the modules:
 //! `config.rs` (the environment: every variable, its default and its
@@ -98,7 +104,7 @@ use axum::{
 };
 use axum_redis_ratelimit::{
     Algorithm, Cost, FailMode, Key, MemoryStore, OnMissingKey, Policy, RateLimitLayer, RedisStore,
-    UserId, store::Store,
+    UserId, lease::LeaseHandle, store::Store,
 };
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -146,6 +152,13 @@ fn telemetry_policy(env: &Env) -> Policy {
     if env.telemetry_block_cache {
         policy = policy.block_cache(BLOCK_CACHE_KEYS);
     }
+    // A busy agent's requests are mostly decided here too, from slices of
+    // its quota taken from Redis.
+    if let Some(slice) = env.telemetry_lease() {
+        policy = policy
+            .lease(slice.get())
+            .lease_instances(env.telemetry_instances.get());
+    }
     // Compared in constant time, with the header sent exactly once; never
     // logged or counted by value.
     if let Some(tokens) = &env.telemetry_exempt_tokens {
@@ -182,22 +195,27 @@ struct AppState {
 }
 
 /// The routes, each behind its policy's limiter counting in `counters`, or
-/// behind none without them (`RATE_LIMIT=off`).
+/// behind none without them (`RATE_LIMIT=off`); and the handles that give
+/// the limiters' leased slices back at shutdown.
 fn app<St: Store>(
     policies: &Policies,
     counters: Option<St>,
     queue: Option<EventQueue>,
-) -> Result<Router, axum_redis_ratelimit::Error> {
+) -> Result<(Router, Vec<LeaseHandle>), axum_redis_ratelimit::Error> {
+    let leases = std::cell::RefCell::new(Vec::new());
     let limited = |route: MethodRouter<AppState>, spec: &PolicySpec| match &counters {
-        Some(store) => {
-            RateLimitLayer::new(spec.policy.clone(), store.clone()).map(|l| route.route_layer(l))
-        }
+        Some(store) => RateLimitLayer::new(spec.policy.clone(), store.clone()).map(|layer| {
+            if spec.policy.settings().lease.is_some() {
+                leases.borrow_mut().push(layer.lease_handle());
+            }
+            route.route_layer(layer)
+        }),
         None => Ok(route),
     };
 
     // The same routes and layers whatever the policies' source: a policy
     // file changes how requests are counted, not the order of checks.
-    Ok(Router::new()
+    let router = Router::new()
         .route(
             "/api/v1/telemetry/",
             limited(post(telemetry_handler), &policies.telemetry)?
@@ -218,7 +236,8 @@ fn app<St: Store>(
         .with_state(AppState {
             queue,
             batch_cost: policies.telemetry_cost.clone(),
-        }))
+        });
+    Ok((router, leases.into_inner()))
 }
 
 // ---------------------------------------------------------------- startup
@@ -299,6 +318,7 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
                 from = %spec.origin,
                 mode = %format!("{:?}", policy.settings().mode).to_lowercase(),
                 exempt = %exempt_text(policy),
+                lease = %lease_text(policy),
                 "rate-limit policy"
             );
         }
@@ -320,9 +340,31 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
                 })?,
         ),
     };
+    if matches!(counters, Counters::Memory) {
+        // Lease mode takes slices of a shared store's quota; a store in
+        // this process has none to give.
+        for spec in policies.all() {
+            if spec.policy.settings().lease.is_some() {
+                let (var, value) = match spec.origin.as_str() {
+                    "environment" => ("TELEMETRY_LEASE", "leases telemetry".to_owned()),
+                    file => (
+                        "POLICY_FILE",
+                        format!("{file:?} leases {}", spec.policy.name()),
+                    ),
+                };
+                return Err(StartupError::new(
+                    var,
+                    format!(
+                        "{value}, which needs Redis (REDIS_URL, REDIS_CLUSTER_NODES or \
+                         REDIS_SENTINELS): in-process counters have no shared quota to lease"
+                    ),
+                ));
+            }
+        }
+    }
     // The policies were checked when read, so this cannot fail on them.
     let policies = &policies;
-    let app = match counters {
+    let (app, leases) = match counters {
         Counters::Off => app::<MemoryStore>(policies, None, queue),
         Counters::Memory => app(policies, Some(MemoryStore::new()), queue),
         Counters::Redis(store) => app(policies, Some(store), queue),
@@ -373,6 +415,18 @@ async fn serve(env: &Env) -> Result<(), StartupError> {
             .map_err(|e| StartupError::new("METRICS_ADDR", e.to_string()))
     };
     tokio::try_join!(api, metrics)?;
+    // The requests are finished: what the instance leased and did not
+    // spend goes back to Redis, into the windows it was granted in.
+    for lease in leases {
+        let released = lease.release().await;
+        tracing::info!(
+            slices = released.slices,
+            units = released.units,
+            credited = released.credited,
+            failed = released.failed,
+            "leased slices given back"
+        );
+    }
     tracing::info!("shut down");
     Ok(())
 }
@@ -423,6 +477,19 @@ fn exempt_text(policy: &Policy) -> String {
         return "none".to_owned();
     }
     parts.join(", ")
+}
+
+/// `off`, or the lease's largest slice and instances: `slices of up to 64, 4 instances`.
+fn lease_text(policy: &Policy) -> String {
+    match policy.settings().lease {
+        None => "off".to_owned(),
+        Some(lease) => format!(
+            "slices of up to {}, {} instance{}",
+            lease.max_slice,
+            lease.instances,
+            if lease.instances == 1 { "" } else { "s" }
+        ),
+    }
 }
 
 /// `10/s burst 20, 1000/m burst 20`; bursts only for GCRA, the one

@@ -27,6 +27,7 @@ const VARIABLES: &[(&str, &[(&str, &str)])] = &[
             ("burst", "TELEMETRY_BURST"),
             ("fallback_divisor", "TELEMETRY_FALLBACK_DIVISOR"),
             ("block_cache", "TELEMETRY_BLOCK_CACHE"),
+            ("lease", "TELEMETRY_LEASE"),
             ("mode", "TELEMETRY_MODE"),
             ("exempt", "TELEMETRY_EXEMPT_TOKENS"),
         ],

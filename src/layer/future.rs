@@ -15,6 +15,7 @@ use super::state::{Noted, Shared, Source, Step};
 use crate::{
     Decision, Error, headers,
     key::KeyBuffer,
+    lease::Taken,
     store::{Charge, Store},
 };
 
@@ -58,6 +59,58 @@ pub(super) struct Pending<S, B> {
 pub(super) struct Counted {
     pub key: KeyBuffer,
     pub cost: u64,
+    /// Lease mode: the slice it was admitted from, which a refund goes
+    /// back to.
+    pub lease: Option<u64>,
+}
+
+/// What a boxed lease decision is.
+type LeaseTake = Pin<Box<dyn Future<Output = Result<Taken, Error>> + Send>>;
+
+pin_project! {
+    /// A decision the request waits for: the store's check, or lease mode's
+    /// grant (or the grant in flight it waits for).
+    #[project = CheckProj]
+    pub(super) enum Check<F> {
+        Store {
+            #[pin]
+            future: F,
+        },
+        Lease {
+            future: LeaseTake,
+        },
+    }
+}
+
+impl<F> Check<F> {
+    pub(super) fn store(future: F) -> Self {
+        Self::Store { future }
+    }
+
+    pub(super) fn lease(
+        future: impl Future<Output = Result<Taken, Error>> + Send + 'static,
+    ) -> Self {
+        Self::Lease {
+            future: Box::pin(future),
+        }
+    }
+}
+
+impl<F: Future<Output = Result<Decision, Error>>> Future for Check<F> {
+    type Output = Result<Taken, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CheckProj::Store { future } => future.poll(cx).map(|answer| {
+                answer.map(|decision| Taken {
+                    decision,
+                    generation: None,
+                    asked: true,
+                })
+            }),
+            CheckProj::Lease { future } => future.as_mut().poll(cx),
+        }
+    }
 }
 
 /// Marks the responses a rate-limit layer makes itself (429, 503, 400, 413),
@@ -76,7 +129,7 @@ pin_project! {
     enum State<S, F, St: Store, B> {
         Checking {
             #[pin]
-            check: Timeout<St::Future>,
+            check: Timeout<Check<St::Future>>,
             pending: Option<Pending<S, B>>,
         },
         // Waiting for the inner service; the decision goes into the headers.
@@ -118,6 +171,22 @@ where
         Self::with(state, shared)
     }
 
+    /// Forwards a request admitted in process that a refund would give
+    /// back to (lease mode's slice).
+    pub(super) fn forward_counted(
+        future: S::Future,
+        decision: Option<Decision>,
+        counted: Counted,
+        shared: &Arc<Shared<St>>,
+    ) -> Self {
+        let state = State::Calling {
+            future,
+            decision,
+            counted: Some(counted),
+        };
+        Self::with(state, shared)
+    }
+
     pub(super) fn respond(response: Response, shared: &Arc<Shared<St>>) -> Self {
         Self::with(
             State::Done {
@@ -128,7 +197,7 @@ where
     }
 
     pub(super) fn check(
-        check: Timeout<St::Future>,
+        check: Timeout<Check<St::Future>>,
         pending: Pending<S, B>,
         shared: &Arc<Shared<St>>,
     ) -> Self {
@@ -169,7 +238,7 @@ where
                     let Pending {
                         mut inner,
                         mut request,
-                        counted,
+                        mut counted,
                         asked,
                     } = pending.take().expect("polled after completion");
                     let latency = asked.elapsed();
@@ -179,9 +248,22 @@ where
                         ..Noted::new(key, cost)
                     };
                     let (step, allowed) = match answer {
-                        Ok(decision) => {
-                            shared.record_decision(key, cost, &decision, latency);
-                            let step = shared.outcome(decision, Source::Store, &mut request, noted);
+                        Ok(Taken {
+                            decision,
+                            generation,
+                            asked,
+                        }) => {
+                            // Lease mode: a request served by another's
+                            // grant called no store.
+                            let source = match asked {
+                                true => {
+                                    shared.record_decision(key, cost, &decision, latency);
+                                    Source::Store
+                                }
+                                false => Source::Lease,
+                            };
+                            let step = shared.outcome(decision, source, &mut request, noted);
+                            counted.lease = generation;
                             (step, decision.allowed)
                         }
                         Err(error) => {
@@ -225,6 +307,12 @@ where
                     let Some(counted) = refund else {
                         return Poll::Ready(Ok(response));
                     };
+                    if let Some(leases) = &shared.leases {
+                        // Back into the slice it came from, if still held;
+                        // never to the store, whose window may have rolled.
+                        leases.refund(&counted.key, counted.cost, counted.lease);
+                        return Poll::Ready(Ok(response));
+                    }
                     let refund = shared.store.refund(Charge {
                         key: &counted.key,
                         limits: &policy.limits,

@@ -10,12 +10,13 @@ use tower::{Layer, Service};
 
 use super::{
     breaker::CircuitBreaker,
-    future::{Counted, Pending, ResponseFuture},
-    state::{Compiled, Route, Shared, Step},
+    future::{Check, Counted, Pending, ResponseFuture},
+    state::{Compiled, Noted, Route, Shared, Source, Step},
     stats::Stats,
 };
 use crate::{
     Error, Policy,
+    lease::{LeaseHandle, LeaseRelease, Table},
     store::{Charge, Store},
 };
 
@@ -32,12 +33,30 @@ impl<St: Store> RateLimitLayer<St> {
     /// [`Error::Config`] naming the first setting that cannot work.
     pub fn new(policy: Policy, store: St) -> Result<Self, Error> {
         let policy = Compiled::new(policy)?;
+        let stats = Arc::new(Stats::new(&policy.name));
+        let leases = match policy.settings.lease {
+            Some(_) if !store.can_lease() => {
+                let reason = "needs a store that leases, such as RedisStore (a MemoryStore \
+                              counts in this process already, so there is nothing to lease)";
+                return Err(Error::config("lease", reason).in_policy(&policy.name));
+            }
+            Some(lease) => Some(Arc::new(Table::new(
+                lease,
+                &policy.limits,
+                policy.settings.algorithm,
+                policy.settings.timeout,
+                store.clone(),
+                stats.clone(),
+            ))),
+            None => None,
+        };
         Ok(Self {
             shared: Arc::new(Shared {
-                stats: Arc::new(Stats::new(&policy.name)),
+                stats,
                 breaker: CircuitBreaker::new(policy.settings.breaker),
                 policy,
                 store,
+                leases,
             }),
         })
     }
@@ -45,6 +64,49 @@ impl<St: Store> RateLimitLayer<St> {
     /// Counters of store failures, shared by every service this layer made.
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
+    }
+
+    /// Lease mode: gives every unspent unit this layer holds back to the
+    /// window it was granted in, and stops leasing (each later request
+    /// takes exactly its cost, so none strands a unit). Call it at graceful
+    /// shutdown, once the server has finished its requests: when it
+    /// returns, the store's counters hold exactly the units admitted. A
+    /// policy without leases gives back nothing. The same as
+    /// [`lease_handle`](Self::lease_handle)`().release()`.
+    ///
+    /// ```no_run
+    /// use axum::{Router, routing::post};
+    /// use axum_redis_ratelimit::{Key, Policy, Rate, RateLimitLayer, RedisStore};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379/1").await?;
+    /// let policy = Policy::new("telemetry")
+    ///     .rate(Rate::per_minute(1000))
+    ///     .key(Key::header("X-Agent-Token"))
+    ///     .lease(64);
+    /// let layer = RateLimitLayer::new(policy, store)?;
+    /// let app = Router::new()
+    ///     .route("/api/v1/telemetry/", post(|| async { "queued" }))
+    ///     .route_layer(layer.clone());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.unwrap() })
+    ///     .await?;
+    /// let released = layer.release_leases().await;
+    /// assert_eq!(released.failed, 0, "Redis took every unit back");
+    /// # Ok(()) }
+    /// ```
+    pub async fn release_leases(&self) -> LeaseRelease {
+        self.lease_handle().release().await
+    }
+
+    /// A handle that gives back this layer's unspent slices
+    /// ([`LeaseHandle::release`]), whatever the store's type: what an
+    /// application keeps for its shutdown when the layer itself is buried in
+    /// a router. See [`lease`](crate::lease).
+    pub fn lease_handle(&self) -> LeaseHandle {
+        let table = self.shared.leases.clone();
+        LeaseHandle::new(table.map(|t| t as Arc<dyn crate::lease::Release>))
     }
 }
 
@@ -146,18 +208,44 @@ where
             }
             Route::Ask { key, cost } => (key, cost),
         };
+        // Lease mode: from this process's slice, while it lasts (even with
+        // the breaker open).
+        let leases = self.shared.leases.as_ref();
+        let now = tokio::time::Instant::now();
+        if let Some((decision, generation)) = leases.and_then(|l| l.spend(&key, cost, now)) {
+            self.shared.stats.record_lease_local();
+            let noted = Noted::new(&key, cost);
+            let step = self
+                .shared
+                .outcome(decision, Source::Lease, &mut request, noted);
+            return match step {
+                Step::Respond(response) => ResponseFuture::respond(response, &self.shared),
+                Step::Forward(decision) => {
+                    let counted = Counted {
+                        key,
+                        cost,
+                        lease: Some(generation),
+                    };
+                    let future = self.inner.call(request);
+                    ResponseFuture::forward_counted(future, decision, counted, &self.shared)
+                }
+            };
+        }
         if let Some(step) = self.shared.decide_in_process(&key, cost, &mut request) {
             return self.finish(step, request);
         }
         let policy = &self.shared.policy;
         let asked = std::time::Instant::now();
-        let check = self.shared.store.check(Charge {
-            key: &key,
-            limits: &policy.limits,
-            algorithm: policy.settings.algorithm,
-            cost,
-            now_us: policy.now_us(),
-        });
+        let check = match leases {
+            Some(leases) => Check::lease(leases.clone().take(key.as_str().to_owned(), cost)),
+            None => Check::store(self.shared.store.check(Charge {
+                key: &key,
+                limits: &policy.limits,
+                algorithm: policy.settings.algorithm,
+                cost,
+                now_us: policy.now_us(),
+            })),
+        };
         // The clone is the one that is not yet ready; the ready one goes with
         // the request (tower's usual dance).
         let clone = self.inner.clone();
@@ -165,7 +253,11 @@ where
         let pending = Pending {
             inner,
             request,
-            counted: Counted { key, cost },
+            counted: Counted {
+                key,
+                cost,
+                lease: None,
+            },
             asked,
         };
         ResponseFuture::check(

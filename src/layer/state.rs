@@ -37,6 +37,8 @@ pub(crate) struct Shared<St> {
     pub stats: Arc<Stats>,
     pub breaker: CircuitBreaker,
     pub store: St,
+    /// Lease mode's slices, if the policy leases.
+    pub leases: Option<Arc<crate::lease::Table<St>>>,
 }
 
 /// A checked policy: its settings, and what the hot path needs precomputed.
@@ -177,6 +179,8 @@ pub(super) enum Source {
     Store,
     BlockCache,
     Fallback,
+    /// A slice of lease mode, held in process.
+    Lease,
 }
 
 impl<St> Shared<St> {
@@ -198,7 +202,7 @@ impl<St> Shared<St> {
             (_, true) => Outcome::Allowed,
             (_, false) if mode == Mode::Shadow => Outcome::ShadowDenied,
             (Source::BlockCache, false) => Outcome::DeniedCached,
-            (Source::Store, false) => Outcome::Denied,
+            (Source::Store | Source::Lease, false) => Outcome::Denied,
         };
         self.note(outcome, noted);
         let info = || RateLimitInfo {

@@ -31,7 +31,19 @@ pub struct Stats {
     /// When the last shadow-mode denial was logged at `info`, in Unix
     /// milliseconds.
     shadow_logged_at: AtomicU64,
+    lease: LeaseCounters,
     metrics: Metrics,
+}
+
+/// Lease mode's counters.
+#[derive(Debug, Default)]
+struct LeaseCounters {
+    local: AtomicU64,
+    grants: AtomicU64,
+    returns: AtomicU64,
+    granted: AtomicU64,
+    returned: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl Stats {
@@ -42,6 +54,7 @@ impl Stats {
             short_circuited: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             shadow_logged_at: AtomicU64::new(0),
+            lease: LeaseCounters::default(),
             metrics: Metrics::new(policy),
         }
     }
@@ -85,6 +98,61 @@ impl Stats {
     /// is open).
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Relaxed)
+    }
+
+    /// Lease mode: requests admitted from a slice this process held,
+    /// without the store (counted as [`Outcome::Allowed`] too).
+    pub fn lease_local(&self) -> u64 {
+        self.lease.local.load(Relaxed)
+    }
+
+    /// Lease mode: store calls asking for a slice.
+    pub fn lease_grants(&self) -> u64 {
+        self.lease.grants.load(Relaxed)
+    }
+
+    /// Lease mode: store calls giving unspent units back (idle, evicted,
+    /// released); a grant that hands leftovers in is not one of them.
+    pub fn lease_returns(&self) -> u64 {
+        self.lease.returns.load(Relaxed)
+    }
+
+    /// Lease mode: units the store granted.
+    pub fn lease_units_granted(&self) -> u64 {
+        self.lease.granted.load(Relaxed)
+    }
+
+    /// Lease mode: unspent units given back and credited to their window.
+    pub fn lease_units_returned(&self) -> u64 {
+        self.lease.returned.load(Relaxed)
+    }
+
+    /// Lease mode: unspent units lost: their window ended first, their
+    /// give-back arrived after it, or failed.
+    pub fn lease_units_dropped(&self) -> u64 {
+        self.lease.dropped.load(Relaxed)
+    }
+
+    pub(crate) fn record_lease_local(&self) {
+        self.lease.local.fetch_add(1, Relaxed);
+        self.metrics.lease_local();
+    }
+
+    /// A lease call: a give-back (`true`) or a grant.
+    pub(crate) fn record_lease_call(&self, give_back: bool) {
+        let counter = match give_back {
+            true => &self.lease.returns,
+            false => &self.lease.grants,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.metrics.lease_call(give_back);
+    }
+
+    pub(crate) fn record_lease_units(&self, granted: u64, returned: u64, dropped: u64) {
+        self.lease.granted.fetch_add(granted, Relaxed);
+        self.lease.returned.fetch_add(returned, Relaxed);
+        self.lease.dropped.fetch_add(dropped, Relaxed);
+        self.metrics.lease_units(granted, returned, dropped);
     }
 
     /// Counts a request's outcome.

@@ -19,6 +19,7 @@ use crate::{
     Algorithm, Decision, Error,
     algorithm::{Limit, Script},
     key::layout,
+    lease::{LeaseCall, LeaseFuture},
 };
 
 /// What one request would cost a client: `cost` requests on `key`, under
@@ -153,4 +154,24 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// counted, because a later layer refused the request: each counter
     /// moves back by the cost (never below empty) if it has not expired.
     fn refund(&self, check: Charge<'_>) -> Self::Refund;
+
+    /// Whether this store takes [`lease`](Self::lease) calls, which a
+    /// policy in lease mode ([`Policy::lease`](crate::Policy::lease))
+    /// needs: [`RedisStore`] does. `false` unless implemented.
+    fn can_lease(&self) -> bool {
+        false
+    }
+
+    /// Lease mode's one call (see [`lease`](crate::lease)): gives back the
+    /// units an app server did not spend, crediting each limit only if its
+    /// window is still the one they were granted in, then grants a slice of
+    /// what every limit has left, all or nothing. Unless implemented, an
+    /// error.
+    fn lease(&self, call: LeaseCall<'_>) -> LeaseFuture {
+        let _ = call;
+        Box::pin(std::future::ready(Err(Error::config(
+            "lease",
+            "this store does not lease",
+        ))))
+    }
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod connection;
+mod lease;
 #[cfg(feature = "sentinel")]
 mod sentinel;
 mod server;
@@ -159,7 +160,7 @@ impl RedisStore {
         let reply = Self::run(
             self.connection.clone(),
             self.dropped.clone(),
-            script,
+            script.source(),
             evalsha,
         );
         let denied = |e: &redis::RedisError| {
@@ -275,7 +276,12 @@ impl RedisStore {
     ) -> Result<impl Future<Output = Result<Reply, Error>> + Send + 'static, Error> {
         let evalsha = Self::evalsha(check, cost)?;
         let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
-        Ok(Self::run(connection, dropped, check.script(), evalsha))
+        Ok(Self::run(
+            connection,
+            dropped,
+            check.script().source(),
+            evalsha,
+        ))
     }
 
     /// The `EVALSHA` of `check` with `cost` (negative: a refund), or the
@@ -305,7 +311,7 @@ impl RedisStore {
     async fn run(
         connection: RedisConnection,
         dropped: Dropped,
-        script: Script,
+        source: &'static str,
         evalsha: redis::Cmd,
     ) -> Result<Reply, Error> {
         // A call the policy's timeout abandons, or that fails, may mean the
@@ -328,7 +334,7 @@ impl RedisStore {
                 Err(e)
             }
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                connection.query(&eval(&evalsha, script)).await
+                connection.query(&eval(&evalsha, source)).await
             }
             reply => reply,
         };
@@ -402,9 +408,9 @@ fn verdicts(
         .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
 }
 
-fn eval(evalsha: &redis::Cmd, script: Script) -> redis::Cmd {
+fn eval(evalsha: &redis::Cmd, source: &str) -> redis::Cmd {
     let mut eval = redis::cmd("EVAL");
-    eval.arg(script.source());
+    eval.arg(source);
     for arg in evalsha.args_iter().skip(2) {
         if let redis::Arg::Simple(bytes) = arg {
             eval.arg(bytes);
@@ -468,5 +474,13 @@ impl Store for RedisStore {
                 ref reply => Err(Error::UnexpectedReply(format!("{reply:?}"))),
             }
         })
+    }
+
+    fn can_lease(&self) -> bool {
+        true
+    }
+
+    fn lease(&self, call: crate::lease::LeaseCall<'_>) -> crate::lease::LeaseFuture {
+        self.lease_call(call)
     }
 }

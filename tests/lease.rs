@@ -1,0 +1,545 @@
+//! Lease mode against a real Redis: app servers take slices of a key's
+//! quota and admit in-process; no window ever admits more than its limit
+//! across them, unspent slices go back only into their own window, and a
+//! release at shutdown leaves the counters holding exactly the units
+//! admitted.
+
+mod common;
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{Router, routing::post};
+use axum_redis_ratelimit::{
+    Algorithm, Clock, Cost, FailMode, Key, MemoryStore, Outcome, Policy, RateLimitLayer,
+    RedisStore, layer::Stats,
+};
+use common::{
+    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, eventually, serve,
+    topology::{LIMITER_ACL, create_user, url_with_user},
+    unique_prefix, within,
+};
+use futures::future::join_all;
+use http::StatusCode;
+
+/// One app server: its own layer over its own Redis connection.
+struct Instance {
+    layer: RateLimitLayer<RedisStore>,
+    http: HttpClient,
+}
+
+impl Instance {
+    /// In-process, on the harness's shared Redis.
+    async fn new(policy: Policy) -> Self {
+        Self::on(RedisServer::shared(), policy).await
+    }
+
+    /// In-process, on `server`.
+    async fn on(server: &RedisServer, policy: Policy) -> Self {
+        Self::at(server.url(), policy).await
+    }
+
+    /// In-process, on the Redis at `url`.
+    async fn at(url: &str, policy: Policy) -> Self {
+        let store = RedisStore::connect(url).await.unwrap();
+        let layer = RateLimitLayer::new(policy, store).unwrap();
+        Self {
+            http: HttpClient::in_process(router(&layer)),
+            layer,
+        }
+    }
+
+    /// Served over a socket, as a separate app server would be.
+    async fn served(policy: Policy) -> Self {
+        let store = RedisStore::connect(RedisServer::shared().url())
+            .await
+            .unwrap();
+        let layer = RateLimitLayer::new(policy, store).unwrap();
+        Self {
+            http: HttpClient::new(&serve(router(&layer)).await),
+            layer,
+        }
+    }
+
+    async fn post(&self, agent: &str, cost: u64) -> Reply {
+        let cost = cost.to_string();
+        let headers = [(TOKEN, agent.as_bytes()), (EVENT_COUNT, cost.as_bytes())];
+        within(Duration::from_secs(10), self.http.post("/t", &headers)).await
+    }
+
+    fn stats(&self) -> Arc<Stats> {
+        self.layer.stats()
+    }
+
+    /// A request of `agent` costing `cost`: whether it was admitted.
+    async fn send(&self, agent: &str, cost: u64) -> bool {
+        let reply = self.post(agent, cost).await;
+        match reply.status {
+            StatusCode::OK => true,
+            StatusCode::TOO_MANY_REQUESTS => false,
+            other => panic!("unexpected {other}: {reply:?}"),
+        }
+    }
+}
+
+fn router(layer: &RateLimitLayer<RedisStore>) -> Router {
+    Router::new()
+        .route("/t", post(|| async { "queued" }))
+        .layer(layer.clone())
+}
+
+/// Five requests of `agent` to `one`: slices of 1 until the key has spent 4
+/// in this app server (its pace is trusted then), then of 4, 3 of which
+/// are left over; 8 counted in Redis.
+async fn warm_up(one: &Instance, agent: &str) {
+    for _ in 0..5 {
+        assert!(one.send(agent, 1).await);
+    }
+}
+
+/// A leasing policy over `rate`, a request costing its `X-Event-Count`.
+fn leasing(algorithm: Algorithm, rate: &str, max_slice: u64) -> Policy {
+    Policy::new("telemetry")
+        .rate(rate.parse().unwrap())
+        .algorithm(algorithm)
+        .key(Key::header(TOKEN))
+        .cost(Cost::header(EVENT_COUNT))
+        .prefix(unique_prefix())
+        .lease(max_slice)
+}
+
+/// The counter of `agent` under `policy`'s only limit, as Redis holds it:
+/// the count (the fixed window's integer, the sliding window's `c`).
+async fn counter(policy: &Policy, agent: &str) -> u64 {
+    let limit = policy.limits().next().unwrap();
+    let client = policy.client_key(None, agent.as_bytes()).unwrap();
+    let window = limit.rate().window().as_secs();
+    let mut conn = RedisServer::shared().connection().await;
+    match policy.settings().algorithm {
+        Algorithm::SlidingWindow => {
+            let count: Option<u64> = redis::cmd("HGET")
+                .arg(format!("{client}:{window}:sliding"))
+                .arg("c")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            count.unwrap_or(0)
+        }
+        _ => {
+            let count: Option<u64> = redis::cmd("GET")
+                .arg(format!("{client}:{window}:fixed"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            count.unwrap_or(0)
+        }
+    }
+}
+
+const WINDOWS: [Algorithm; 2] = [Algorithm::FixedWindow, Algorithm::SlidingWindow];
+
+#[tokio::test]
+async fn one_instance_admits_exactly_the_limit_with_few_redis_calls() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "100/m", 16);
+        let one = Instance::new(policy.clone()).await;
+        let mut admitted = 0;
+        for _ in 0..150 {
+            admitted += u64::from(one.send("agent", 1).await);
+        }
+        assert_eq!(admitted, 100, "{algorithm:?}");
+        assert_eq!(counter(&policy, "agent").await, 100, "{algorithm:?}");
+        let stats = one.stats();
+        // Slices of 1 until the key has spent 4 here (its pace is trusted
+        // then), of 4, then of 16 (the last one what is left): 11 grants for
+        // the 100 admitted, then one call per denial (no block cache here).
+        assert_eq!(stats.lease_units_granted(), 100, "{algorithm:?}");
+        assert_eq!(stats.lease_grants(), 11 + 50, "{algorithm:?}");
+        assert_eq!(stats.lease_local(), 100 - 11, "{algorithm:?}");
+        let released = one.layer.release_leases().await;
+        assert_eq!(
+            released.units, 0,
+            "{algorithm:?}: nothing left to give back"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_release_leaves_the_counter_at_the_units_admitted() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "1000/m", 64).lease_idle_return(Duration::from_secs(60));
+        let one = Instance::new(policy.clone()).await;
+        for _ in 0..30 {
+            assert!(one.send("agent", 1).await);
+        }
+        let held = counter(&policy, "agent").await;
+        assert!(held > 30, "{algorithm:?}: slices were taken ahead ({held})");
+        let released = one.layer.release_leases().await;
+        assert_eq!(released.units, held - 30, "{algorithm:?}");
+        assert_eq!(released.credited, held - 30, "{algorithm:?}");
+        assert_eq!(counter(&policy, "agent").await, 30, "{algorithm:?}");
+    }
+}
+
+#[tokio::test]
+async fn leasing_is_refused_where_it_cannot_hold_its_bound() {
+    let store = RedisStore::connect(RedisServer::shared().url())
+        .await
+        .unwrap();
+    let refused = |policy: Policy| {
+        RateLimitLayer::new(policy, store.clone())
+            .unwrap_err()
+            .to_string()
+    };
+    let gcra = refused(leasing(Algorithm::Gcra, "10/s", 8));
+    assert!(gcra.contains("policies.telemetry.lease"), "{gcra}");
+    assert!(
+        gcra.contains("gcra") && gcra.contains("no window"),
+        "{gcra}"
+    );
+    let app_clock = refused(leasing(Algorithm::FixedWindow, "10/s", 8).clock(Clock::App));
+    assert!(
+        app_clock.contains("policies.telemetry.lease"),
+        "{app_clock}"
+    );
+    let zero = refused(leasing(Algorithm::FixedWindow, "10/s", 0));
+    assert!(
+        zero.contains("policies.telemetry.lease.max_slice"),
+        "{zero}"
+    );
+    let instances = refused(leasing(Algorithm::FixedWindow, "10/s", 8).lease_instances(0));
+    assert!(instances.contains("lease.instances"), "{instances}");
+    let idle =
+        refused(leasing(Algorithm::FixedWindow, "10/s", 8).lease_idle_return(Duration::ZERO));
+    assert!(idle.contains("lease.idle_return_ms"), "{idle}");
+    let memory = RateLimitLayer::new(
+        leasing(Algorithm::FixedWindow, "10/s", 8),
+        MemoryStore::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(memory.contains("policies.telemetry.lease"), "{memory}");
+}
+
+#[tokio::test]
+async fn an_idle_slice_goes_back_by_itself() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "1000/m", 64).lease_idle_return(Duration::from_millis(50));
+        let one = Instance::new(policy.clone()).await;
+        warm_up(&one, "agent").await;
+        eventually(Duration::from_secs(10), || async {
+            counter(&policy, "agent").await == 5
+        })
+        .await;
+        let stats = one.stats();
+        assert_eq!(stats.lease_units_returned(), 3, "{algorithm:?}");
+        assert!(stats.lease_returns() >= 1);
+        assert_eq!(one.layer.release_leases().await.units, 0);
+    }
+}
+
+#[tokio::test]
+async fn an_evicted_slice_goes_back_first() {
+    let policy = leasing(Algorithm::FixedWindow, "1000/m", 64)
+        .lease_capacity(1)
+        .lease_idle_return(Duration::from_secs(60));
+    let one = Instance::new(policy.clone()).await;
+    warm_up(&one, "a").await;
+    assert_eq!(counter(&policy, "a").await, 8);
+    // The table holds one key: b's slot evicts a's, whose 3 units go back.
+    assert!(one.send("b", 1).await);
+    eventually(Duration::from_secs(10), || async {
+        counter(&policy, "a").await == 5
+    })
+    .await;
+    assert_eq!(one.stats().lease_units_returned(), 3);
+}
+
+/// The window the units were granted in, for the fixed window: wait until
+/// Redis has expired its counter; for the sliding window, until the clock
+/// (Redis's is this machine's) is in the next window.
+async fn until_the_window_rolls(policy: &Policy, agent: &str) {
+    let window_ms = policy.limits().next().unwrap().rate().window().as_millis() as u64;
+    let unix_ms = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let index = unix_ms() / window_ms;
+    eventually(Duration::from_secs(10), || async {
+        match policy.settings().algorithm {
+            Algorithm::SlidingWindow => unix_ms() / window_ms > index,
+            _ => counter(policy, agent).await == 0,
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_give_back_after_its_window_rolled_over_credits_nothing() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "20/s", 64).lease_idle_return(Duration::from_secs(60));
+        let first = Instance::new(policy.clone()).await;
+        let second = Instance::new(policy.clone()).await;
+        warm_up(&first, "agent").await;
+        until_the_window_rolls(&policy, "agent").await;
+        // A new window, counted by the second app server.
+        assert!(second.send("agent", 1).await);
+        assert_eq!(counter(&policy, "agent").await, 1, "{algorithm:?}");
+        // The first gives back its 3 unspent units of the old window.
+        let released = first.layer.release_leases().await;
+        assert_eq!((released.units, released.credited), (3, 0), "{algorithm:?}");
+        assert_eq!(
+            counter(&policy, "agent").await,
+            1,
+            "{algorithm:?}: not credited"
+        );
+        assert_eq!(first.stats().lease_units_dropped(), 3);
+    }
+}
+
+#[tokio::test]
+async fn a_cost_above_the_slice_asks_redis_and_never_admits_on_credit() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "20/m", 4).lease_idle_return(Duration::from_secs(60));
+        let one = Instance::new(policy.clone()).await;
+        warm_up(&one, "agent").await;
+        assert_eq!(counter(&policy, "agent").await, 8);
+        // 16 > the 3 held: they are handed in with a call for 16, which
+        // 20 − 5 cannot grant. Denied, and the 3 are back in Redis.
+        assert!(!one.send("agent", 16).await);
+        assert_eq!(counter(&policy, "agent").await, 5, "{algorithm:?}");
+        // 15, above the largest slice: exactly 15 granted.
+        assert!(one.send("agent", 15).await);
+        assert_eq!(counter(&policy, "agent").await, 20, "{algorithm:?}");
+        assert!(!one.send("agent", 1).await);
+        // A cost above the limit is refused before any store call.
+        let reply = one.post("agent", 21).await;
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_app_server_loses_at_most_its_slice() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "100/m", 16).lease_idle_return(Duration::from_secs(60));
+        let crashing = Instance::new(policy.clone()).await;
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += u64::from(crashing.send("agent", 1).await);
+        }
+        let held = counter(&policy, "agent").await - admitted;
+        assert!(held > 0 && held <= 16, "{algorithm:?}: {held}");
+        // Gone without a release, as a crash: its slice stays counted.
+        drop(crashing);
+        let survivor = Instance::new(policy.clone()).await;
+        for _ in 0..200 {
+            admitted += u64::from(survivor.send("agent", 1).await);
+        }
+        assert_eq!(admitted, 100 - held, "{algorithm:?}");
+        assert_eq!(counter(&policy, "agent").await, 100);
+    }
+}
+
+/// Requests sent to `servers` in turn, all at once.
+async fn burst(servers: &[Instance], n: usize, agent: &str) -> u64 {
+    let sent = (0..n).map(|i| servers[i % servers.len()].send(agent, 1));
+    join_all(sent).await.into_iter().map(u64::from).sum()
+}
+
+#[tokio::test]
+async fn two_app_servers_admit_exactly_the_limit() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "100/m", 8)
+            .lease_instances(2)
+            .lease_idle_return(Duration::from_secs(60));
+        let servers = [
+            Instance::served(policy.clone()).await,
+            Instance::served(policy.clone()).await,
+        ];
+        let mut admitted = burst(&servers, 300, "agent").await;
+        assert!(admitted <= 100, "{algorithm:?}: {admitted}");
+        // What one server still holds, it admits; a server Redis refuses
+        // holds nothing. Once both are refused, every unit was spent.
+        let mut refused_in_a_row = 0;
+        for i in 0.. {
+            if servers[i % 2].send("agent", 1).await {
+                admitted += 1;
+                refused_in_a_row = 0;
+            } else {
+                refused_in_a_row += 1;
+            }
+            if refused_in_a_row == 2 {
+                break;
+            }
+        }
+        assert_eq!(admitted, 100, "{algorithm:?}");
+        assert_eq!(counter(&policy, "agent").await, 100, "{algorithm:?}");
+        let grants: u64 = servers.iter().map(|s| s.stats().lease_grants()).sum();
+        assert!(grants < 200 + 20, "{algorithm:?}: {grants}");
+    }
+}
+
+#[tokio::test]
+async fn the_block_cache_answers_the_denials_of_a_leased_key() {
+    let policy = leasing(Algorithm::FixedWindow, "20/m", 8).block_cache(100);
+    let one = Instance::new(policy).await;
+    let mut admitted = 0;
+    for _ in 0..25 {
+        admitted += u64::from(one.send("agent", 1).await);
+    }
+    assert_eq!(admitted, 20);
+    let stats = one.stats();
+    let grants = stats.lease_grants();
+    for _ in 0..50 {
+        let reply = one.post("agent", 1).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(reply.header("retry-after").is_some());
+    }
+    assert_eq!(stats.lease_grants(), grants, "denials answered in-process");
+    assert!(stats.decisions(Outcome::DeniedCached) >= 50);
+}
+
+#[tokio::test]
+async fn headers_report_what_the_slice_holds_and_retry_after_from_redis() {
+    let policy =
+        leasing(Algorithm::FixedWindow, "20/m", 16).lease_idle_return(Duration::from_secs(60));
+    let one = Instance::new(policy).await;
+    let remaining = |reply: &Reply| -> u64 {
+        let field = reply.header("ratelimit").unwrap();
+        let r = field.split(";r=").nth(1).unwrap();
+        r.split(';').next().unwrap().parse().unwrap()
+    };
+    // Slices of 1, then of 4: what this server holds, not what Redis has.
+    for _ in 0..4 {
+        assert_eq!(remaining(&one.post("agent", 1).await), 0);
+    }
+    assert_eq!(remaining(&one.post("agent", 1).await), 3);
+    assert_eq!(remaining(&one.post("agent", 1).await), 2);
+    for _ in 0..14 {
+        assert_eq!(one.post("agent", 1).await.status, StatusCode::OK);
+    }
+    let denied = one.post("agent", 1).await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = denied.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (59..=60).contains(&retry),
+        "the rest of the window: {retry}"
+    );
+}
+
+#[tokio::test]
+async fn while_redis_is_away_the_slice_is_spent_then_the_fail_mode_decides() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let policy = leasing(Algorithm::FixedWindow, "1000/m", 64)
+        .lease_idle_return(Duration::from_secs(60))
+        .timeout(Duration::from_millis(100))
+        .on_store_error(FailMode::Fallback);
+    let one = Instance::on(&server, policy).await;
+    // Slices of 1 (four), 4, 16, then 64: 63 held after 25 requests.
+    for _ in 0..25 {
+        assert!(one.send("agent", 1).await);
+    }
+    server.kill();
+    let stats = one.stats();
+    let local = stats.lease_local();
+    for _ in 0..63 {
+        assert!(one.send("agent", 1).await);
+    }
+    assert_eq!(stats.lease_local(), local + 63, "spent from the slice");
+    assert_eq!(stats.fell_back(), 0);
+    // The slice is spent: the fallback limiter decides.
+    assert!(one.send("agent", 1).await);
+    assert_eq!(stats.fell_back(), 1);
+    assert!(stats.store_errors() >= 1);
+}
+
+#[tokio::test]
+async fn a_slice_is_never_spent_after_its_window_ends() {
+    for algorithm in WINDOWS {
+        let policy = leasing(algorithm, "1000/s", 64).lease_idle_return(Duration::from_secs(60));
+        let one = Instance::new(policy.clone()).await;
+        // Slices of 1 (four), 4, 16 and 64: 63 left.
+        for _ in 0..25 {
+            assert!(one.send("agent", 1).await);
+        }
+        let stats = one.stats();
+        let (grants, granted) = (stats.lease_grants(), stats.lease_units_granted());
+        until_the_window_rolls(&policy, "agent").await;
+        // Whatever this server still holds belongs to a window that is
+        // over: the next request asks Redis, and the new window counts only
+        // what that grant took.
+        assert!(one.send("agent", 1).await);
+        assert_eq!(stats.lease_grants(), grants + 1, "{algorithm:?}");
+        let fresh = stats.lease_units_granted() - granted;
+        assert_eq!(counter(&policy, "agent").await, fresh, "{algorithm:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_documented_acl_and_pexpiretime_is_all_lease_mode_needs() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let mut rules = LIMITER_ACL.to_vec();
+    rules.push("+pexpiretime");
+    create_user(server.url(), "leaser", "s3cret", &rules);
+    let url = url_with_user(server.url(), "leaser", "s3cret");
+    for algorithm in WINDOWS {
+        // The ACL's keys are under `rl:`.
+        let prefix = format!("rl:{}", unique_prefix());
+        let policy = leasing(algorithm, "10/m", 4).prefix(prefix).fail_closed();
+        let one = Instance::at(&url, policy).await;
+        let mut admitted = 0;
+        for _ in 0..12 {
+            admitted += u64::from(one.send("agent", 1).await);
+        }
+        assert_eq!(admitted, 10, "{algorithm:?}");
+        assert_eq!(one.stats().store_errors(), 0, "{algorithm:?}");
+        assert_eq!(one.layer.release_leases().await.failed, 0);
+    }
+    // Without it, the fixed window's grants fail (here closed: 503).
+    create_user(server.url(), "no-pexpiretime", "s3cret", LIMITER_ACL);
+    let url = url_with_user(server.url(), "no-pexpiretime", "s3cret");
+    let prefix = format!("rl:{}", unique_prefix());
+    let policy = leasing(Algorithm::FixedWindow, "10/m", 4)
+        .prefix(prefix)
+        .fail_closed();
+    let one = Instance::at(&url, policy).await;
+    let reply = one.post("agent", 1).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(one.stats().store_errors(), 1);
+}
+
+#[tokio::test]
+async fn a_key_at_a_slow_pace_takes_its_cost_alone_and_gives_nothing_back() {
+    for algorithm in WINDOWS {
+        // Half the idle period is 125 ms: a request every 100 ms or more
+        // spends less than one unit in it.
+        let policy = leasing(algorithm, "1000/m", 64);
+        let one = Instance::new(policy.clone()).await;
+        for _ in 0..5 {
+            assert!(one.send("agent", 1).await);
+            // The workload's pace, not a wait for a condition.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stats = one.stats();
+        assert_eq!(stats.lease_grants(), 5, "{algorithm:?}: one call a request");
+        assert_eq!(
+            stats.lease_units_granted(),
+            5,
+            "{algorithm:?}: nothing ahead"
+        );
+        assert_eq!(
+            stats.lease_returns(),
+            0,
+            "{algorithm:?}: nothing to give back"
+        );
+        assert_eq!(counter(&policy, "agent").await, 5);
+    }
+}
