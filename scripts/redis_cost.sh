@@ -12,7 +12,7 @@
 # Against a redis-server of its own (loopback, a free port, no persistence,
 # killed on exit) it loads the three scripts of Redis's clock exactly as the
 # crate sends them (src/algorithm/<algorithm>.lua; see Script::source,
-# Script::limit_args and RedisStore::evalsha) and the minimal baseline, then
+# Script::args and RedisStore::evalsha) and the minimal baseline, then
 # for each script and for 1, 2 and 4 limits (the baseline: 1) runs
 #
 #   redis-benchmark -c CLIENTS -n REQUESTS -r KEYS_SPACE \
