@@ -6,7 +6,10 @@
 //! slower.
 //!
 //! The EDR example's telemetry route, `POST /api/v1/telemetry/` answering
-//! `202 {"status":"accepted"}` (nothing is queued), behind an axum
+//! `202 {"status":"accepted"}` (nothing is queued) once it has checked the
+//! batch as the EDR example does (a JSON array holding exactly the events
+//! its `X-Event-Count` declares, 1 without it; else 400), so that the two
+//! servers differ in the limiter alone, behind an axum
 //! middleware that makes one round trip per request: one `EVALSHA` (through
 //! `redis::Script`, which loads the script on `NOSCRIPT`) on a
 //! `ConnectionManager`, of the minimal fixed window in
@@ -14,7 +17,7 @@
 //! measures as its baseline:
 //!
 //! ```text
-//! count = INCRBY key 1;  new key: PEXPIRE key <window ms>, ttl = window;  else ttl = PTTL key
+//! count = INCRBY key <events>;  new key: PEXPIRE key <window ms>, ttl = window;  else ttl = PTTL key
 //! count > limit: 429 with Retry-After = ttl + 1 ms rounded up to whole seconds
 //! ```
 //!
@@ -42,13 +45,14 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use axum_redis_ratelimit::Rate;
 use redis::{Script, aio::ConnectionManager};
+use serde::de::IgnoredAny;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -114,8 +118,23 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("server: {e}"))
 }
 
-async fn telemetry(_body: Bytes) -> Response {
-    (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response()
+async fn telemetry(headers: HeaderMap, body: Bytes) -> Response {
+    let declared = declared_events(&headers);
+    match serde_json::from_slice::<Vec<IgnoredAny>>(&body) {
+        Ok(events) if Some(events.len() as u64) == declared => {
+            (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response()
+        }
+        _ => json_error(StatusCode::BAD_REQUEST, "bad batch"),
+    }
+}
+
+/// The events a batch declares: `X-Event-Count`, a whole number from 1, or
+/// 1 without it; `None` for anything else.
+fn declared_events(headers: &HeaderMap) -> Option<u64> {
+    match headers.get("x-event-count") {
+        None => Some(1),
+        Some(count) => count.to_str().ok()?.parse().ok().filter(|&n| n >= 1),
+    }
 }
 
 fn json_error(status: StatusCode, error: &str) -> Response {
@@ -135,6 +154,9 @@ async fn evalsha_limit(
     if token.len() > MAX_TOKEN_BYTES {
         return json_error(StatusCode::BAD_REQUEST, "agent token too long");
     }
+    let Some(events) = declared_events(request.headers()) else {
+        return json_error(StatusCode::BAD_REQUEST, "bad X-Event-Count");
+    };
     let mut key = String::with_capacity(KEY_PREFIX.len() + 64);
     key.push_str(KEY_PREFIX);
     for byte in Sha256::digest(token) {
@@ -144,7 +166,7 @@ async fn evalsha_limit(
     let reply: redis::RedisResult<(u64, i64)> = limiter
         .script
         .key(&key)
-        .arg(1)
+        .arg(events)
         .arg(limiter.window_ms)
         .invoke_async(&mut connection)
         .await;

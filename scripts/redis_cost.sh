@@ -12,11 +12,11 @@
 # Against a redis-server of its own (loopback, a free port, no persistence,
 # killed on exit) it loads the three scripts of Redis's clock exactly as the
 # crate sends them (src/algorithm/<algorithm>.lua; see Script::source,
-# Script::limit_args and RedisStore::evalsha) and the minimal baseline, then
+# Script::args and RedisStore::evalsha) and the minimal baseline, then
 # for each script and for 1, 2 and 4 limits (the baseline: 1) runs
 #
 #   redis-benchmark -c CLIENTS -n REQUESTS -r KEYS_SPACE \
-#       EVALSHA <sha> <limits> <one key per limit> [-1] 1 <two numbers per limit>...
+#       EVALSHA <sha> <limits> <one key per limit> [-1] [cost] <two numbers per limit>...
 #
 # with a limit of 1000000000 per window, so that every call is an allowed
 # decision (the path that writes), and for 1 limit once more with a limit of
@@ -165,11 +165,13 @@ evalsha_args() {
     fi
     args="$n"
     for ((i = 0; i < n; i++)); do args+=" rl:p:{$client}:${windows_s[i]}$(suffix "$algorithm")"; done
-    # As Script::limit_args: the fixed window reads no clock; GCRA takes
-    # its emission interval and tolerance (burst = limit), in µs.
+    # As Script::args on Redis's clock: the fixed window and GCRA read no
+    # clock; the sliding window -1 (Redis TIME). GCRA takes no cost but, per
+    # limit, the cost times the emission interval and the tolerance (burst =
+    # limit), in µs.
     case $algorithm in
     fixed_window) args+=" 1" ;;
-    *) args+=" -1 1" ;;
+    sliding_window) args+=" -1 1" ;;
     esac
     for ((i = 0; i < n; i++)); do
         local window_ms=$((windows_s[i] * 1000))
@@ -189,12 +191,19 @@ check_first() {
     local algorithm=$1 n=$2 limit=$3 reply
     # shellcheck disable=SC2046  # the arguments are words by design
     reply=$(cli EVALSHA "${sha[$algorithm]}" $(evalsha_args "$algorithm" "$n" "$limit" check) | tr -d '\r')
-    if [[ $algorithm == fixed_window ]]; then
-        # {count, ms left} per limit: admitted while every count <= limit.
-        echo "$reply" | awk -v limit="$limit" 'NR % 2 == 1 && $1 > limit { over = 1 } END { print over ? 0 : 1 }'
-    else
-        echo "$reply" | head -1
-    fi
+    case $algorithm in
+    fixed_window)
+        # Per limit count × (window + 1) + ms left: admitted while every
+        # count <= limit.
+        echo "$reply" | awk -v limit="$limit" -v windows="${windows_s[*]}" '
+            BEGIN { split(windows, w, " ") }
+            { span = w[NR] * 1000 + 1; if (int($1 / span) > limit) over = 1 }
+            END { print over ? 0 : 1 }' ;;
+    gcra)
+        # Per limit how far the TAT lay ahead, negative for a denial.
+        echo "$reply" | awk '$1 < 0 { over = 1 } END { print over ? 0 : 1 }' ;;
+    *) echo "$reply" | head -1 ;;
+    esac
 }
 cli FLUSHALL >/dev/null
 for a in fixed_window sliding_window gcra; do
@@ -268,7 +277,7 @@ printf '%s\n' "${rows[@]}"
 cat <<EOF
 
 - allowed: a limit of 1000000000 per window, every call allowed; denied: 1 per 60000 ms, every call after a key's first denied.
-- Windows of the limits, in order: ${windows_s[*]} s; each limit's burst = its limit; Redis's clock (ARGV[1] = -1, none for the fixed window).
+- Windows of the limits, in order: ${windows_s[*]} s; each limit's burst = its limit; Redis's clock (the sliding window's ARGV[1] = -1; the fixed window and GCRA read no clock).
 - Command line (fixed_window, 2 limits; the others differ in the sha, the keys' suffix and the limits):
   \`$REDIS_BENCHMARK -p <port> -c $CLIENTS -n $REQUESTS -r $KEYS_SPACE -q EVALSHA $sample_sha $sample_args\`
 - Minimal baseline: \`$REDIS_BENCHMARK -p <port> -c $CLIENTS -n $REQUESTS -r $KEYS_SPACE -q EVALSHA <sha> $(evalsha_args baseline 1 0 __rand_int__)\`, script: \`$baseline_src\`

@@ -108,11 +108,18 @@ fn redis_store_decision() {
             })
             .await;
             println!("redis store, {algorithm}: {n} allocations per decision");
-            // The crate's: the boxed future, the command's two buffers
-            // (sized once: growing them as the arguments came cost 5 more)
-            // and the reply's Vec; the rest is the redis crate's (the
-            // connection's pipeline and reply parsing).
-            assert!(n <= 8, "{algorithm}: {n}");
+            // The crate's 3: the boxed future and the command's two buffers
+            // (sized once: growing them as the arguments came cost 5 more;
+            // the reply is read onto the stack, not into a Vec). The redis
+            // crate's 4 for an integer reply (the fixed window and GCRA with
+            // one limit) or 5 for an array (the sliding window), as a bare
+            // INCRBY or EVAL on a multiplexed connection measures them.
+            let most = if algorithm == Algorithm::SlidingWindow {
+                8
+            } else {
+                7
+            };
+            assert!(n <= most, "{algorithm}: {n}");
         }
     });
 }

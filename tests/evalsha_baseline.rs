@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::{HttpClient, RedisServer, Reply, command_calls, eventually, free_port, spawn_reaped};
-use http::StatusCode;
+use http::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 
 const TELEMETRY: &str = "/api/v1/telemetry/";
@@ -106,9 +106,13 @@ impl Baseline {
         baseline
     }
 
+    /// A batch of one event, as the load benchmark sends.
     async fn post(&self, token: Option<&[u8]>) -> Reply {
         let headers: Vec<(&str, &[u8])> = token.map(|t| ("x-agent-token", t)).into_iter().collect();
-        self.http.post(TELEMETRY, &headers).await
+        let body = r#"[{"event":"process_start"}]"#;
+        (self.http)
+            .send_body(Method::POST, TELEMETRY, &headers, body)
+            .await
     }
 }
 
@@ -234,6 +238,36 @@ async fn refuses_a_missing_or_over_long_token() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
     let reply = baseline.post(Some(&long.as_bytes()[..256])).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{reply:?}");
+}
+
+/// The baseline does the EDR example's batch check, so that the load
+/// benchmark compares the limiters alone: a batch is charged the events it
+/// declares and must hold exactly those.
+#[tokio::test]
+async fn a_batch_is_charged_its_declared_events_and_must_hold_them() {
+    let baseline = Baseline::start(RedisServer::shared().url(), "10/m").await;
+    let agent = token("batch");
+    let send = |count: &'static [u8], body: &'static str| {
+        let headers = [
+            ("x-agent-token", agent.as_bytes()),
+            ("x-event-count", count),
+        ];
+        let http = &baseline.http;
+        async move {
+            (http
+                .send_body(Method::POST, TELEMETRY, &headers, body)
+                .await)
+                .status
+        }
+    };
+    let three = r#"[{"a":1},{"b":2},{"c":3}]"#;
+    assert_eq!(send(b"3", three).await, StatusCode::ACCEPTED);
+    // Charged 2, then refused by the handler: it holds 3.
+    assert_eq!(send(b"2", three).await, StatusCode::BAD_REQUEST);
+    assert_eq!(send(b"x", three).await, StatusCode::BAD_REQUEST);
+    // 3 + 2 + 3 = 8 of 10, then 11: refused.
+    assert_eq!(send(b"3", three).await, StatusCode::ACCEPTED);
+    assert_eq!(send(b"3", three).await, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]

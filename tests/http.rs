@@ -485,7 +485,7 @@ async fn redis_counters_hold_the_chosen_clocks_time() {
     let before = now_ms();
     http.post("/t", &[(TOKEN, b"a")]).await;
     let after = now_ms();
-    let key = format!("{prefix}telemetry:{{{TOKEN}:a}}:60");
+    let key = format!("{prefix}telemetry:{{{TOKEN}:a}}:60:fixed:app");
     let end: u128 = hget(&mut conn, &key, "e").await;
     assert!(
         (before + window..=after + window).contains(&end),

@@ -4,11 +4,14 @@
 -- an instant: an app clock behind Redis's would otherwise drop counters early.
 -- KEYS: one counter per limit. ARGV[1]: now in microseconds since the Unix
 -- epoch. ARGV[2]: cost (0: a peek; negative: a refund). Then per limit:
--- limit, window (ms). Returns what fixed_window.lua returns.
+-- limit, window (ms). Returns per limit the count with this cost and the ms
+-- left in the window, which a caller whose clock is behind the one that
+-- opened it sees longer than the window (so they are not packed in one).
 local now = math.floor(tonumber(ARGV[1]) / 1000)
 local cost = tonumber(ARGV[2])
+local n = #KEYS
 if cost < 0 then
-  for i = 1, #KEYS do
+  for i = 1, n do
     local stored = redis.call('HMGET', KEYS[i], 'c', 'e')
     local count, window_end = tonumber(stored[1]), tonumber(stored[2])
     if count and window_end and window_end > now then
@@ -19,10 +22,10 @@ if cost < 0 then
       end
     end
   end
-  return {1}
+  return 1
 end
 local out, over, ends = {}, false, {}
-for i = 1, #KEYS do
+for i = 1, n do
   local key, window = KEYS[i], tonumber(ARGV[2 * i + 2])
   local stored = redis.call('HMGET', key, 'c', 'e')
   local count, window_end = tonumber(stored[1]) or 0, tonumber(stored[2])
@@ -37,15 +40,16 @@ for i = 1, #KEYS do
   if count + cost > tonumber(ARGV[2 * i + 1]) then over = true end
   out[2 * i - 1], out[2 * i] = count + cost, window_end and window_end - now or window
 end
-if over or cost == 0 then return out end
-for i = 1, #KEYS do
-  if ends[i] then
-    -- The window is open: only the count moves, the expiry stays.
-    redis.call('HINCRBY', KEYS[i], 'c', cost)
-  else
-    local window = tonumber(ARGV[2 * i + 2])
-    redis.call('HSET', KEYS[i], 'c', cost, 'e', now + window)
-    redis.call('PEXPIRE', KEYS[i], window)
+if not over and cost > 0 then
+  for i = 1, n do
+    if ends[i] then
+      -- The window is open: only the count moves, the expiry stays.
+      redis.call('HINCRBY', KEYS[i], 'c', cost)
+    else
+      local window = tonumber(ARGV[2 * i + 2])
+      redis.call('HSET', KEYS[i], 'c', cost, 'e', now + window)
+      redis.call('PEXPIRE', KEYS[i], window)
+    end
   end
 end
 return out

@@ -1,67 +1,73 @@
--- GCRA (generic cell rate algorithm): a token bucket of `burst` tokens
--- refilled at the rate, kept as one number, the theoretical arrival time
--- (TAT) in microseconds. Each request pushes the TAT `cost` emission
--- intervals further; a request is admitted while the TAT stays within the
--- tolerance (`burst` intervals) of now. A TAT in the past means the same as
--- no key. Values stay below 2^53, so Lua's doubles are exact.
--- KEYS: one TAT per limit. ARGV[1]: now in microseconds since the Unix
--- epoch, or -1 to read Redis's clock. ARGV[2]: cost (0: a peek; negative: a
--- refund). Then per limit: the emission interval and the tolerance (µs).
--- Returns {1 if every limit admits the request else 0, now, then per limit
--- the TAT found (0: none)}; the app computes the headers from them.
-local now = tonumber(ARGV[1])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = t[1] * 1000000 + t[2]
-end
-local cost = tonumber(ARGV[2])
-if cost < 0 then
-  for i = 1, #KEYS do
-    local tat = tonumber(redis.call('GET', KEYS[i]))
-    if tat and tat > now then
-      local back = tat + cost * ARGV[2 * i + 1]
-      if back > now then
-        -- Only moves back, so the key's expiry stays long enough.
-        redis.call('INCRBY', KEYS[i], back - tat)
+-- GCRA (generic cell rate algorithm) on Redis's own clock: a token bucket
+-- of `burst` tokens refilled at the rate, kept as the theoretical arrival
+-- time (TAT). Each request pushes the TAT `cost` emission intervals further;
+-- it is admitted while the TAT stays within the tolerance (`burst`
+-- intervals) of now. A TAT in the past means the same as no key.
+-- The key holds the TAT as the microseconds from it to the key's own expiry:
+-- what a request needs is how far the TAT lies ahead of now, and that is
+-- PTTL × 1000 − value, so no clock is read: Redis's expiry is the clock, to
+-- the millisecond, and the value moves in place (INCRBY). Values stay below
+-- 2^53, so Lua's doubles are exact.
+-- KEYS: one bucket per limit. ARGV, per limit: the increment (cost ×
+-- emission interval, µs; 0: a peek; negative: a refund) and the tolerance.
+-- Returns per limit how far the TAT lay ahead of now (µs), or −1 − that for
+-- a limit that denies; one limit's reply is that integer alone.
+local n, out, denied = #KEYS, {}, 0
+-- A refund's increments are negative: compared as text, no conversion.
+local refund = ARGV[1] < '0'
+for i = 1, n do
+  local key, inc, tolerance = KEYS[i], tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local d = tonumber(redis.call('GET', key))
+  local ahead, ttl = 0, 0
+  if d then
+    ttl = redis.call('PTTL', key)
+    if ttl < 0 then
+      -- It lost its expiry, and with it the TAT: read as a full bucket,
+      -- the strictest reading, and given an expiry below.
+      ahead = tolerance
+    elseif ttl * 1000 > d then
+      ahead = ttl * 1000 - d
+    end
+  end
+  if refund then
+    if ttl > 0 and ahead > 0 then
+      if ahead + inc > 0 then
+        redis.call('INCRBY', key, -inc)
       else
-        redis.call('DEL', KEYS[i])
+        redis.call('DEL', key)
+      end
+    end
+  elseif ahead + inc > tolerance then
+    out[i] = -ahead - 1
+    if denied == 0 then denied = i end
+    if ttl < 0 then
+      redis.call('PSETEX', key, math.floor(ahead / 1000) + 1, 0)
+    end
+  else
+    out[i] = ahead
+    if denied == 0 and inc > 0 then
+      local new = ahead + inc
+      if ttl * 1000 >= new then
+        redis.call('INCRBY', key, ttl * 1000 - new - d)
+      else
+        -- The key would expire before its TAT: a new expiry, with the
+        -- tolerance on top, so that a busy key renews it about once a
+        -- tolerance rather than on every request.
+        local px = math.floor((new + tolerance) / 1000) + 1
+        redis.call('PSETEX', key, px, px * 1000 - new)
       end
     end
   end
-  return {1}
 end
-local out = {1, now}
-for i = 1, #KEYS do
-  local stored = tonumber(redis.call('GET', KEYS[i])) or 0
-  out[i + 2] = stored
-  local ahead = 0
-  if stored > now then ahead = stored - now end
-  if ahead + cost * ARGV[2 * i + 1] > tonumber(ARGV[2 * i + 2]) then
-    out[1] = 0
-    -- A denial writes nothing, but a TAT that lost its expiry gets one back.
-    if ahead > 0 and redis.call('PTTL', KEYS[i]) == -1 then
-      redis.call('PEXPIRE', KEYS[i], math.floor(ahead / 1000) + 1)
-    end
-  end
-end
-if out[1] == 0 or cost == 0 then return out end
-for i = 1, #KEYS do
-  local key, stored = KEYS[i], out[i + 2]
-  local tat = now
-  if stored > now then tat = stored end
-  tat = tat + cost * ARGV[2 * i + 1]
-  -- The key must outlive the TAT. It is given the tolerance on top, so that
-  -- a busy key renews its expiry about once a tolerance, not on every
-  -- request: the TAT itself is updated in place.
-  local needed = tat - now
-  if stored == 0 then
-    redis.call('PSETEX', key, math.floor((needed + ARGV[2 * i + 2]) / 1000) + 1, tat)
+if refund then return 1 end
+-- Limits before the one that denied were counted: taken back (a TAT that
+-- was in the past goes back to no key, which means the same).
+for i = 1, denied - 1 do
+  if out[i] == 0 then
+    redis.call('DEL', KEYS[i])
   else
-    redis.call('INCRBY', key, tat - stored)
-    -- PTTL is whole ms: a ms of margin, so the key never expires before it.
-    if redis.call('PTTL', key) * 1000 < needed + 1000 then
-      redis.call('PEXPIRE', key, math.floor((needed + ARGV[2 * i + 2]) / 1000) + 1)
-    end
+    redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
   end
 end
+if n == 1 then return out[1] end
 return out

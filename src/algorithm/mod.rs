@@ -125,38 +125,41 @@ impl std::str::FromStr for Algorithm {
     }
 }
 
-/// One of the Lua scripts Redis runs: an algorithm's, and for the fixed
-/// window, on whose clock.
+/// One of the Lua scripts Redis runs: an algorithm's, on whose clock.
 ///
-/// The fixed window on the store's clock needs no clock at all: Redis's
-/// expiry of the counter is the window, so its script is the least any
-/// fixed window can do (`INCRBY`, then `PEXPIRE` or `PTTL`). On the app's
-/// clock the window's end is stored beside the count, in a hash, under a key
-/// of its own (see [`crate::key`]'s layout), so that switching clocks never
-/// meets a counter of the other shape.
+/// On Redis's clock the fixed window and GCRA read no clock at all: each
+/// counter's own Redis expiry is the clock (the fixed window's counter
+/// expires with its window; a GCRA key holds its TAT as the time to its
+/// expiry), so their scripts are about the least any such limiter can do.
+/// On the app's clock they store times of that clock instead, under keys of
+/// their own (see [`crate::key`]'s layout), so that switching clocks never
+/// misreads a counter. The sliding window's one script takes either clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Script {
     FixedWindow,
     FixedWindowAppClock,
     SlidingWindow,
     Gcra,
+    GcraAppClock,
 }
 
 impl Script {
-    pub(crate) const ALL: [Script; 4] = [
+    pub(crate) const ALL: [Script; 5] = [
         Self::FixedWindow,
         Self::FixedWindowAppClock,
         Self::SlidingWindow,
         Self::Gcra,
+        Self::GcraAppClock,
     ];
 
     /// The script for `algorithm`; `app_clock`: the caller sends its time.
     pub(crate) fn of(algorithm: Algorithm, app_clock: bool) -> Self {
-        match algorithm {
-            Algorithm::FixedWindow if app_clock => Self::FixedWindowAppClock,
-            Algorithm::FixedWindow => Self::FixedWindow,
-            Algorithm::SlidingWindow => Self::SlidingWindow,
-            Algorithm::Gcra => Self::Gcra,
+        match (algorithm, app_clock) {
+            (Algorithm::FixedWindow, false) => Self::FixedWindow,
+            (Algorithm::FixedWindow, true) => Self::FixedWindowAppClock,
+            (Algorithm::SlidingWindow, _) => Self::SlidingWindow,
+            (Algorithm::Gcra, false) => Self::Gcra,
+            (Algorithm::Gcra, true) => Self::GcraAppClock,
         }
     }
 
@@ -167,30 +170,44 @@ impl Script {
             Self::FixedWindowAppClock => include_str!("fixed_window_app_clock.lua"),
             Self::SlidingWindow => include_str!("sliding_window.lua"),
             Self::Gcra => include_str!("gcra.lua"),
+            Self::GcraAppClock => include_str!("gcra_app_clock.lua"),
         }
     }
 
-    /// Whether `ARGV[1]` is the time (µs, or -1 for Redis's `TIME`); the
-    /// fixed window on the store's clock reads none.
-    pub(crate) fn takes_now(self) -> bool {
-        self != Self::FixedWindow
-    }
-
-    /// The arguments the script takes for `limit`, after the time and cost.
-    pub(crate) fn limit_args(self, limit: &Limit) -> [u64; 2] {
-        match self {
-            Self::Gcra => {
-                let interval = limit.interval_us();
-                [interval, interval * limit.burst()]
+    /// The script's `ARGV` for a call of `cost` (0: a peek; negative: a
+    /// refund) at `now_us` (the app's clock; `None`: Redis's), each limit's
+    /// numbers after the call's own.
+    pub(crate) fn args(
+        self,
+        now_us: Option<u64>,
+        cost: i64,
+        limits: &[Limit],
+    ) -> impl Iterator<Item = i64> + '_ {
+        let now = now_us.map_or(-1, |now| now as i64);
+        let (head, len) = match self {
+            Self::FixedWindow => ([cost, 0], 1),
+            Self::FixedWindowAppClock | Self::SlidingWindow => ([now, cost], 2),
+            Self::Gcra => ([0, 0], 0),
+            Self::GcraAppClock => ([now, 0], 1),
+        };
+        // Within `Limit::validate`'s bounds every product is below 2^51.
+        let per_limit = move |limit: &Limit| match self {
+            Self::Gcra | Self::GcraAppClock => {
+                let interval = limit.interval_us() as i64;
+                [cost * interval, interval * limit.burst() as i64]
             }
-            _ => [limit.rate.limit(), limit.rate.window_ms()],
-        }
+            _ => [limit.rate.limit() as i64, limit.rate.window_ms() as i64],
+        };
+        head.into_iter()
+            .take(len)
+            .chain(limits.iter().flat_map(per_limit))
     }
 
     /// Each limit's verdict on a request of `cost` (0 for a peek), from the
     /// script's reply: the twin decides again over the state the script
-    /// found, and where the script says whether it admitted the request, the
-    /// two must agree. `None`: a reply of another shape, or a disagreement.
+    /// found, and where the script says whether a limit admitted the
+    /// request, the two must agree. `None`: a reply of another shape, or a
+    /// disagreement.
     pub(crate) fn verdicts(
         self,
         reply: &[i64],
@@ -201,20 +218,27 @@ impl Script {
         let at = |i: usize| reply.get(i).and_then(|&v| u64::try_from(v).ok());
         let mut verdicts = [None; MAX_LIMITS];
         let slots = verdicts.iter_mut().zip(limits).enumerate();
-        let admitted = match self {
+        match self {
             Self::FixedWindow | Self::FixedWindowAppClock => {
-                // Per limit: the count with this cost, and the ms left in the
-                // window: decided at a time 0 at which the window ends then.
-                (reply.len() == 2 * n).then_some(())?;
+                // Per limit the count with this cost and the ms left in the
+                // window (on Redis's clock packed in one integer, `count ×
+                // (window + 1) + ms left`, as never more than the window is
+                // left): decided at a time 0 at which the window ends then.
+                let packed = self == Self::FixedWindow;
+                (reply.len() == if packed { n } else { 2 * n }).then_some(())?;
                 for (i, (slot, limit)) in slots {
-                    let count = at(2 * i)?.checked_sub(cost)?;
+                    let (count, left) = if packed {
+                        let span = limit.rate.window_ms() + 1;
+                        (at(i)? / span, at(i)? % span)
+                    } else {
+                        (at(2 * i)?, at(2 * i + 1)?)
+                    };
                     let entry = Entry {
-                        value: [count, 0, 0],
-                        expires_at_ms: at(2 * i + 1)?,
+                        value: [count.checked_sub(cost)?, 0, 0],
+                        expires_at_ms: left,
                     };
                     *slot = Some(fixed_window::decide(Some(entry), 0, limit, cost).0);
                 }
-                None
             }
             Self::SlidingWindow => {
                 // {admitted, now (ms), then per limit w (-1: none), c, p}.
@@ -231,30 +255,35 @@ impl Script {
                     };
                     *slot = Some(sliding_window::decide(entry, now_us, limit, cost).0);
                 }
-                Some(reply[0] == 1)
+                let all = verdicts.iter().flatten().all(|v| v.allowed);
+                return (all == (reply[0] == 1)).then_some(verdicts);
             }
-            Self::Gcra => {
-                // {admitted, now (µs), then per limit the TAT (0: none)}.
-                (reply.len() == n + 2).then_some(())?;
-                let now_us = at(1)?;
+            Self::Gcra | Self::GcraAppClock => {
+                // Per limit how far the TAT lay ahead of now, −1 − that for a
+                // limit that denied: decided at a time 0.
+                (reply.len() == n).then_some(())?;
                 for (i, (slot, limit)) in slots {
-                    let entry = match at(i + 2)? {
-                        0 => None,
-                        tat => Some(Entry {
-                            value: [tat, 0, 0],
-                            expires_at_ms: u64::MAX,
-                        }),
+                    let (admitted, ahead) = match reply[i] {
+                        a if a >= 0 => (true, a as u64),
+                        a => (false, (-1 - a) as u64),
                     };
-                    *slot = Some(gcra::decide(entry, now_us, limit, cost).0);
+                    let entry = (ahead > 0).then_some(Entry {
+                        value: [ahead, 0, 0],
+                        expires_at_ms: u64::MAX,
+                    });
+                    let mut verdict = gcra::decide(entry, 0, limit, cost).0;
+                    (verdict.allowed == admitted).then_some(())?;
+                    if self == Self::Gcra {
+                        // Redis's expiry counts whole milliseconds: so does
+                        // the wait, rounded up, never early.
+                        verdict.reset_us = verdict.reset_us.next_multiple_of(1000);
+                        verdict.retry_us = verdict.retry_us.next_multiple_of(1000);
+                    }
+                    *slot = Some(verdict);
                 }
-                Some(reply[0] == 1)
             }
-        };
-        let all = verdicts.iter().flatten().all(|v| v.allowed);
-        match admitted {
-            Some(admitted) if admitted != all => None,
-            _ => Some(verdicts),
         }
+        Some(verdicts)
     }
 }
 

@@ -9,7 +9,7 @@
 //! label and the client's value (encoded, see [`encode`](super::encode)), so
 //! that every counter of one client lands in one Redis Cluster slot; each
 //! limit then names its counter by its window in seconds and the algorithm
-//! (for the fixed window, on Redis's clock only: `:fixed`), so that switching
+//! (and `:app` where the app's clock keeps another shape), so that switching
 //! a policy's algorithm or clock never reads state of another shape.
 
 use std::fmt::Write as _;
@@ -74,17 +74,17 @@ pub(crate) fn client_of_counter<'a>(head: &str, counter: &'a str) -> Option<&'a 
 }
 
 /// Writes the counter of `limit` under `client_key` to `out` (cleared
-/// first): `:60:fixed` (on Redis's clock), `:60` (the fixed window on the
-/// app's clock), `:60:sliding`, `:60:gcra`.
+/// first): `:60:fixed`, `:60:sliding`, `:60:gcra`, and on the app's clock
+/// `:60:fixed:app` and `:60:gcra:app`.
 pub(crate) fn counter_key(client_key: &str, limit: &Limit, script: Script, out: &mut String) {
-    // The fixed window on Redis's clock is a plain integer; the unsuffixed
-    // name holds the hash of the window on the app's clock (and of versions
-    // before 0.2, which kept that shape for both clocks).
+    // On the app's clock the fixed window and GCRA keep counters of another
+    // shape (times of that clock): `:app` keeps them apart.
     let suffix = match script {
         Script::FixedWindow => ":fixed",
-        Script::FixedWindowAppClock => "",
+        Script::FixedWindowAppClock => ":fixed:app",
         Script::SlidingWindow => ":sliding",
         Script::Gcra => ":gcra",
+        Script::GcraAppClock => ":gcra:app",
     };
     out.clear();
     out.push_str(client_key);
@@ -111,9 +111,10 @@ mod tests {
         let mut counter = String::new();
         for (script, expected) in [
             (Script::FixedWindow, ":60:fixed"),
-            (Script::FixedWindowAppClock, ":60"),
+            (Script::FixedWindowAppClock, ":60:fixed:app"),
             (Script::SlidingWindow, ":60:sliding"),
             (Script::Gcra, ":60:gcra"),
+            (Script::GcraAppClock, ":60:gcra:app"),
         ] {
             counter_key(&client, &limit, script, &mut counter);
             assert_eq!(counter, format!("{client}{expected}"));

@@ -624,32 +624,39 @@ async fn a_caller_behind_the_window_waits_on_its_own_clock() {
 }
 
 /// A counter whose TTL was removed (PERSIST, a restore) gets one back from
-/// the next request, allowed or denied, with every algorithm.
+/// the next request, allowed or denied, with every algorithm on either
+/// clock. On Redis's clock a GCRA key's expiry is its clock: without it the
+/// TAT is unknown, so it is read as a full bucket (the strictest reading,
+/// for at most one tolerance) rather than an empty one.
 #[tokio::test]
 async fn every_algorithm_gives_a_persisted_counter_its_ttl_back() {
     let redis = redis().await;
     for algorithm in ALGORITHMS {
-        let client = format!("{}{{k}}", unique_prefix());
-        let three = limits(&["3/m"]);
-        let check = |cost| Charge {
-            cost,
-            ..check(&client, &three, algorithm)
-        };
-        let key = counter_key(&check(1));
-        assert!(redis.check(check(1)).await.unwrap().allowed);
-        persist(&key).await;
-        assert!(
-            redis.check(check(1)).await.unwrap().allowed,
-            "{algorithm:?}"
-        );
-        assert!(pttl(&key).await > 0, "{algorithm:?}: allowed in the window");
-        assert!(redis.check(check(1)).await.unwrap().allowed);
-        persist(&key).await;
-        assert!(
-            !redis.check(check(1)).await.unwrap().allowed,
-            "{algorithm:?}"
-        );
-        assert!(pttl(&key).await > 0, "{algorithm:?}: denied");
+        for app_clock in [false, true] {
+            let client = format!("{}{{k}}", unique_prefix());
+            let three = limits(&["3/m"]);
+            let check = |cost| Charge {
+                cost,
+                now_us: app_clock.then(unix_now_us),
+                ..check(&client, &three, algorithm)
+            };
+            let what = format!("{algorithm:?}, app clock {app_clock}");
+            let key = counter_key(&check(1));
+            assert!(redis.check(check(1)).await.unwrap().allowed);
+            persist(&key).await;
+            let next = redis.check(check(1)).await.unwrap();
+            assert!(pttl(&key).await > 0, "{what}: after a persist");
+            if algorithm == Algorithm::Gcra && !app_clock {
+                assert!(!next.allowed, "{what}");
+                assert!(next.retry_after.unwrap() <= Duration::from_secs(60));
+                continue;
+            }
+            assert!(next.allowed, "{what}");
+            assert!(redis.check(check(1)).await.unwrap().allowed);
+            persist(&key).await;
+            assert!(!redis.check(check(1)).await.unwrap().allowed, "{what}");
+            assert!(pttl(&key).await > 0, "{what}: denied");
+        }
     }
 }
 
@@ -818,16 +825,19 @@ async fn counter_value(key: &str) -> Option<i64> {
     value.unwrap()
 }
 
-/// The fixed window on Redis's clock (`fixed_window.lua`: the counter's
-/// expiry is the window, no clock is read) against its twin in the memory
-/// store: random costs, refunds and peeks on a few clients under one to
-/// three limits, all within windows of an hour or more, so Redis's time
-/// plays no part but in the time left, which counts down. Every answer
-/// agrees on admission and what remains; Redis's reset is never later than
-/// the twin's (whose time stands still) nor zero; and after every step each
-/// counter in Redis holds a positive count and has an expiry.
+/// The fixed window and GCRA on Redis's clock (`fixed_window.lua`,
+/// `gcra.lua`: each counter's expiry is its clock, no clock is read) against
+/// their twins in the memory store: random costs, refunds and peeks on a few
+/// clients under one to three limits whose windows and emission intervals
+/// are far longer than the test, so Redis's time plays no part but in the
+/// time left, which counts down. Every answer agrees on admission and what
+/// remains; Redis's reset and `Retry-After` are never later than the twin's
+/// (whose time stands still) by more than the millisecond Redis's expiry
+/// counts in, and never zero (but a GCRA reset, where nothing is used); and after every step each counter in Redis
+/// holds a valid value (a positive count; for GCRA the time from its TAT to
+/// its expiry, never negative) and has an expiry.
 #[test]
-fn the_fixed_window_on_redis_clock_decides_as_its_twin() {
+fn the_fixed_window_and_gcra_on_redis_clock_decide_as_their_twins() {
     let runtime = current_thread();
     let limit_sets = [
         limits(&["3/h"]),
@@ -837,16 +847,18 @@ fn the_fixed_window_on_redis_clock_decides_as_its_twin() {
     // (client, cost, what: 0 and 1 check, 2 refund, 3 peek)
     let op = (0usize..3, 1u64..5, 0u8..4);
     let sequence = proptest::collection::vec(op, 1..40);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
     runner
-        .run(&(0usize..3, sequence), |(l, ops)| {
+        .run(&(0usize..2, 0usize..3, sequence), |(a, l, ops)| {
+            let algorithm = [Algorithm::FixedWindow, Algorithm::Gcra][a];
             let limits = &limit_sets[l];
             runtime.block_on(async {
                 let (memory, redis, prefix) = (MemoryStore::new(), redis().await, unique_prefix());
                 let now = Some(unix_now_us());
+                let (ms, zero) = (Duration::from_millis(1), Duration::ZERO);
                 for (client, cost, what) in ops {
                     let key = format!("{prefix}{{k{client}}}");
-                    let on_redis = check(&key, limits, Algorithm::FixedWindow);
+                    let on_redis = check(&key, limits, algorithm);
                     let charge = Charge { cost, ..on_redis };
                     let on_memory = Charge {
                         now_us: now,
@@ -860,23 +872,23 @@ fn the_fixed_window_on_redis_clock_decides_as_its_twin() {
                                 |d: &Decision| (d.allowed, d.remaining, d.limit, d.window);
                             assert_eq!(figures(&m), figures(&r), "{key} cost {cost}");
                             assert!(
-                                r.reset_after > Duration::ZERO && r.reset_after <= m.reset_after
+                                r.reset_after <= m.reset_after + ms
+                                    && (r.reset_after > zero || algorithm == Algorithm::Gcra),
+                                "{key} cost {cost}: {m:?} {r:?}"
                             );
-                            assert_eq!(r.retry_after, r.retry_after.and(Some(r.reset_after)));
-                            assert_eq!(m.retry_after.is_some(), r.retry_after.is_some());
+                            match (m.retry_after, r.retry_after) {
+                                (None, None) => {}
+                                (Some(m), Some(r)) => assert!(r > zero && r <= m + ms),
+                                other => panic!("{key}: Retry-After {other:?}"),
+                            }
                         }
                         2 => {
                             memory.refund(on_memory).await.unwrap();
                             redis.refund(charge).await.unwrap();
                         }
                         _ => {
-                            let m = memory
-                                .peek(&key, limits, Algorithm::FixedWindow, now)
-                                .unwrap();
-                            let r = redis
-                                .peek(&key, limits, Algorithm::FixedWindow, None)
-                                .await
-                                .unwrap();
+                            let m = memory.peek(&key, limits, algorithm, now).unwrap();
+                            let r = redis.peek(&key, limits, algorithm, None).await.unwrap();
                             let used = |s: &[LimitState]| -> Vec<(u64, u64)> {
                                 s.iter().map(|s| (s.remaining, s.used)).collect()
                             };
@@ -886,8 +898,9 @@ fn the_fixed_window_on_redis_clock_decides_as_its_twin() {
                     for limit in limits {
                         let mut counter = String::new();
                         on_redis.counter_key(limit, &mut counter);
-                        if let Some(count) = counter_value(&counter).await {
-                            assert!(count > 0, "{counter} holds {count}");
+                        if let Some(value) = counter_value(&counter).await {
+                            let least = i64::from(algorithm == Algorithm::FixedWindow);
+                            assert!(value >= least, "{counter} holds {value}");
                             assert!(pttl(&counter).await > 0, "{counter} has no expiry");
                         }
                     }
@@ -942,4 +955,35 @@ async fn a_denied_request_leaves_no_counter_behind_on_redis_clock() {
     for key in &keys {
         assert_eq!(counter_value(key).await, None, "{key}");
     }
+}
+
+/// On Redis's clock the sliding window counts in the window Redis's own
+/// `TIME` is in (a caller's time is never sent): the counter's window index
+/// is Redis's time over the window, read before and after the check.
+#[tokio::test]
+async fn the_sliding_window_on_redis_clock_counts_in_redis_s_current_window() {
+    let redis = redis().await;
+    let client = format!("{}{{k}}", unique_prefix());
+    let second = limits(&["5/s"]);
+    let charge = check(&client, &second, Algorithm::SlidingWindow);
+    let index_now = || async {
+        let (secs, _): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut inspect())
+            .await
+            .unwrap();
+        secs
+    };
+    let before = index_now().await;
+    assert!(redis.check(charge).await.unwrap().allowed);
+    let after = index_now().await;
+    let w: u64 = redis::cmd("HGET")
+        .arg(counter_key(&charge))
+        .arg("w")
+        .query_async(&mut inspect())
+        .await
+        .unwrap();
+    assert!(
+        (before..=after).contains(&w),
+        "{w} not in {before}..={after}"
+    );
 }

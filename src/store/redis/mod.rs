@@ -32,7 +32,7 @@ const SCRIPT_COMMANDS: &str = "PING, HELLO, SELECT (for a database other than 0)
      and HINCRBY";
 
 /// One script per algorithm, hashed once.
-static SCRIPTS: LazyLock<[redis::Script; 4]> =
+static SCRIPTS: LazyLock<[redis::Script; Script::ALL.len()]> =
     LazyLock::new(|| Script::ALL.map(|script| redis::Script::new(script.source())));
 
 fn loaded(script: Script) -> &'static redis::Script {
@@ -273,7 +273,7 @@ impl RedisStore {
         &self,
         check: &Charge<'_>,
         cost: i64,
-    ) -> Result<impl Future<Output = Result<Vec<i64>, Error>> + Send + 'static, Error> {
+    ) -> Result<impl Future<Output = Result<Reply, Error>> + Send + 'static, Error> {
         let evalsha = Self::evalsha(check, cost)?;
         let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
         Ok(Self::run(
@@ -302,12 +302,8 @@ impl RedisStore {
             check.counter_key(limit, &mut key);
             evalsha.arg(key.as_str());
         }
-        if script.takes_now() {
-            evalsha.arg(check.now_us.map_or(-1, |now| now as i64));
-        }
-        evalsha.arg(cost);
-        for limit in check.limits {
-            evalsha.arg(&script.limit_args(limit)[..]);
+        for arg in script.args(check.now_us, cost, check.limits) {
+            evalsha.arg(arg);
         }
         Ok(evalsha)
     }
@@ -317,7 +313,7 @@ impl RedisStore {
         dropped: Dropped,
         source: &'static str,
         evalsha: redis::Cmd,
-    ) -> Result<Vec<i64>, Error> {
+    ) -> Result<Reply, Error> {
         // A call the policy's timeout abandons, or that fails, may mean the
         // master moved.
         let watch = Watch(Some(&connection));
@@ -350,6 +346,56 @@ impl RedisStore {
 }
 
 /// The verdicts of a script's reply to a check or a peek of `count` limits.
+/// A script's reply: one integer, or an array of at most
+/// [`Reply::CAPACITY`] of them, kept on the stack (no `Vec` per decision).
+#[derive(Clone, Copy)]
+struct Reply {
+    values: [i64; Reply::CAPACITY],
+    len: usize,
+}
+
+impl Reply {
+    /// The largest reply: the sliding window's two numbers and three per
+    /// limit.
+    const CAPACITY: usize = 2 + 3 * MAX_LIMITS;
+}
+
+impl std::ops::Deref for Reply {
+    type Target = [i64];
+
+    fn deref(&self) -> &[i64] {
+        &self.values[..self.len]
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl redis::FromRedisValue for Reply {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let mut reply = Reply {
+            values: [0; Reply::CAPACITY],
+            len: 0,
+        };
+        let one = std::slice::from_ref(&value);
+        let items = match &value {
+            redis::Value::Array(items) => items.as_slice(),
+            _ => one,
+        };
+        if items.len() > Reply::CAPACITY {
+            return Err(format!("a reply of {} values", items.len()).into());
+        }
+        for (slot, item) in reply.values.iter_mut().zip(items) {
+            *slot = i64::from_redis_value_ref(item)?;
+        }
+        reply.len = items.len();
+        Ok(reply)
+    }
+}
+
 /// Each limit's verdict on `check` at `cost` from its script's reply.
 fn verdicts(
     check: &Charge<'_>,
