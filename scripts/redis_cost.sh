@@ -26,7 +26,8 @@
 # time Redis spent executing the calls, not the network or the client's.
 # It prints a Markdown table of those and their ratio to the baseline.
 #
-# Keys follow the crate's layout, rl:p:{<client>}:<window s>:fixed|sliding|gcra.
+# Keys follow the crate's layout, rl:p:{<client>}:<window s>:fixed|sliding|gcra
+# (and the sliding window's <counter>:prev).
 # redis-benchmark replaces every __rand_int__ with its own random value, even
 # within one argument (checked at start-up and reported), so with several
 # limits each key of a call belongs to a different random client: in a
@@ -163,15 +164,22 @@ evalsha_args() {
         echo "1 rl:p:{$client}:60 1 60000"
         return
     fi
-    args="$n"
-    for ((i = 0; i < n; i++)); do args+=" rl:p:{$client}:${windows_s[i]}$(suffix "$algorithm")"; done
-    # As Script::args on Redis's clock: the fixed window and GCRA read no
-    # clock; the sliding window -1 (Redis TIME). GCRA takes no cost but, per
-    # limit, the cost times the emission interval and the tolerance (burst =
+    # As RedisStore::evalsha on Redis's clock: the sliding window names two
+    # keys per limit, its counter and the previous count (<counter>:prev).
+    local per=1 key
+    [[ $algorithm == sliding_window ]] && per=2
+    args="$((per * n))"
+    for ((i = 0; i < n; i++)); do
+        key="rl:p:{$client}:${windows_s[i]}$(suffix "$algorithm")"
+        args+=" $key"
+        ((per == 2)) && args+=" $key:prev"
+    done
+    # As Script::args on Redis's clock: no script reads a clock. The fixed
+    # and sliding windows take the cost; GCRA takes no cost but, per limit,
+    # the cost times the emission interval and the tolerance (burst =
     # limit), in µs.
     case $algorithm in
-    fixed_window) args+=" 1" ;;
-    sliding_window) args+=" -1 1" ;;
+    fixed_window | sliding_window) args+=" 1" ;;
     esac
     for ((i = 0; i < n; i++)); do
         local window_ms=$((windows_s[i] * 1000))
@@ -199,10 +207,25 @@ check_first() {
             BEGIN { split(windows, w, " ") }
             { span = w[NR] * 1000 + 1; if (int($1 / span) > limit) over = 1 }
             END { print over ? 0 : 1 }' ;;
+    sliding_window)
+        # Per limit the count and previous count as found and the ms left:
+        # admitted while every p × left + (c + 1) × window <= limit × window.
+        echo "$reply" | awk -v limit="$limit" -v windows="${windows_s[*]}" '
+            BEGIN { split(windows, w, " ") }
+            { v[NR] = $1 }
+            END {
+                for (i = 1; 3 * i <= NR; i++) {
+                    ms = w[i] * 1000
+                    if (v[3 * i - 1] * v[3 * i] + (v[3 * i - 2] + 1) * ms > limit * ms) over = 1
+                }
+                print over ? 0 : 1
+            }' ;;
     gcra)
         # Per limit how far the TAT lay ahead, negative for a denial.
         echo "$reply" | awk '$1 < 0 { over = 1 } END { print over ? 0 : 1 }' ;;
-    *) echo "$reply" | head -1 ;;
+    *)
+        # The baseline: the count, 1 on a key's first call.
+        echo "$reply" | head -1 ;;
     esac
 }
 cli FLUSHALL >/dev/null
@@ -277,7 +300,7 @@ printf '%s\n' "${rows[@]}"
 cat <<EOF
 
 - allowed: a limit of 1000000000 per window, every call allowed; denied: 1 per 60000 ms, every call after a key's first denied.
-- Windows of the limits, in order: ${windows_s[*]} s; each limit's burst = its limit; Redis's clock (the sliding window's ARGV[1] = -1; the fixed window and GCRA read no clock).
+- Windows of the limits, in order: ${windows_s[*]} s; each limit's burst = its limit; Redis's clock (no script reads a clock; the sliding window names two keys per limit).
 - Command line (fixed_window, 2 limits; the others differ in the sha, the keys' suffix and the limits):
   \`$REDIS_BENCHMARK -p <port> -c $CLIENTS -n $REQUESTS -r $KEYS_SPACE -q EVALSHA $sample_sha $sample_args\`
 - Minimal baseline: \`$REDIS_BENCHMARK -p <port> -c $CLIENTS -n $REQUESTS -r $KEYS_SPACE -q EVALSHA <sha> $(evalsha_args baseline 1 0 __rand_int__)\`, script: \`$baseline_src\`

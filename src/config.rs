@@ -100,13 +100,15 @@ impl Default for OnMissingKey {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Clock {
-    /// The store's: Redis `TIME`, read inside the script, so every app
-    /// server counts on one clock whatever their own drift.
+    /// The store's: each counter's Redis expiry is its clock, so every app
+    /// server counts on one clock whatever their own drift, and no script
+    /// reads `TIME`.
     #[default]
     Store,
-    /// The application's system clock, sent with each call: for managed
-    /// Redis offerings that refuse `TIME` in scripts. App servers' clocks
-    /// must then agree (NTP); skew between them shifts windows by as much.
+    /// The application's system clock, sent with each call, for
+    /// deployments that want windows on the app servers' time. Their
+    /// clocks must then agree (NTP); skew between them shifts windows by as
+    /// much, and never lifts a limit.
     App,
 }
 

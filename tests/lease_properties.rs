@@ -20,9 +20,10 @@
 //! Windows are placed by the clock (Redis runs on this machine, on the same
 //! clock), never by what the limiter says of them: a request sent at
 //! `before` and answered at `after` was decided in the window that ran all
-//! that time. Sliding windows are the epoch's; a fixed window runs for its
-//! length up to its counter's expiry, which the test reads from Redis
-//! (`PEXPIRETIME`) after every request. A request that straddles a
+//! that time. A window is named by its counter's expiry, which the test
+//! reads from Redis (`PEXPIRETIME`) after every request: a fixed window runs
+//! for its length up to it, a sliding window's counter expires one window
+//! after its window ends. A request that straddles a
 //! boundary is left out of the counts (rare: a request takes about a
 //! millisecond, a window a second or two); an admission in no window at all
 //! fails the test.
@@ -192,22 +193,20 @@ impl Case {
         format!("{client}:{}:{kind}", self.window_s)
     }
 
-    /// The window of a request: the sliding window's index, or the fixed
-    /// window's end (ms, as `PEXPIRETIME` gave it), among `ends` seen.
+    /// The window of a request, named by its counter's expiry (ms, as
+    /// `PEXPIRETIME` gave it) among `ends` seen.
     fn place(&self, seen: &Seen, ends: &[u64]) -> Placed {
         let w = self.window_us();
-        if self.algorithm == Algorithm::SlidingWindow {
-            return match seen.before / w == seen.after / w {
-                true => Placed::In(seen.before / w),
-                false => Placed::Straddling,
-            };
-        }
-        // A counter expiring at `end` (ms) was opened in the millisecond
-        // `end − window` and expires once Redis's clock, in whole ms, is past
-        // `end`: it runs over [end − window, end + 1 ms). Those that overlap
-        // the request:
-        let start = |end: u64| end * 1000 - w;
-        let stop = |end: u64| (end + 1) * 1000;
+        // A fixed window's counter expiring at `end` (ms) was opened in the
+        // millisecond `end − window` and expires once Redis's clock, in
+        // whole ms, is past `end`: it runs over [end − window, end + 1 ms).
+        // A sliding window's counter outlives its window by one more.
+        let after = match self.algorithm {
+            Algorithm::SlidingWindow => w,
+            _ => 0,
+        };
+        let start = |end: u64| end * 1000 - w - after;
+        let stop = |end: u64| (end + 1) * 1000 - after;
         let overlapping: Vec<u64> = ends
             .iter()
             .copied()
@@ -239,7 +238,7 @@ impl Case {
         }
         let mut conn = RedisServer::shared().connection().await;
         let mut seen: Vec<Seen> = Vec::new();
-        // Per agent, the fixed windows' ends seen.
+        // Per agent, the counters' expiries seen.
         let mut ends: [Vec<u64>; AGENTS.len()] = Default::default();
         let mut crashes = 0u64;
         for op in &self.ops {
@@ -259,17 +258,15 @@ impl Case {
                         before,
                         after,
                     });
-                    if self.algorithm == Algorithm::FixedWindow {
-                        let end: i64 = redis::cmd("PEXPIRETIME")
-                            .arg(self.counter(&policy, agent))
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap();
-                        if let Ok(end) = u64::try_from(end)
-                            && !ends[agent].contains(&end)
-                        {
-                            ends[agent].push(end);
-                        }
+                    let end: i64 = redis::cmd("PEXPIRETIME")
+                        .arg(self.counter(&policy, agent))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    if let Ok(end) = u64::try_from(end)
+                        && !ends[agent].contains(&end)
+                    {
+                        ends[agent].push(end);
                     }
                 }
                 Op::Idle(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -295,11 +292,14 @@ impl Case {
         for (agent, ends) in ends.iter().enumerate() {
             let mine: Vec<Seen> = seen.iter().copied().filter(|s| s.agent == agent).collect();
             let mut admitted: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut straddling = 0;
+            let (mut straddling, mut straddling_units) = (0, 0);
             for s in mine.iter().filter(|s| s.allowed) {
                 match self.place(s, ends) {
                     Placed::In(window) => *admitted.entry(window).or_default() += s.cost,
-                    Placed::Straddling => straddling += 1,
+                    Placed::Straddling => {
+                        straddling += 1;
+                        straddling_units += s.cost;
+                    }
                     Placed::Nowhere => {
                         return Err(TestCaseError::fail(format!(
                             "admitted while no window ran: {s:?}, windows ending {ends:?}"
@@ -327,9 +327,14 @@ impl Case {
                 };
                 let (mut before, slack) = (admitted.get(&window).copied().unwrap_or(0), held);
                 let slack = match self.algorithm {
-                    // The previous window counts too, weighted by at most 1.
+                    // The previous window counts too, weighted by at most 1:
+                    // its counter expired a window earlier (to the ms).
                     Algorithm::SlidingWindow => {
-                        before += admitted.get(&(window - 1)).copied().unwrap_or(0);
+                        let previous = window - self.window_s * 1000;
+                        before += admitted
+                            .range(previous - 1..=previous + 1)
+                            .map(|(_, &n)| n)
+                            .sum::<u64>();
                         2 * slack
                     }
                     _ => slack,
@@ -343,18 +348,21 @@ impl Case {
                 );
             }
             // After every release, the window still running holds what it
-            // admitted, plus at most what crashed servers stranded.
-            let stranded = crashes * 2 * self.max_slice;
+            // admitted, plus at most what crashed servers stranded and what
+            // admissions placed in no one window (they straddled its start)
+            // took.
+            let stranded = crashes * 2 * self.max_slice + straddling_units;
             let counted = self.counted(&policy, agent, &mut conn).await;
             if let Some((window, count)) = counted {
                 let admitted = admitted.get(&window).copied().unwrap_or(0);
                 prop_assert!(
                     admitted <= count && count <= admitted + stranded,
-                    "window {}: counted {}, admitted {}, {} crashes",
+                    "window {}: counted {}, admitted {}, {} crashes, {} units straddling",
                     window,
                     count,
                     admitted,
-                    crashes
+                    crashes,
+                    straddling_units
                 );
             }
         }
@@ -369,29 +377,24 @@ impl Case {
         conn: &mut redis::aio::MultiplexedConnection,
     ) -> Option<(u64, u64)> {
         let key = self.counter(policy, agent);
-        match self.algorithm {
-            Algorithm::SlidingWindow => {
-                let (w, c): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg("w")
-                    .arg("c")
-                    .query_async(conn)
-                    .await
-                    .unwrap();
-                Some((w?, c?))
-            }
-            _ => {
-                let (count, end): (Option<u64>, i64) = redis::pipe()
-                    .cmd("GET")
-                    .arg(&key)
-                    .cmd("PEXPIRETIME")
-                    .arg(&key)
-                    .query_async(conn)
-                    .await
-                    .unwrap();
-                Some((u64::try_from(end).ok()?, count?))
-            }
-        }
+        let (count, end, ttl): (Option<u64>, i64, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(&key)
+            .cmd("PEXPIRETIME")
+            .arg(&key)
+            .cmd("PTTL")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .unwrap();
+        // A sliding window's counter past its window holds the previous
+        // count: no window of it still runs.
+        let running = match self.algorithm {
+            Algorithm::SlidingWindow => ttl > (self.window_s * 1000) as i64,
+            _ => true,
+        };
+        running.then_some(())?;
+        Some((u64::try_from(end).ok()?, count?))
     }
 }
 

@@ -13,7 +13,7 @@
 //! | algorithm | state per limit | worst case over-admission |
 //! |---|---|---|
 //! | [`FixedWindow`](Algorithm::FixedWindow) | one integer whose expiry is the window (on the app's clock: a 2-field hash) | `2 × limit` within moments, at a window boundary |
-//! | [`SlidingWindow`](Algorithm::SlidingWindow) | a 3-field hash | `2 × limit` in one window's length, only when bunched at the ends of two windows; about `limit` across a boundary |
+//! | [`SlidingWindow`](Algorithm::SlidingWindow) | two integers whose expiries are the windows (on the app's clock: a 3-field hash) | `2 × limit` in one window's length, only when bunched at the ends of two windows; about `limit` across a boundary |
 //! | [`Gcra`](Algorithm::Gcra) | one integer | none: at most `burst + t / T` in any span `t`, `T = window / limit` |
 //!
 //! An exact sliding log is not offered: it costs memory in proportion to the
@@ -41,8 +41,9 @@ pub enum Algorithm {
     #[default]
     #[serde(alias = "fixed")]
     FixedWindow,
-    /// Windows aligned to the epoch; the previous window's count, weighted
-    /// by its overlap with a window sliding back from now, counts too.
+    /// Windows follow on from a key's first request; the previous window's
+    /// count, weighted by its overlap with a window sliding back from now,
+    /// counts too.
     #[serde(alias = "sliding")]
     SlidingWindow,
     /// A token bucket of `burst` requests refilled at the rate, stored as one
@@ -86,7 +87,7 @@ impl Algorithm {
     ) -> Option<Entry> {
         match self {
             Self::FixedWindow => fixed_window::refund(entry, cost),
-            Self::SlidingWindow => sliding_window::refund(entry, cost),
+            Self::SlidingWindow => sliding_window::refund(entry, now_us, limit, cost),
             Self::Gcra => gcra::refund(entry, now_us, limit, cost),
         }
     }
@@ -127,27 +128,29 @@ impl std::str::FromStr for Algorithm {
 
 /// One of the Lua scripts Redis runs: an algorithm's, on whose clock.
 ///
-/// On Redis's clock the fixed window and GCRA read no clock at all: each
-/// counter's own Redis expiry is the clock (the fixed window's counter
-/// expires with its window; a GCRA key holds its TAT as the time to its
-/// expiry), so their scripts are about the least any such limiter can do.
-/// On the app's clock they store times of that clock instead, under keys of
-/// their own (see [`crate::key`]'s layout), so that switching clocks never
-/// misreads a counter. The sliding window's one script takes either clock.
+/// On Redis's clock no script reads a clock at all: each counter's own
+/// Redis expiry is the clock (the fixed window's counter expires with its
+/// window, the sliding window's one window later; a GCRA key holds its TAT
+/// as the time to its expiry), so their scripts are about the least any
+/// such limiter can do. On the app's clock they store times of that clock
+/// instead, under keys of their own (see [`crate::key`]'s layout), so that
+/// switching clocks never misreads a counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Script {
     FixedWindow,
     FixedWindowAppClock,
     SlidingWindow,
+    SlidingWindowAppClock,
     Gcra,
     GcraAppClock,
 }
 
 impl Script {
-    pub(crate) const ALL: [Script; 5] = [
+    pub(crate) const ALL: [Script; 6] = [
         Self::FixedWindow,
         Self::FixedWindowAppClock,
         Self::SlidingWindow,
+        Self::SlidingWindowAppClock,
         Self::Gcra,
         Self::GcraAppClock,
     ];
@@ -157,7 +160,8 @@ impl Script {
         match (algorithm, app_clock) {
             (Algorithm::FixedWindow, false) => Self::FixedWindow,
             (Algorithm::FixedWindow, true) => Self::FixedWindowAppClock,
-            (Algorithm::SlidingWindow, _) => Self::SlidingWindow,
+            (Algorithm::SlidingWindow, false) => Self::SlidingWindow,
+            (Algorithm::SlidingWindow, true) => Self::SlidingWindowAppClock,
             (Algorithm::Gcra, false) => Self::Gcra,
             (Algorithm::Gcra, true) => Self::GcraAppClock,
         }
@@ -169,6 +173,7 @@ impl Script {
             Self::FixedWindow => include_str!("fixed_window.lua"),
             Self::FixedWindowAppClock => include_str!("fixed_window_app_clock.lua"),
             Self::SlidingWindow => include_str!("sliding_window.lua"),
+            Self::SlidingWindowAppClock => include_str!("sliding_window_app_clock.lua"),
             Self::Gcra => include_str!("gcra.lua"),
             Self::GcraAppClock => include_str!("gcra_app_clock.lua"),
         }
@@ -185,8 +190,8 @@ impl Script {
     ) -> impl Iterator<Item = i64> + '_ {
         let now = now_us.map_or(-1, |now| now as i64);
         let (head, len) = match self {
-            Self::FixedWindow => ([cost, 0], 1),
-            Self::FixedWindowAppClock | Self::SlidingWindow => ([now, cost], 2),
+            Self::FixedWindow | Self::SlidingWindow => ([cost, 0], 1),
+            Self::FixedWindowAppClock | Self::SlidingWindowAppClock => ([now, cost], 2),
             Self::Gcra => ([0, 0], 0),
             Self::GcraAppClock => ([now, 0], 1),
         };
@@ -240,23 +245,18 @@ impl Script {
                     *slot = Some(fixed_window::decide(Some(entry), 0, limit, cost).0);
                 }
             }
-            Self::SlidingWindow => {
-                // {admitted, now (ms), then per limit w (-1: none), c, p}.
-                (reply.len() == 3 * n + 2).then_some(())?;
-                let now_us = at(1)?.checked_mul(1000)?;
+            Self::SlidingWindow | Self::SlidingWindowAppClock => {
+                // Per limit the count and the previous count as found and
+                // the ms left in the window: decided at a time 0 at which
+                // the window ends then.
+                (reply.len() == 3 * n).then_some(())?;
                 for (i, (slot, limit)) in slots {
-                    let o = 3 * i + 2;
-                    let entry = match reply[o] {
-                        -1 => None,
-                        _ => Some(Entry {
-                            value: [at(o)?, at(o + 1)?, at(o + 2)?],
-                            expires_at_ms: u64::MAX,
-                        }),
+                    let entry = Entry {
+                        value: [at(3 * i)?, at(3 * i + 1)?, 0],
+                        expires_at_ms: at(3 * i + 2)?.checked_add(limit.rate.window_ms())?,
                     };
-                    *slot = Some(sliding_window::decide(entry, now_us, limit, cost).0);
+                    *slot = Some(sliding_window::decide(Some(entry), 0, limit, cost).0);
                 }
-                let all = verdicts.iter().flatten().all(|v| v.allowed);
-                return (all == (reply[0] == 1)).then_some(verdicts);
             }
             Self::Gcra | Self::GcraAppClock => {
                 // Per limit how far the TAT lay ahead of now, −1 − that for a
@@ -622,15 +622,20 @@ mod tests {
     #[test]
     fn sliding_window_weights_the_previous_window() {
         let (limit, mut entry) = (Limit::new(Rate::per_second(10)), None);
+        // The first request opens a window, [0.9 s, 1.9 s).
         assert!(run(Algorithm::SlidingWindow, &mut entry, 900, limit, 10).allowed);
-        // At 1.5 s half of the previous window's 10 still count.
-        let v = run(Algorithm::SlidingWindow, &mut entry, 1500, limit, 5);
+        assert!(!run(Algorithm::SlidingWindow, &mut entry, 1899, limit, 1).allowed);
+        // Half way through the next one, half of its 10 still count.
+        let v = run(Algorithm::SlidingWindow, &mut entry, 2400, limit, 5);
         assert_eq!((v.allowed, v.remaining), (true, 0));
-        let denied = run(Algorithm::SlidingWindow, &mut entry, 1500, limit, 1);
+        let denied = run(Algorithm::SlidingWindow, &mut entry, 2400, limit, 1);
         assert!(!denied.allowed);
         // 10 × (1000 − e)/1000 + 5 + 1 ≤ 10 from e = 600 ms: 100 ms from now.
         assert_eq!(denied.retry_us, 100_000);
-        assert!(run(Algorithm::SlidingWindow, &mut entry, 1600, limit, 1).allowed);
+        assert!(run(Algorithm::SlidingWindow, &mut entry, 2500, limit, 1).allowed);
+        // Two windows on, neither count matters.
+        let fresh = run(Algorithm::SlidingWindow, &mut entry, 3900, limit, 10);
+        assert_eq!((fresh.allowed, fresh.remaining), (true, 0));
     }
 
     #[test]

@@ -1,72 +1,84 @@
--- Sliding window counter. Windows are aligned to the epoch; the count of the
--- previous window is weighted by how much of it still overlaps the sliding
--- window. The key is a hash: w = window index, c = its count, p = the
--- previous window's count. All arithmetic is on integers below 2^53, so
--- Lua's doubles and the Rust twin's u64 agree exactly.
--- KEYS: one counter per limit. ARGV[1]: now in microseconds since the Unix
--- epoch, or -1 to read Redis's clock. ARGV[2]: cost (0: a peek; negative: a
--- refund). Then per limit: limit, window (ms).
--- Returns {1 if every limit admits the request else 0, now (ms), then per
--- limit w (-1: none), c, p as found}; the app computes the headers from them.
-local now = tonumber(ARGV[1])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = t[1] * 1000 + math.floor(t[2] / 1000)
-else
-  now = math.floor(now / 1000)
-end
-local cost = tonumber(ARGV[2])
+-- Sliding window counter on Redis's own clock: the count of the current
+-- window, plus the previous window's count weighted by how much of it a
+-- window sliding back from now still covers. No clock is read: each limit
+-- has two plain integers, and Redis's expiries are the clock.
+--   the counter: the current window's count; it expires one window after
+--     its window ends, so that it still serves as the previous count then;
+--   the previous count: written when the counter rolls over into a new
+--     window, expiring with that window.
+-- With the counter's PTTL t: t > window, its own window, which ends in
+-- t − window ms; 0 ≤ t ≤ window, its window ended and its count is the
+-- previous one of the window ending in t ms (rolled over when a request is
+-- admitted there); −1, a new counter (or one that lost its expiry, read as
+-- counting in full in a new window). Counts stay below 2^53: limit × window
+-- < 2^51.
+-- KEYS: per limit the counter and the previous count. ARGV[1]: cost (0: a
+-- peek; negative: a refund). Then per limit: limit, window (ms).
+-- Returns per limit the count and the previous count as found, without this
+-- cost, and the ms left in the current window; the twin decides over them.
+-- A request that one limit denies is taken back from every limit.
+local cost = tonumber(ARGV[1])
+local n = #KEYS / 2
 if cost < 0 then
-  for i = 1, #KEYS do
-    local stored = redis.call('HMGET', KEYS[i], 'w', 'c')
-    local w, c = tonumber(stored[1]), tonumber(stored[2])
-    -- From the newest window while its counts still matter; a refund that
-    -- crosses a boundary gives back in the newer window, never more.
-    if w and c and c > 0 and (w + 2) * tonumber(ARGV[2 * i + 2]) > now then
-      redis.call('HINCRBY', KEYS[i], 'c', -math.min(-cost, c))
+  for i = 1, n do
+    local key = KEYS[2 * i - 1]
+    local ttl = redis.call('PTTL', key)
+    -- Only in the counter's own window: once it ended, its count is the
+    -- previous one, and stays.
+    if ttl > tonumber(ARGV[2 * i + 1]) or ttl == -1 then
+      local count = tonumber(redis.call('GET', key))
+      if count > 0 then redis.call('DECRBY', key, math.min(count, -cost)) end
     end
   end
-  return {1}
+  return 1
 end
-local out, opens = {1, now}, {}
-for i = 1, #KEYS do
-  local key, window = KEYS[i], tonumber(ARGV[2 * i + 2])
-  local stored = redis.call('HMGET', key, 'w', 'c', 'p')
-  local w, c, p = tonumber(stored[1]), tonumber(stored[2]) or 0, tonumber(stored[3]) or 0
-  out[3 * i], out[3 * i + 1], out[3 * i + 2] = w or -1, c, p
-  if w and redis.call('PTTL', key) == -1 then
-    -- A counter that lost its expiry gets one, even on a denial.
-    redis.call('PEXPIRE', key, 2 * window)
-  end
-  -- A caller whose clock is behind the one that opened window w counts in
-  -- w, at its start: a newer window is never reset by an older clock.
-  local at = now
-  if w and w * window > now then at = w * window end
-  local index = math.floor(at / window)
-  if w ~= index then
-    if w == index - 1 then p = c else p = 0 end
-    c = 0
-    opens[i] = index
-  end
-  if p * (window - at + index * window) + (c + cost) * window > tonumber(ARGV[2 * i + 1]) * window then
-    out[1] = 0
-  end
-end
-if out[1] == 0 or cost == 0 then return out end
-for i = 1, #KEYS do
-  local index = opens[i]
-  if index then
-    local window = tonumber(ARGV[2 * i + 2])
-    local w, c = out[3 * i], out[3 * i + 1]
-    local p = 0
-    if w == index - 1 then p = c end
-    redis.call('HSET', KEYS[i], 'w', index, 'c', cost, 'p', p)
-    -- Two windows on, neither count matters any more. Relative, so that an
-    -- app clock behind Redis's cannot drop the counts early.
-    redis.call('PEXPIRE', KEYS[i], (index + 2) * window - now)
+local out, state, over = {}, {}, false
+for i = 1, n do
+  local key, window = KEYS[2 * i - 1], tonumber(ARGV[2 * i + 1])
+  local count, ttl
+  if cost > 0 then
+    count = redis.call('INCRBY', key, cost) - cost
+    ttl = redis.call('PTTL', key)
   else
-    -- Same window: only its count moves, and the expiry stays.
-    redis.call('HINCRBY', KEYS[i], 'c', cost)
+    count = tonumber(redis.call('GET', key))
+    ttl = count and redis.call('PTTL', key) or -2
+    count = count or 0
+  end
+  local c, p, left = count, 0, window
+  if ttl > window then
+    left = ttl - window
+    p = tonumber(redis.call('GET', KEYS[2 * i])) or 0
+  elseif ttl >= 0 then
+    -- Under a millisecond left counts as one: never an early reset.
+    c, p, left = 0, count, math.max(ttl, 1)
+  else
+    -- New (count 0; none, for a peek), or it lost its expiry: it gets one
+    -- now, even on a denial, and so does a previous count it may have kept.
+    p = tonumber(redis.call('GET', KEYS[2 * i])) or 0
+    if count > 0 then redis.call('PEXPIRE', key, 2 * window) end
+    if p > 0 then redis.call('PEXPIRE', KEYS[2 * i], window) end
+  end
+  state[i] = ttl
+  if p * left + (c + cost) * window > tonumber(ARGV[2 * i]) * window then over = true end
+  out[3 * i - 2], out[3 * i - 1], out[3 * i] = c, p, left
+end
+if cost == 0 then return out end
+for i = 1, n do
+  local key, ttl, window = KEYS[2 * i - 1], state[i], tonumber(ARGV[2 * i + 1])
+  if over then
+    -- Taken back: a counter this call created goes, others move back.
+    if ttl == -1 and out[3 * i - 2] == 0 then
+      redis.call('DEL', key)
+    else
+      redis.call('DECRBY', key, cost)
+    end
+  elseif ttl == -1 then
+    if out[3 * i - 2] == 0 then redis.call('PEXPIRE', key, 2 * window) end
+  elseif ttl <= window then
+    -- The first admitted request of a new window rolls the counter over.
+    local left = out[3 * i]
+    redis.call('PSETEX', KEYS[2 * i], left, out[3 * i - 1])
+    redis.call('PSETEX', key, left + window, cost)
   end
 end
 return out

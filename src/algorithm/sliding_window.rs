@@ -1,18 +1,21 @@
-//! Sliding window counter: the twin of `sliding_window.lua`.
+//! Sliding window counter: the twin of `sliding_window.lua` (two integers
+//! per limit; Redis's expiries are the clock) and of
+//! `sliding_window_app_clock.lua` (the window's end is stored).
 //!
-//! Windows are aligned to the Unix epoch. A request is admitted while
-//! `previous × (overlap of the previous window) + current + cost ≤ limit`,
-//! the weighted approximation of a sliding window. One small hash per key
-//! (window index, current and previous count). Worst case: requests bunched
-//! at the end of two consecutive windows can reach `2 × limit` within one
-//! window's length, but never at a single boundary: a burst of `limit` just
-//! before a boundary leaves almost no room just after it.
+//! A window opens at a key's first request and the next one follows on from
+//! it, as long as the key is used. A request is admitted while `previous ×
+//! (overlap of the previous window) + current + cost ≤ limit`, the weighted
+//! approximation of a sliding window. Worst case: requests bunched at the end
+//! of two consecutive windows can reach `2 × limit` within one window's
+//! length, but never at a single boundary: a burst of `limit` just before a
+//! boundary leaves almost no room just after it.
 
 use super::{Entry, Limit, Verdict};
 
-/// Decides over a counter (`None`: none, or expired). State: `[window
-/// index, count, previous count]`, expiring two windows after the current
-/// one opened. The Redis store calls it too, over the state a script found.
+/// Decides over a counter (`None`: none, or expired). State: `[count,
+/// previous count]`, expiring one window after the current window ends. The
+/// Redis store calls it too, over the counts and the time left that a
+/// script found.
 pub(crate) fn decide(
     entry: Option<Entry>,
     now_us: u64,
@@ -20,31 +23,22 @@ pub(crate) fn decide(
     cost: u64,
 ) -> (Verdict, Option<Entry>) {
     let (limit, window) = (limit.rate.limit(), limit.rate.window_ms());
-    let stored = entry.map(|e| e.value);
-    // A caller whose clock is behind the one that opened the stored window
-    // counts in that window, at its start, and waits the difference too: a
-    // newer window is never reset by an older clock.
-    let behind = stored.map_or(0, |[w, ..]| (w * window).saturating_sub(now_us / 1000));
-    let now = now_us / 1000 + behind;
-    let index = now / window;
-    let elapsed = now - index * window;
-    let (mut c, mut p) = (0, 0);
-    if let Some([w, count, previous]) = stored {
-        if w == index {
-            (c, p) = (count, previous);
-        } else if w + 1 == index {
-            (c, p) = (0, count);
-        }
-    }
+    let now = now_us / 1000;
+    let (c, p, end) = window_at(entry, now, window);
+    // A caller whose clock is behind the one that opened the window counts
+    // at its start, and waits the difference too: a newer window is never
+    // reset by an older clock.
+    let behind = (end - now).saturating_sub(window);
+    let elapsed = window - (end - now - behind);
     let weight = window - elapsed;
     let used = p * weight + c * window;
     let capacity = limit * window;
-    let full_reset = (index + 2) * window - now;
+    let full_reset = 2 * window - elapsed;
     if used + cost * window <= capacity {
         let remaining = (capacity - used - cost * window) / window;
         let state = Entry {
-            value: [index, c + cost, p],
-            expires_at_ms: (index + 2) * window,
+            value: [c + cost, p, 0],
+            expires_at_ms: end + window,
         };
         return (
             Verdict::allowed(remaining, (full_reset + behind) * 1000),
@@ -63,8 +57,8 @@ pub(crate) fn decide(
         .filter(|&at| at < window)
         .map(|at| at - elapsed);
     let retry = in_this_window.unwrap_or_else(|| {
-        // Signed, floored like Lua's `math.floor`: a cost above the limit
-        // (never admitted) makes `limit - cost` negative.
+        // Signed, floored: a cost above the limit (never admitted) makes
+        // `limit - cost` negative.
         let at = match c {
             0 => 0,
             c => {
@@ -79,9 +73,29 @@ pub(crate) fn decide(
     (Verdict::denied(remaining, reset, retry), None)
 }
 
-/// The script's `refund` over a live counter: given back in the newest
-/// window, never below zero.
-pub(crate) fn refund(mut entry: Entry, cost: u64) -> Option<Entry> {
-    entry.value[1] -= cost.min(entry.value[1]);
+/// The current window's count, the previous window's and when the current
+/// window ends, at `now`: a counter whose window has ended holds the
+/// previous count of the window after it.
+fn window_at(entry: Option<Entry>, now: u64, window: u64) -> (u64, u64, u64) {
+    match entry {
+        Some(e) if e.expires_at_ms > now => {
+            let end = e.expires_at_ms.saturating_sub(window);
+            if end > now {
+                (e.value[0], e.value[1], end)
+            } else {
+                (0, e.value[0], e.expires_at_ms)
+            }
+        }
+        _ => (0, 0, now + window),
+    }
+}
+
+/// The scripts' `refund` over a live counter: given back in the counter's
+/// own window, never below zero; once that window has ended, its count is
+/// the previous one and stays.
+pub(crate) fn refund(mut entry: Entry, now_us: u64, limit: &Limit, cost: u64) -> Option<Entry> {
+    if entry.expires_at_ms.saturating_sub(limit.rate.window_ms()) > now_us / 1000 {
+        entry.value[0] -= cost.min(entry.value[0]);
+    }
     Some(entry)
 }

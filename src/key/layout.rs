@@ -10,7 +10,9 @@
 //! that every counter of one client lands in one Redis Cluster slot; each
 //! limit then names its counter by its window in seconds and the algorithm
 //! (and `:app` where the app's clock keeps another shape), so that switching
-//! a policy's algorithm or clock never reads state of another shape.
+//! a policy's algorithm or clock never reads state of another shape. The
+//! sliding window on Redis's clock keeps a second integer beside its
+//! counter, the previous window's count, named `<counter>:prev`.
 
 use std::fmt::Write as _;
 
@@ -75,14 +77,15 @@ pub(crate) fn client_of_counter<'a>(head: &str, counter: &'a str) -> Option<&'a 
 
 /// Writes the counter of `limit` under `client_key` to `out` (cleared
 /// first): `:60:fixed`, `:60:sliding`, `:60:gcra`, and on the app's clock
-/// `:60:fixed:app` and `:60:gcra:app`.
+/// `:60:fixed:app`, `:60:sliding:app` and `:60:gcra:app`.
 pub(crate) fn counter_key(client_key: &str, limit: &Limit, script: Script, out: &mut String) {
-    // On the app's clock the fixed window and GCRA keep counters of another
-    // shape (times of that clock): `:app` keeps them apart.
+    // On the app's clock every algorithm keeps counters of another shape
+    // (times of that clock): `:app` keeps them apart.
     let suffix = match script {
         Script::FixedWindow => ":fixed",
         Script::FixedWindowAppClock => ":fixed:app",
         Script::SlidingWindow => ":sliding",
+        Script::SlidingWindowAppClock => ":sliding:app",
         Script::Gcra => ":gcra",
         Script::GcraAppClock => ":gcra:app",
     };
@@ -90,6 +93,17 @@ pub(crate) fn counter_key(client_key: &str, limit: &Limit, script: Script, out: 
     out.push_str(client_key);
     let _ = write!(out, ":{}{suffix}", limit.rate().window().as_secs());
 }
+
+/// Writes the name of the previous window's count that the sliding window
+/// on Redis's clock keeps beside `counter` to `out` (cleared first).
+pub(crate) fn previous_count_key(counter: &str, out: &mut String) {
+    out.clear();
+    out.push_str(counter);
+    out.push_str(PREVIOUS_COUNT);
+}
+
+/// The suffix of [`previous_count_key`].
+const PREVIOUS_COUNT: &str = ":prev";
 
 #[cfg(test)]
 mod tests {
@@ -113,12 +127,16 @@ mod tests {
             (Script::FixedWindow, ":60:fixed"),
             (Script::FixedWindowAppClock, ":60:fixed:app"),
             (Script::SlidingWindow, ":60:sliding"),
+            (Script::SlidingWindowAppClock, ":60:sliding:app"),
             (Script::Gcra, ":60:gcra"),
             (Script::GcraAppClock, ":60:gcra:app"),
         ] {
             counter_key(&client, &limit, script, &mut counter);
             assert_eq!(counter, format!("{client}{expected}"));
         }
+        let mut previous = String::from("stale");
+        previous_count_key(&counter, &mut previous);
+        assert_eq!(previous, format!("{counter}:prev"));
         let missing = client_key(&head, &Key::user(), &parts, &mut client);
         assert_eq!(missing, Err(KeyError::Missing("user".into())));
     }

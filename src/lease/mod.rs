@@ -33,8 +33,8 @@
 //!   costing more than the slice holds asks the store, handing in what is
 //!   left of the slice in the same call: nothing is admitted on credit.
 //! - **A slice ends with its window**, measured from when it was asked for:
-//!   the store says how long its window still runs (the counter's `PTTL`,
-//!   or the time to the sliding window's end), and the app server stops
+//!   the store says how long its window still runs (from the counter's
+//!   `PTTL`), and the app server stops
 //!   using the slice that long after it sent the call, 1 ms earlier, so
 //!   before the store's window ends whatever the round trip, with no clock
 //!   shared between them.
@@ -42,10 +42,9 @@
 //!   `idle_return` (250 ms by default), when its key is evicted from the
 //!   table, and at [`release_leases`](crate::RateLimitLayer::release_leases)
 //!   (graceful shutdown), **only into the window they were granted in**:
-//!   each give-back names its window (for the fixed window, the counter's
-//!   expiry as `PEXPIRETIME` gave it at the grant; for the sliding window,
-//!   the window's index), and the store credits a limit only if its
-//!   counter is still that window. A give-back that arrives after its
+//!   each give-back names its window (the counter's expiry as
+//!   `PEXPIRETIME` gave it at the grant), and the store credits a limit
+//!   only if its counter is still in that window. A give-back that arrives after its
 //!   window rolled over is dropped, never credited to the next.
 //! - **Headers stay honest**: `remaining` reports what this app server's
 //!   slice still holds, never more than the key has across the fleet;

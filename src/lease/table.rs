@@ -24,7 +24,7 @@ use std::{
 
 use tokio::{
     sync::Notify,
-    time::{Instant, timeout},
+    time::{Instant, timeout, timeout_at},
 };
 
 use super::{LeaseCall, LeaseRelease, LeaseReply, Release};
@@ -252,6 +252,12 @@ impl<St: Store> Table<St> {
     /// from a grant this request asks for (handing in the slice's
     /// leftovers), or from one in flight for the same key.
     pub(crate) async fn take(self: Arc<Self>, key: String, cost: u64) -> Result<Taken, Error> {
+        // A request waits for grants in flight only so long: a busy key's
+        // queue behind its one grant in flight must not become the
+        // request's latency, which the policy's timeout would count as a
+        // store failure. After that it asks for its cost alone, beside
+        // every other request, as without leases.
+        let deadline = Instant::now() + self.timeout / 2;
         loop {
             let ticket = match self.begin(&key, cost, Instant::now()) {
                 Begin::Local(decision, generation) => {
@@ -263,7 +269,9 @@ impl<St: Store> Table<St> {
                     });
                 }
                 Begin::Wait(flight) => {
-                    flight.wait().await;
+                    if timeout_at(deadline, flight.wait()).await.is_err() {
+                        return self.alone(&key, cost).await;
+                    }
                     let denied = *lock(&flight.denied);
                     match denied {
                         Some((denied_cost, decision, at)) if denied_cost == cost => {
@@ -378,7 +386,16 @@ impl<St: Store> Table<St> {
         // back: the plain script decides it, exactly as without leases, and
         // more cheaply (it need not name the window).
         let reply = match ticket.give_back == 0 && call.want == cost {
-            true => self.plain(key, cost).await,
+            true => self.plain(key, cost).await.map(|decision| {
+                let granted = if decision.allowed { cost } else { 0 };
+                LeaseReply::new(
+                    granted,
+                    Some(decision),
+                    [0; MAX_LIMITS],
+                    [Duration::ZERO; MAX_LIMITS],
+                    [0; MAX_LIMITS],
+                )
+            }),
             false => self.store.lease(call).await,
         };
         let reply = match reply {
@@ -479,23 +496,31 @@ impl<St: Store> Table<St> {
     }
 
     /// A grant of exactly `cost` by the store's plain check, as a reply.
-    async fn plain(&self, key: &str, cost: u64) -> Result<LeaseReply, Error> {
-        let check = self.store.check(Charge {
-            key,
-            limits: &self.limits,
-            algorithm: self.algorithm,
-            cost,
-            now_us: None,
-        });
-        let decision = check.await?;
+    /// Decides a request by the plain script, leaving the key's slot as it
+    /// is: exactly its cost, nothing held.
+    async fn alone(&self, key: &str, cost: u64) -> Result<Taken, Error> {
+        self.stats.record_lease_call(false);
+        let decision = self.plain(key, cost).await?;
         let granted = if decision.allowed { cost } else { 0 };
-        Ok(LeaseReply::new(
-            granted,
-            Some(decision),
-            [0; MAX_LIMITS],
-            [Duration::ZERO; MAX_LIMITS],
-            [0; MAX_LIMITS],
-        ))
+        self.stats.record_lease_units(granted, 0, 0);
+        Ok(Taken {
+            decision,
+            generation: None,
+            asked: true,
+        })
+    }
+
+    /// The plain script's decision on `cost`, as without leases.
+    async fn plain(&self, key: &str, cost: u64) -> Result<Decision, Error> {
+        self.store
+            .check(Charge {
+                key,
+                limits: &self.limits,
+                algorithm: self.algorithm,
+                cost,
+                now_us: None,
+            })
+            .await
     }
 
     /// The slice to ask for after `slot`'s: what the key spends in half

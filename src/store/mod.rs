@@ -30,7 +30,9 @@ use crate::{
 pub struct Charge<'a> {
     /// The client's key up to its hash tag, e.g.
     /// `rl:telemetry:{x-agent-token:AGENT-1}`; each limit appends its part
-    /// (`:60`) to name its counter.
+    /// (`:60:fixed`) to name its counter. On a Redis Cluster every counter
+    /// of a check (several limits, the sliding window's previous count)
+    /// must share one slot: end the key with a hash tag, as the layer does.
     pub key: &'a str,
     /// The limits, all checked at once: a request denied by one is counted
     /// by none.
@@ -43,7 +45,8 @@ pub struct Charge<'a> {
     /// such requests itself.
     pub cost: u64,
     /// The time in microseconds since the Unix epoch, when the application's
-    /// clock is used; `None` for the store's own (Redis `TIME`).
+    /// clock is used; `None` for the store's own (each counter's Redis
+    /// expiry).
     pub now_us: Option<u64>,
 }
 
@@ -118,20 +121,19 @@ impl<'a> Charge<'a> {
     }
 
     /// Calls `each` with the name of every counter a reset of `limit`
-    /// deletes: the limit's counter on either clock (two names only for the
-    /// fixed window, whose counters differ in shape).
+    /// deletes: the limit's counter on either clock, and the sliding
+    /// window's previous count.
     pub(crate) fn each_counter_on_any_clock(&self, limit: &Limit, mut each: impl FnMut(&str)) {
-        let (mut store, mut app) = (String::new(), String::new());
-        layout::counter_key(
-            self.key,
-            limit,
-            Script::of(self.algorithm, false),
-            &mut store,
-        );
-        layout::counter_key(self.key, limit, Script::of(self.algorithm, true), &mut app);
-        each(&store);
-        if app != store {
-            each(&app);
+        let mut name = String::new();
+        for app_clock in [false, true] {
+            let script = Script::of(self.algorithm, app_clock);
+            layout::counter_key(self.key, limit, script, &mut name);
+            each(&name);
+            if script == Script::SlidingWindow {
+                let counter = std::mem::take(&mut name);
+                layout::previous_count_key(&counter, &mut name);
+                each(&name);
+            }
         }
     }
 }

@@ -1577,7 +1577,6 @@ pub const LIMITER_ACL: &[&str] = &[
     "+select",
     "+evalsha",
     "+eval",
-    "+time",
     "+get",
     "+psetex",
     "+incrby",

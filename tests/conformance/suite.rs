@@ -493,7 +493,9 @@ async fn the_window_expires_and_renews(store: &impl OwnClock) {
 
 async fn concurrent_requests_admit_exactly_the_limit(store: &impl OwnClock) {
     for algorithm in ALGORITHMS {
-        let key = format!("many-{algorithm:?}");
+        // A hash tag, as the layer writes: on a Cluster, the sliding
+        // window's two keys share its slot.
+        let key = format!("{{many-{algorithm:?}}}");
         // All start before any is awaited, so the Redis store pipelines them.
         let decisions =
             join_all((0..200).map(|_| store.check(&key, Rate::per_minute(50), algorithm))).await;
@@ -658,6 +660,25 @@ async fn every_algorithm_gives_a_persisted_counter_its_ttl_back() {
             assert!(pttl(&key).await > 0, "{what}: denied");
         }
     }
+    // The sliding window's previous count on Redis's clock too: restored
+    // with its counter, both get an expiry back.
+    let client = format!("{}{{k}}", unique_prefix());
+    let three = limits(&["3/m"]);
+    let sliding = check(&client, &three, Algorithm::SlidingWindow);
+    let key = counter_key(&sliding);
+    let previous = format!("{key}:prev");
+    assert!(redis.check(sliding).await.unwrap().allowed);
+    let _: bool = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(30_000)
+        .query_async(&mut inspect())
+        .await
+        .unwrap();
+    assert!(redis.check(sliding).await.unwrap().allowed);
+    persist(&key).await;
+    persist(&previous).await;
+    assert!(redis.check(sliding).await.unwrap().allowed);
+    assert!(pttl(&key).await > 0 && pttl(&previous).await > 0);
 }
 
 /// Through the public `Store` API, costs near `u64::MAX` are denied by both
@@ -825,19 +846,22 @@ async fn counter_value(key: &str) -> Option<i64> {
     value.unwrap()
 }
 
-/// The fixed window and GCRA on Redis's clock (`fixed_window.lua`,
-/// `gcra.lua`: each counter's expiry is its clock, no clock is read) against
+/// The three algorithms on Redis's clock (`fixed_window.lua`,
+/// `sliding_window.lua`, `gcra.lua`: each counter's expiry is its clock, no
+/// clock is read) against
 /// their twins in the memory store: random costs, refunds and peeks on a few
 /// clients under one to three limits whose windows and emission intervals
 /// are far longer than the test, so Redis's time plays no part but in the
 /// time left, which counts down. Every answer agrees on admission and what
 /// remains; Redis's reset and `Retry-After` are never later than the twin's
 /// (whose time stands still) by more than the millisecond Redis's expiry
-/// counts in, and never zero (but a GCRA reset, where nothing is used); and after every step each counter in Redis
-/// holds a valid value (a positive count; for GCRA the time from its TAT to
-/// its expiry, never negative) and has an expiry.
+/// counts in, and never zero (but a reset where nothing is used); and
+/// after every step each counter in Redis holds a valid value (a count,
+/// positive for the fixed window; for GCRA the time from its TAT to its
+/// expiry, never negative) and has an expiry. (No window ends during the
+/// test: the sliding window's rollover has a test of its own.)
 #[test]
-fn the_fixed_window_and_gcra_on_redis_clock_decide_as_their_twins() {
+fn every_algorithm_on_redis_clock_decides_as_its_twin() {
     let runtime = current_thread();
     let limit_sets = [
         limits(&["3/h"]),
@@ -849,8 +873,8 @@ fn the_fixed_window_and_gcra_on_redis_clock_decide_as_their_twins() {
     let sequence = proptest::collection::vec(op, 1..40);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
     runner
-        .run(&(0usize..2, 0usize..3, sequence), |(a, l, ops)| {
-            let algorithm = [Algorithm::FixedWindow, Algorithm::Gcra][a];
+        .run(&(0usize..3, 0usize..3, sequence), |(a, l, ops)| {
+            let algorithm = ALGORITHMS[a];
             let limits = &limit_sets[l];
             runtime.block_on(async {
                 let (memory, redis, prefix) = (MemoryStore::new(), redis().await, unique_prefix());
@@ -873,7 +897,7 @@ fn the_fixed_window_and_gcra_on_redis_clock_decide_as_their_twins() {
                             assert_eq!(figures(&m), figures(&r), "{key} cost {cost}");
                             assert!(
                                 r.reset_after <= m.reset_after + ms
-                                    && (r.reset_after > zero || algorithm == Algorithm::Gcra),
+                                    && (r.reset_after > zero || m.reset_after == zero),
                                 "{key} cost {cost}: {m:?} {r:?}"
                             );
                             match (m.retry_after, r.retry_after) {
@@ -911,79 +935,130 @@ fn the_fixed_window_and_gcra_on_redis_clock_decide_as_their_twins() {
         .unwrap();
 }
 
-/// On Redis's clock the fixed window counts first and takes back a denied
-/// request: a new client's request denied by any limit, or a cost above the
-/// limit, leaves no counter behind, and a peek or a refund of a client with
-/// no counters creates none.
+/// On Redis's clock the fixed and sliding windows count first and take back
+/// a denied request: a new client's request denied by any limit, or a cost
+/// above the limit, leaves no counter behind, and a peek or a refund of a
+/// client with no counters creates none.
 #[tokio::test]
 async fn a_denied_request_leaves_no_counter_behind_on_redis_clock() {
+    for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+        denied_requests_leave_no_counter_behind(algorithm).await;
+    }
+}
+
+async fn denied_requests_leave_no_counter_behind(algorithm: Algorithm) {
     let redis = redis().await;
     let client = format!("{}{{k}}", unique_prefix());
     let two = limits(&["5/h", "2/d"]);
     let keys: Vec<String> = two
         .iter()
-        .map(|limit| {
+        .flat_map(|limit| {
             let mut key = String::new();
-            check(&client, &two, Algorithm::FixedWindow).counter_key(limit, &mut key);
-            key
+            check(&client, &two, algorithm).counter_key(limit, &mut key);
+            let previous = format!("{key}:prev");
+            [key, previous]
         })
         .collect();
     let charge = |cost| Charge {
         cost,
-        ..check(&client, &two, Algorithm::FixedWindow)
+        ..check(&client, &two, algorithm)
     };
     // Denied by the second limit alone: the first, with room, keeps nothing.
     assert!(!redis.check(charge(3)).await.unwrap().allowed);
     // Denied by both.
     assert!(!redis.check(charge(9)).await.unwrap().allowed);
-    redis
-        .peek(&client, &two, Algorithm::FixedWindow, None)
-        .await
-        .unwrap();
+    redis.peek(&client, &two, algorithm, None).await.unwrap();
     redis.refund(charge(1)).await.unwrap();
     for key in &keys {
-        assert_eq!(counter_value(key).await, None, "{key}");
+        assert_eq!(counter_value(key).await, None, "{algorithm}: {key}");
     }
     // The mirror case: counters that exist are taken back to where they were.
     assert!(redis.check(charge(1)).await.unwrap().allowed);
     assert!(!redis.check(charge(2)).await.unwrap().allowed);
-    for key in &keys {
-        assert_eq!(counter_value(key).await, Some(1), "{key}");
+    let counters = keys.iter().filter(|k| !k.ends_with(":prev"));
+    for key in counters.clone() {
+        assert_eq!(counter_value(key).await, Some(1), "{algorithm}: {key}");
     }
-    // A refund to nothing deletes them: the next request opens a new window.
+    // A refund to nothing deletes the fixed window's counters: the next
+    // request opens a new window. The sliding window's stay at 0 in their
+    // window, whose end the next window's weight is counted from.
     redis.refund(charge(1)).await.unwrap();
-    for key in &keys {
-        assert_eq!(counter_value(key).await, None, "{key}");
+    let emptied = (algorithm == Algorithm::SlidingWindow).then_some(0);
+    for key in counters {
+        assert_eq!(counter_value(key).await, emptied, "{algorithm}: {key}");
     }
 }
 
-/// On Redis's clock the sliding window counts in the window Redis's own
-/// `TIME` is in (a caller's time is never sent): the counter's window index
-/// is Redis's time over the window, read before and after the check.
+/// On Redis's clock the sliding window's clock is its counter's expiry, one
+/// window after the window's end, so a test moves time by moving that
+/// expiry (`PEXPIRE`), as a window ending would, without waiting for it.
+/// A counter whose window has ended is the previous count of the next
+/// window: weighted by the time left, written beside the new counter
+/// (`<counter>:prev`) when that window admits its first request, and
+/// neither taken back by a refund nor lost by a denial.
 #[tokio::test]
-async fn the_sliding_window_on_redis_clock_counts_in_redis_s_current_window() {
+async fn the_sliding_window_on_redis_clock_rolls_over_by_its_counters_expiry() {
     let redis = redis().await;
     let client = format!("{}{{k}}", unique_prefix());
-    let second = limits(&["5/s"]);
-    let charge = check(&client, &second, Algorithm::SlidingWindow);
-    let index_now = || async {
-        let (secs, _): (u64, u64) = redis::cmd("TIME")
+    let five = limits(&["5/s"]);
+    let charge = |cost| Charge {
+        cost,
+        ..check(&client, &five, Algorithm::SlidingWindow)
+    };
+    let key = counter_key(&charge(1));
+    let previous = format!("{key}:prev");
+    let first = redis.check(charge(3)).await.unwrap();
+    assert!(first.allowed && first.remaining == 2, "{first:?}");
+    let ttl = pttl(&key).await;
+    assert!(
+        (1001..=2000).contains(&ttl),
+        "a new counter lives two windows: {ttl}"
+    );
+    assert_eq!(pttl(&previous).await, -2);
+    // The window ended 450 ms ago: its 3 weigh 3 × 0.55 (a few ms less as
+    // Redis's time runs on).
+    let expire = |key: String, ms: u64| async move {
+        let set: bool = redis::cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms)
             .query_async(&mut inspect())
             .await
             .unwrap();
-        secs
+        assert!(set, "{key}");
     };
-    let before = index_now().await;
-    assert!(redis.check(charge).await.unwrap().allowed);
-    let after = index_now().await;
-    let w: u64 = redis::cmd("HGET")
-        .arg(counter_key(&charge))
-        .arg("w")
-        .query_async(&mut inspect())
-        .await
-        .unwrap();
-    assert!(
-        (before..=after).contains(&w),
-        "{w} not in {before}..={after}"
+    expire(key.clone(), 550).await;
+    let rolled = redis.check(charge(2)).await.unwrap();
+    assert!(rolled.allowed && rolled.remaining == 1, "{rolled:?}");
+    assert_eq!(counter_value(&key).await, Some(2));
+    assert_eq!(counter_value(&previous).await, Some(3));
+    let (key_ttl, previous_ttl) = (pttl(&key).await, pttl(&previous).await);
+    assert!((1001..=1550).contains(&key_ttl), "{key_ttl}");
+    assert!((1..=550).contains(&previous_ttl), "{previous_ttl}");
+    // The mirror case: 3 × 0.55 + 2 + 2 is over 5. Denied, nothing moves,
+    // and the wait is until the previous window's weight has fallen to 1:
+    // 2/3 of the way through the window, under 550 ms from now.
+    let denied = redis.check(charge(2)).await.unwrap();
+    assert!(!denied.allowed, "{denied:?}");
+    let retry = denied.retry_after.unwrap();
+    assert!(retry > ms(0) && retry <= ms(550), "{retry:?}");
+    assert_eq!(counter_value(&key).await, Some(2));
+    assert_eq!(counter_value(&previous).await, Some(3));
+    // A refund gives back in the current window only.
+    redis.refund(charge(1)).await.unwrap();
+    assert_eq!(counter_value(&key).await, Some(1));
+    assert_eq!(counter_value(&previous).await, Some(3));
+    expire(key.clone(), 300).await;
+    redis.refund(charge(1)).await.unwrap();
+    assert_eq!(
+        counter_value(&key).await,
+        Some(1),
+        "its window ended: it stays"
     );
+    // A denial where the window ended rolls nothing over; the next
+    // admission does: the ended window's 1 becomes the previous count.
+    assert!(!redis.check(charge(5)).await.unwrap().allowed);
+    assert_eq!(counter_value(&key).await, Some(1));
+    assert!(redis.check(charge(4)).await.unwrap().allowed);
+    assert_eq!(counter_value(&key).await, Some(4));
+    assert_eq!(counter_value(&previous).await, Some(1));
 }

@@ -6,11 +6,10 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use super::RedisStore;
+use super::{RedisStore, push_keys};
 use crate::{
     Algorithm, Decision, Error,
     algorithm::{Entry, Limit},
-    key::KeyBuffer,
     lease::{LeaseCall, LeaseFuture, LeaseReply},
     store::{Charge, MAX_LIMITS},
 };
@@ -45,11 +44,8 @@ impl RedisStore {
         Box::pin(async move {
             let reply = run.await?;
             let limits = &limits[..n];
-            let parsed = match algorithm {
-                Algorithm::FixedWindow => fixed_window(limits, cost, &reply),
-                _ => sliding_window(limits, cost, &reply),
-            };
-            parsed.ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
+            parse(algorithm, limits, cost, &reply)
+                .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
         })
     }
 }
@@ -82,14 +78,10 @@ fn evalsha(call: &LeaseCall<'_>) -> Result<(redis::Cmd, &'static str), Error> {
         ));
     }
     let n = call.limits.len();
-    let mut evalsha = redis::Cmd::with_capacity(7 + 4 * n, 128 + n * (call.key.len() + 96));
-    evalsha.arg("EVALSHA").arg(script.get_hash()).arg(n);
-    let mut key = KeyBuffer::take();
-    for limit in call.limits {
-        // The plain mode's counters, on the store's clock.
-        charge.counter_key(limit, &mut key);
-        evalsha.arg(key.as_str());
-    }
+    let mut evalsha = redis::Cmd::with_capacity(7 + 5 * n, 128 + n * (2 * call.key.len() + 120));
+    evalsha.arg("EVALSHA").arg(script.get_hash());
+    // The plain mode's counters, on the store's clock.
+    push_keys(&charge, &mut evalsha);
     evalsha
         .arg(call.cost)
         .arg(call.want.max(call.cost))
@@ -133,10 +125,12 @@ fn reply(
     ))
 }
 
-/// `{granted, then per limit: credited, count, ms left, expiry}`.
-fn fixed_window(limits: &[Limit], cost: u64, r: &[i64]) -> Option<LeaseReply> {
-    let n = limits.len();
-    (r.len() == 1 + 4 * n).then_some(())?;
+/// `{granted, then per limit: credited, the state the script found, ms left
+/// in the window, expiry}`; the state is the count with the grant (fixed
+/// window) or the count and the previous count before it (sliding window).
+fn parse(algorithm: Algorithm, limits: &[Limit], cost: u64, r: &[i64]) -> Option<LeaseReply> {
+    let (n, per) = (limits.len(), state_len(algorithm) + 3);
+    (r.len() == 1 + per * n).then_some(())?;
     let at = |i: usize| u64::try_from(r[i]).ok();
     let granted = at(0)?;
     let (mut windows, mut left, mut credited) = (
@@ -146,24 +140,29 @@ fn fixed_window(limits: &[Limit], cost: u64, r: &[i64]) -> Option<LeaseReply> {
     );
     let mut verdicts = Vec::with_capacity(n);
     for (i, limit) in limits.iter().enumerate() {
-        let o = 1 + 4 * i;
+        let o = 1 + per * i;
         credited[i] = at(o)?;
         if cost == 0 {
             continue;
         }
-        let (count, ttl, expiry) = (at(o + 1)?, at(o + 2)?, at(o + 3)?);
+        let (ttl, expiry) = (at(o + per - 2)?, at(o + per - 1)?);
         // Decided again by the twin, at a time 0 at which the window ends
-        // `ttl` ms later, over the count the script found.
-        let found = count.checked_sub(granted)?;
-        let entry = (found > 0).then_some(Entry {
-            value: [found, 0, 0],
-            expires_at_ms: ttl,
-        });
+        // `ttl` ms later, over the state the script found.
+        let entry = if algorithm == Algorithm::FixedWindow {
+            let found = at(o + 1)?.checked_sub(granted)?;
+            (found > 0).then_some(Entry {
+                value: [found, 0, 0],
+                expires_at_ms: ttl,
+            })
+        } else {
+            // The counter outlives its window by one more.
+            Some(Entry {
+                value: [at(o + 1)?, at(o + 2)?, 0],
+                expires_at_ms: ttl.checked_add(limit.rate().window_ms())?,
+            })
+        };
         let units = if granted > 0 { granted } else { cost };
-        verdicts.push((
-            *limit,
-            Algorithm::FixedWindow.decide(entry, 0, limit, units).0,
-        ));
+        verdicts.push((*limit, algorithm.decide(entry, 0, limit, units).0));
         if granted > 0 {
             windows[i] = expiry;
             left[i] = Duration::from_millis(ttl);
@@ -172,44 +171,11 @@ fn fixed_window(limits: &[Limit], cost: u64, r: &[i64]) -> Option<LeaseReply> {
     reply(granted, cost, verdicts, windows, left, credited)
 }
 
-/// `{granted, now (ms), then per limit: credited, w (-1: none), c, p}`.
-fn sliding_window(limits: &[Limit], cost: u64, r: &[i64]) -> Option<LeaseReply> {
-    let n = limits.len();
-    (r.len() == 2 + 4 * n).then_some(())?;
-    let at = |i: usize| u64::try_from(r[i]).ok();
-    let (granted, now_ms) = (at(0)?, at(1)?);
-    let (mut windows, mut left, mut credited) = (
-        [0; MAX_LIMITS],
-        [Duration::ZERO; MAX_LIMITS],
-        [0; MAX_LIMITS],
-    );
-    let mut verdicts = Vec::with_capacity(n);
-    for (i, limit) in limits.iter().enumerate() {
-        let o = 2 + 4 * i;
-        credited[i] = at(o)?;
-        if cost == 0 {
-            continue;
-        }
-        let entry = match r[o + 1] {
-            -1 => None,
-            _ => Some(Entry {
-                value: [at(o + 1)?, at(o + 2)?, at(o + 3)?],
-                expires_at_ms: u64::MAX,
-            }),
-        };
-        let units = if granted > 0 { granted } else { cost };
-        let now_us = now_ms.checked_mul(1000)?;
-        let (verdict, state) = Algorithm::SlidingWindow.decide(entry, now_us, limit, units);
-        verdicts.push((*limit, verdict));
-        if let (true, Some(state)) = (granted > 0, state) {
-            // The grant counts in this window, which ends at its next
-            // boundary; a clock behind the one that opened it counts from
-            // its start.
-            let (index, window) = (state.value[0], limit.rate().window_ms());
-            let start = now_ms.max(index * window);
-            windows[i] = index;
-            left[i] = Duration::from_millis(((index + 1) * window).saturating_sub(start));
-        }
+/// How many numbers of state a lease script returns per limit.
+fn state_len(algorithm: Algorithm) -> usize {
+    if algorithm == Algorithm::FixedWindow {
+        1
+    } else {
+        2
     }
-    reply(granted, cost, verdicts, windows, left, credited)
 }

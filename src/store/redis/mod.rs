@@ -24,11 +24,11 @@ use super::{Charge, MAX_LIMITS, Store};
 use crate::{
     Algorithm, Decision, Error, Limit, LimitState,
     algorithm::{Script, Verdict},
-    key::KeyBuffer,
+    key::{KeyBuffer, layout},
 };
 
 const SCRIPT_COMMANDS: &str = "PING, HELLO, SELECT (for a database other than 0), EVALSHA, EVAL, \
-     and within the scripts TIME, GET, PSETEX, INCRBY, DECRBY, DEL, PTTL, PEXPIRE, HMGET, HSET \
+     and within the scripts GET, PSETEX, INCRBY, DECRBY, DEL, PTTL, PEXPIRE, HMGET, HSET \
      and HINCRBY";
 
 /// One script per algorithm, hashed once.
@@ -147,9 +147,9 @@ impl RedisStore {
         }
     }
 
-    /// Runs `script` on no key at all, a refund of nothing that reads at
-    /// most `TIME`: it proves the user may run the script, and `TIME` within
-    /// it (and loads it).
+    /// Runs `script` on no key at all, a refund of nothing: it proves the
+    /// user may run the script (and loads it). What a script runs on keys
+    /// shows at the first decision, as a store error.
     async fn probe(&self, script: Script) -> Result<(), Error> {
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha
@@ -188,8 +188,8 @@ impl RedisStore {
     /// reset, and a peek never changes what the next check answers. A
     /// counter that lost its expiry gets one back, as from any check.
     /// `now_us` is the time in microseconds since the Unix epoch for a
-    /// policy on [`Clock::App`](crate::Clock::App), else `None` (Redis
-    /// `TIME`).
+    /// policy on [`Clock::App`](crate::Clock::App), else `None` (Redis's
+    /// clock).
     ///
     /// ```no_run
     /// use axum_redis_ratelimit::{Algorithm, Rate, RedisStore};
@@ -291,17 +291,15 @@ impl RedisStore {
         let script = check.script();
         // Sized once, so that its buffers do not grow (and reallocate) as
         // the arguments come: the name, the sha, the key count, the time and
-        // the cost, then per limit the counter (the client's key and at most
-        // 24 bytes: `:<window>:sliding`) and two numbers of at most 20 digits.
+        // the cost, then the keys (the client's key and at most 29 bytes:
+        // `:<window>:sliding:prev`) and per limit two numbers of at most 20
+        // digits.
         let n = check.limits.len();
-        let data = 7 + 40 + 3 * 20 + n * (check.key.len() + 24 + 2 * 20);
-        let mut evalsha = redis::Cmd::with_capacity(5 + 3 * n, data);
-        evalsha.arg("EVALSHA").arg(loaded(script).get_hash()).arg(n);
-        let mut key = KeyBuffer::take();
-        for limit in check.limits {
-            check.counter_key(limit, &mut key);
-            evalsha.arg(key.as_str());
-        }
+        let keys = n * keys_per_limit(script);
+        let data = 7 + 40 + 3 * 20 + keys * (check.key.len() + 29) + n * 2 * 20;
+        let mut evalsha = redis::Cmd::with_capacity(5 + keys + 2 * n, data);
+        evalsha.arg("EVALSHA").arg(loaded(script).get_hash());
+        push_keys(check, &mut evalsha);
         for arg in script.args(check.now_us, cost, check.limits) {
             evalsha.arg(arg);
         }
@@ -345,6 +343,32 @@ impl RedisStore {
     }
 }
 
+/// How many keys `script` names per limit: the sliding window on Redis's
+/// clock keeps the previous count beside its counter.
+fn keys_per_limit(script: Script) -> usize {
+    if script == Script::SlidingWindow {
+        2
+    } else {
+        1
+    }
+}
+
+/// The key count and the keys of `check`'s script (the plain one, or the
+/// lease script beside it, which shares its counters).
+fn push_keys(check: &Charge<'_>, evalsha: &mut redis::Cmd) {
+    let script = check.script();
+    evalsha.arg(check.limits.len() * keys_per_limit(script));
+    let (mut key, mut previous) = (KeyBuffer::take(), KeyBuffer::take());
+    for limit in check.limits {
+        check.counter_key(limit, &mut key);
+        evalsha.arg(key.as_str());
+        if keys_per_limit(script) == 2 {
+            layout::previous_count_key(&key, &mut previous);
+            evalsha.arg(previous.as_str());
+        }
+    }
+}
+
 /// The verdicts of a script's reply to a check or a peek of `count` limits.
 /// A script's reply: one integer, or an array of at most
 /// [`Reply::CAPACITY`] of them, kept on the stack (no `Vec` per decision).
@@ -355,9 +379,9 @@ struct Reply {
 }
 
 impl Reply {
-    /// The largest reply: the sliding window's two numbers and three per
-    /// limit.
-    const CAPACITY: usize = 2 + 3 * MAX_LIMITS;
+    /// The largest reply: the sliding window's lease script's, the grant
+    /// and five numbers per limit.
+    const CAPACITY: usize = 1 + 5 * MAX_LIMITS;
 }
 
 impl std::ops::Deref for Reply {
