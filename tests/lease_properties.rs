@@ -15,7 +15,8 @@
 //!   weighted);
 //! - after every server has released its leases, the counter of the last
 //!   window holds the units admitted in it, plus at most what crashed
-//!   servers stranded (their slices, lost for the window).
+//!   servers stranded (their slices, lost for the window) and what
+//!   admissions straddling its start took.
 //!
 //! Windows are placed by the clock (Redis runs on this machine, on the same
 //! clock), never by what the limiter says of them: a request sent at
