@@ -175,9 +175,10 @@ evalsha_args() {
         ((per == 2)) && args+=" $key:prev"
     done
     # As Script::args on Redis's clock: no script reads a clock. The fixed
-    # and sliding windows take the cost; GCRA takes no cost but, per limit,
-    # the cost times the emission interval and the tolerance (burst =
-    # limit), in µs.
+    # and sliding windows take the cost, then per limit the limit and the
+    # window (ms), or for the sliding window the window and their product;
+    # GCRA takes no cost but, per limit, the cost times the emission
+    # interval and the tolerance (burst = limit), in µs.
     case $algorithm in
     fixed_window | sliding_window) args+=" 1" ;;
     esac
@@ -186,6 +187,8 @@ evalsha_args() {
         if [[ $algorithm == gcra ]]; then
             local interval=$(((window_ms * 1000 + limit - 1) / limit))
             args+=" $interval $((interval * limit))"
+        elif [[ $algorithm == sliding_window ]]; then
+            args+=" $window_ms $((limit * window_ms))"
         else
             args+=" $limit $window_ms"
         fi
@@ -208,15 +211,15 @@ check_first() {
             { span = w[NR] * 1000 + 1; if (int($1 / span) > limit) over = 1 }
             END { print over ? 0 : 1 }' ;;
     sliding_window)
-        # Per limit the count and previous count as found and the ms left:
-        # admitted while every p × left + (c + 1) × window <= limit × window.
+        # Per limit the count with this cost, the previous count and the ms
+        # left: admitted while every p × left + c × window <= limit × window.
         echo "$reply" | awk -v limit="$limit" -v windows="${windows_s[*]}" '
             BEGIN { split(windows, w, " ") }
             { v[NR] = $1 }
             END {
                 for (i = 1; 3 * i <= NR; i++) {
                     ms = w[i] * 1000
-                    if (v[3 * i - 1] * v[3 * i] + (v[3 * i - 2] + 1) * ms > limit * ms) over = 1
+                    if (v[3 * i - 1] * v[3 * i] + v[3 * i - 2] * ms > limit * ms) over = 1
                 }
                 print over ? 0 : 1
             }' ;;

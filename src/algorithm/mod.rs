@@ -196,12 +196,16 @@ impl Script {
             Self::GcraAppClock => ([now, 0], 1),
         };
         // Within `Limit::validate`'s bounds every product is below 2^51.
-        let per_limit = move |limit: &Limit| match self {
-            Self::Gcra | Self::GcraAppClock => {
-                let interval = limit.interval_us() as i64;
-                [cost * interval, interval * limit.burst() as i64]
+        let per_limit = move |limit: &Limit| {
+            let (limit_n, window) = (limit.rate.limit() as i64, limit.rate.window_ms() as i64);
+            match self {
+                Self::Gcra | Self::GcraAppClock => {
+                    let interval = limit.interval_us() as i64;
+                    [cost * interval, interval * limit.burst() as i64]
+                }
+                Self::SlidingWindow => [window, limit_n * window],
+                _ => [limit_n, window],
             }
-            _ => [limit.rate.limit() as i64, limit.rate.window_ms() as i64],
         };
         head.into_iter()
             .take(len)
@@ -246,13 +250,13 @@ impl Script {
                 }
             }
             Self::SlidingWindow | Self::SlidingWindowAppClock => {
-                // Per limit the count and the previous count as found and
+                // Per limit the count with this cost, the previous count and
                 // the ms left in the window: decided at a time 0 at which
                 // the window ends then.
                 (reply.len() == 3 * n).then_some(())?;
                 for (i, (slot, limit)) in slots {
                     let entry = Entry {
-                        value: [at(3 * i)?, at(3 * i + 1)?, 0],
+                        value: [at(3 * i)?.checked_sub(cost)?, at(3 * i + 1)?, 0],
                         expires_at_ms: at(3 * i + 2)?.checked_add(limit.rate.window_ms())?,
                     };
                     *slot = Some(sliding_window::decide(Some(entry), 0, limit, cost).0);

@@ -7,8 +7,8 @@
 -- otherwise drop counters early.
 -- KEYS: one counter per limit. ARGV[1]: now in microseconds since the Unix
 -- epoch. ARGV[2]: cost (0: a peek; negative: a refund). Then per limit:
--- limit, window (ms). Returns per limit the count and the previous count as
--- found, without this cost, and the ms left in the current window, which a
+-- limit, window (ms). Returns per limit the count with this cost, the
+-- previous count and the ms left in the current window, which a
 -- caller whose clock is behind the one that opened it sees longer than the
 -- window.
 local now = math.floor(tonumber(ARGV[1]) / 1000)
@@ -44,7 +44,7 @@ for i = 1, n do
   -- A caller whose clock is behind counts at the window's start.
   local weight = math.min(e - now, window)
   if p * weight + (c + cost) * window > tonumber(ARGV[2 * i + 1]) * window then over = true end
-  out[3 * i - 2], out[3 * i - 1], out[3 * i] = c, p, e - now
+  out[3 * i - 2], out[3 * i - 1], out[3 * i] = c + cost, p, e - now
 end
 if over or cost == 0 then return out end
 for i = 1, n do
