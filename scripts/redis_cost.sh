@@ -48,8 +48,19 @@
 #   PIN              1 (default, with 2 cores or more and taskset): Redis on
 #                    CPU 0, redis-benchmark on CPU 1, so they do not take
 #                    turns on one core; 0: no pinning
+#   INSTRUCTIONS     1: also count the instructions Redis executes per call
+#                    (valgrind's callgrind), a figure that, unlike time,
+#                    does not move with the machine's load: for each script
+#                    (1 limit, allowed) a redis-server of its own under
+#                    callgrind takes IR_CALLS and then 3 × IR_CALLS calls
+#                    over 100 clients; the difference of the two totals over
+#                    the difference of calls is one steady-state call's
+#                    instructions (start-up, loading and each client's first
+#                    call cancel out). 0 (default): time only
+#   IR_CALLS         calls of the shorter callgrind run (3000)
 #
-# 13 runs; at REQUESTS=300000 a little over a minute on 2 cores.
+# 13 runs; at REQUESTS=300000 a little over a minute on 2 cores (with
+# INSTRUCTIONS=1, 8 callgrind runs more: about two minutes).
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-300000}
@@ -59,6 +70,8 @@ REDIS_SERVER=${REDIS_SERVER:-redis-server}
 REDIS_BENCHMARK=${REDIS_BENCHMARK:-redis-benchmark}
 REDIS_CLI=${REDIS_CLI:-redis-cli}
 PIN=${PIN:-1}
+INSTRUCTIONS=${INSTRUCTIONS:-0}
+IR_CALLS=${IR_CALLS:-3000}
 
 die() { echo "redis_cost: $*" >&2; exit 1; }
 
@@ -98,7 +111,9 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
     local port i
     for i in $(seq 50); do
-        port=$((20000 + RANDOM % 30000))
+        # Below the kernel's ephemeral range (32768 and up), where outgoing
+        # connections take ports without listening on them.
+        port=$((20000 + RANDOM % 12000))
         port_in_use "$port" || { echo "$port"; return 0; }
     done
     die "no free port found"
@@ -289,6 +304,50 @@ for a in fixed_window sliding_window gcra; do
     rows+=("| $a | 1 | denied | $usec | $(ratio "$usec" "$base_usec") | $rps | |")
 done
 
+# Instructions Redis executes for `calls` calls of `algorithm` (1 limit,
+# allowed), on a callgrind-run server of its own: the process's total.
+instructions() {
+    local algorithm=$1 calls=$2 ir_port out sha total pid
+    ir_port=$(free_port)
+    out=$work/callgrind.$algorithm.$calls
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$REDIS_SERVER" --port "$ir_port" \
+        --bind 127.0.0.1 --save "" --appendonly no --daemonize no --dir "$work" \
+        --logfile "$work/callgrind-redis.log" >/dev/null 2>&1 &
+    pid=$!
+    for _ in $(seq 200); do
+        [[ $("$REDIS_CLI" -p "$ir_port" PING 2>/dev/null) == PONG ]] && break
+        sleep 0.1
+    done
+    sha=$("$REDIS_CLI" -p "$ir_port" -x SCRIPT LOAD <"$work/$algorithm.lua" | tr -d '\r')
+    # shellcheck disable=SC2046  # the arguments are words by design
+    "$REDIS_BENCHMARK" -p "$ir_port" -c 20 -n "$calls" -r 100 -q \
+        EVALSHA "$sha" $(evalsha_args "$algorithm" 1 1000000000 __rand_int__) >/dev/null 2>&1 ||
+        die "redis-benchmark failed against the callgrind server"
+    "$REDIS_CLI" -p "$ir_port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
+    wait "$pid" || true
+    total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p;s/^totals: *\([0-9]*\).*/\1/p' "$out" | head -1)
+    [[ $total =~ ^[0-9]+$ ]] || die "no callgrind total in $out"
+    echo "$total"
+}
+
+ir_rows=()
+if [[ $INSTRUCTIONS == 1 ]]; then
+    command -v valgrind >/dev/null || die "valgrind not found (Debian: apt-get install valgrind)"
+    cp "$baseline_file" "$work/baseline.lua"
+    declare -A per_call
+    for a in baseline fixed_window sliding_window gcra; do
+        echo "redis_cost: $a under callgrind..." >&2
+        short=$(instructions "$a" "$IR_CALLS")
+        long=$(instructions "$a" $((3 * IR_CALLS)))
+        per_call[$a]=$(((long - short) / (2 * IR_CALLS)))
+    done
+    for a in baseline fixed_window sliding_window gcra; do
+        case $a in fixed_window) target=1.2 ;; baseline) target= ;; *) target=1.5 ;; esac
+        r=$(ratio "${per_call[$a]}" "${per_call[baseline]}")
+        ir_rows+=("| $a | 1 | allowed | ${per_call[$a]} | $r |${target:+ ≤ ${target}×: $(verdict "$r" "$target")} |")
+    done
+fi
+
 sample_sha='<sha>'
 sample_args=$(evalsha_args fixed_window 2 1000000000 __rand_int__)
 cat <<EOF
@@ -310,3 +369,15 @@ cat <<EOF
 - $rand_note.
 - benchmark calls/s is redis-benchmark's throughput on this machine (client included), not a Redis bound; 1 s / µs per call is.
 EOF
+if ((${#ir_rows[@]})); then
+    cat <<EOF
+
+### Instructions per call (callgrind)
+
+Redis's instructions for one steady-state call (each client's counters exist), $IR_CALLS and $((3 * IR_CALLS)) calls over 100 clients on a callgrind-run redis-server per script; the same on every run, whatever the machine's load.
+
+| script | limits | path | instructions per call | ratio to the minimal baseline | issue 11 |
+|---|---|---|---|---|---|
+EOF
+    printf '%s\n' "${ir_rows[@]}"
+fi
