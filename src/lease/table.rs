@@ -495,7 +495,6 @@ impl<St: Store> Table<St> {
         }
     }
 
-    /// A grant of exactly `cost` by the store's plain check, as a reply.
     /// Decides a request by the plain script, leaving the key's slot as it
     /// is: exactly its cost, nothing held.
     async fn alone(&self, key: &str, cost: u64) -> Result<Taken, Error> {
