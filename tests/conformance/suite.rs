@@ -1062,3 +1062,74 @@ async fn the_sliding_window_on_redis_clock_rolls_over_by_its_counters_expiry() {
     assert_eq!(counter_value(&key).await, Some(4));
     assert_eq!(counter_value(&previous).await, Some(1));
 }
+
+/// Lease mode on this topology: two app servers (each its own layer, lease
+/// table and connection) share the key, under both windows. Requests in
+/// turn admit exactly the limit across the two; a second key's unspent
+/// slices go back at release, after which its counter holds exactly the
+/// units admitted.
+#[tokio::test]
+async fn lease_mode_admits_exactly_the_limit_and_returns_every_unspent_unit() {
+    use axum::body::Body;
+    use axum_redis_ratelimit::{Key, Policy, RateLimitLayer};
+    use http::{Request, Response, StatusCode};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+        let policy = Policy::new("telemetry")
+            .rate(Rate::per_minute(40))
+            .algorithm(algorithm)
+            .key(Key::header("x-agent-token"))
+            .prefix(unique_prefix())
+            .lease(8)
+            .lease_instances(2)
+            .lease_idle_return(Duration::from_secs(60));
+        let servers = [
+            RateLimitLayer::new(policy.clone(), redis().await).unwrap(),
+            RateLimitLayer::new(policy.clone(), redis().await).unwrap(),
+        ];
+        let send = |server: usize, agent: &'static str| {
+            let handler = service_fn(|_: Request<Body>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+            });
+            let request = Request::builder()
+                .header("x-agent-token", agent)
+                .body(Body::empty())
+                .unwrap();
+            let service = servers[server].layer(handler);
+            async move { service.oneshot(request).await.unwrap().status() == StatusCode::OK }
+        };
+        let counter = |agent: &str| {
+            let client = policy.client_key(None, agent.as_bytes()).unwrap();
+            let kind = match algorithm {
+                Algorithm::SlidingWindow => "sliding",
+                _ => "fixed",
+            };
+            format!("{client}:60:{kind}")
+        };
+        let mut admitted = 0;
+        for i in 0..100 {
+            admitted += u64::from(send(i % 2, "agent-a").await);
+        }
+        assert_eq!(admitted, 40, "{algorithm:?}");
+        assert_eq!(counter_value(&counter("agent-a")).await, Some(40));
+        // A busy key's slices grow past what it spends here: 30 requests
+        // leave units held in both servers, which go back at release.
+        for i in 0..30 {
+            assert!(send(i % 2, "agent-b").await, "{algorithm:?}");
+        }
+        let local: u64 = servers.iter().map(|s| s.stats().lease_local()).sum();
+        assert!(
+            local > 0,
+            "{algorithm:?}: no request was admitted from a slice"
+        );
+        for server in &servers {
+            assert_eq!(server.release_leases().await.failed, 0);
+        }
+        assert_eq!(
+            counter_value(&counter("agent-b")).await,
+            Some(30),
+            "{algorithm:?}: after the release"
+        );
+    }
+}
