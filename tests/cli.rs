@@ -492,6 +492,40 @@ async fn check_prints_the_edr_limits_and_names_a_broken_field() {
     drop(fixture.dir);
 }
 
+/// `check` says which policies lease, with the largest slice, the app
+/// servers sharing it and when an idle slice goes back.
+#[tokio::test]
+async fn check_prints_each_policys_lease_settings() {
+    let fixture = Fixture::with(
+        "[[policies]]\nname = \"telemetry\"\nrate = \"1000/m\"\n\
+         key = { type = \"header\", name = \"x-agent-token\" }\n\
+         lease = { max_slice = 64, instances = 4, idle_return_ms = 300 }\n\
+         [[policies]]\nname = \"login\"\nrate = \"10/h\"\nkey = { type = \"client_ip\" }\n",
+    );
+    let args = [
+        OsStr::new("-p"),
+        fixture.file.as_os_str(),
+        OsStr::new("check"),
+    ];
+    let output = ratelimit(&args).await;
+    assert!(output.status.success(), "{}", shown(&output));
+    let table = stdout(&output);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {table}"))
+            .to_owned()
+    };
+    assert!(table.contains("LEASE"), "{table}");
+    assert!(
+        row("telemetry").ends_with("64 / 4 servers, back after 300ms"),
+        "{table}"
+    );
+    assert!(row("login").ends_with("off"), "{table}");
+    drop(fixture.dir);
+}
+
 #[cfg(feature = "sentinel")]
 #[tokio::test]
 async fn inspect_reset_and_top_follow_the_sentinels_master() {

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path};
 
 use axum_redis_ratelimit::{
     Algorithm, Policy,
-    config::{CostConfig, PolicyConfig, PolicyFile},
+    config::{CostConfig, LeaseConfig, PolicyConfig, PolicyFile},
 };
 use serde_json::{Value, json};
 
@@ -68,6 +68,7 @@ pub fn run(path: &Path, file: &PolicyFile, json: bool) -> Result<String, Failure
         ("COST", false),
         ("ON STORE ERROR", false),
         ("MODE", false),
+        ("LEASE", false),
     ]);
     for config in &file.policies {
         let policy = Policy::from(config.clone());
@@ -83,6 +84,7 @@ pub fn run(path: &Path, file: &PolicyFile, json: bool) -> Result<String, Failure
             cost(config.cost.as_ref()),
             json_name(&config.on_store_error),
             json_name(&config.mode),
+            lease(config.lease.as_ref()),
         ]);
     }
     out.push_str(&table.render());
@@ -98,6 +100,18 @@ fn limits(policy: &Policy, config: &PolicyConfig) -> Vec<String> {
             _ => limit.rate().to_string(),
         })
         .collect()
+}
+
+/// `off`, or the largest slice and the app servers it is shared by, as
+/// `64 / 4 servers, back after 250ms`.
+fn lease(lease: Option<&LeaseConfig>) -> String {
+    match lease {
+        None => "off".to_owned(),
+        Some(l) => format!(
+            "{} / {} servers, back after {:?}",
+            l.max_slice, l.instances, l.idle_return
+        ),
+    }
 }
 
 fn cost(cost: Option<&CostConfig>) -> String {
