@@ -1133,3 +1133,58 @@ async fn lease_mode_admits_exactly_the_limit_and_returns_every_unspent_unit() {
         );
     }
 }
+
+/// `Retry-After` is never early on Redis's clock, tried the way a client
+/// would: refused, it waits exactly the `retry_after` it was given, and is
+/// admitted. Each counter's expiry is its clock, so waiting is moving every
+/// expiry of the client back by that much (Redis's own time runs on too,
+/// which only adds to the wait); five rounds per algorithm, each refused
+/// afresh first.
+#[tokio::test]
+async fn a_client_retrying_when_told_is_admitted_on_redis_clock() {
+    let redis = redis().await;
+    for algorithm in ALGORITHMS {
+        let client = format!("{}{{k}}", unique_prefix());
+        let five = limits(&["5/s"]);
+        let charge = check(&client, &five, algorithm);
+        let counter = counter_key(&charge);
+        let keys = [counter.clone(), format!("{counter}:prev")];
+        for round in 0..5 {
+            let mut denied = None;
+            for _ in 0..10 {
+                let decision = redis.check(charge).await.unwrap();
+                if !decision.allowed {
+                    denied = Some(decision);
+                    break;
+                }
+            }
+            let denied = denied.expect("ten requests of a 5/s limit");
+            let wait = denied.retry_after.unwrap();
+            // Redis's expiries count whole milliseconds, and so do the waits.
+            assert_eq!(wait.as_micros() % 1000, 0, "{algorithm:?}: {wait:?}");
+            let wait_ms = wait.as_millis() as i64;
+            for key in &keys {
+                let ttl = pttl(key).await;
+                if ttl > wait_ms {
+                    let _: bool = redis::cmd("PEXPIRE")
+                        .arg(key)
+                        .arg(ttl - wait_ms)
+                        .query_async(&mut inspect())
+                        .await
+                        .unwrap();
+                } else if ttl >= 0 {
+                    let _: i64 = redis::cmd("DEL")
+                        .arg(key)
+                        .query_async(&mut inspect())
+                        .await
+                        .unwrap();
+                }
+            }
+            let retried = redis.check(charge).await.unwrap();
+            assert!(
+                retried.allowed,
+                "{algorithm:?}, round {round}: told to wait {wait:?}, refused again: {retried:?}"
+            );
+        }
+    }
+}
