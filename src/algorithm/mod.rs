@@ -642,6 +642,47 @@ mod tests {
         assert_eq!((fresh.allowed, fresh.remaining), (true, 0));
     }
 
+    /// A counter handed to the sliding window's twin as it expires (the
+    /// stores drop expired ones first) is no counter: a fresh window, never
+    /// the previous count of one that ends now.
+    #[test]
+    fn the_sliding_window_reads_a_counter_expiring_now_as_none() {
+        let limit = Limit::new(Rate::per_second(10));
+        let expiring = Entry {
+            value: [4, 7, 0],
+            expires_at_ms: 5_000,
+        };
+        let fresh = Algorithm::SlidingWindow.decide(None, 5_000_000, &limit, 10);
+        let (verdict, state) =
+            Algorithm::SlidingWindow.decide(Some(expiring), 5_000_000, &limit, 10);
+        assert_eq!(verdict, fresh.0);
+        assert_eq!(verdict, Verdict::allowed(0, 2_000_000));
+        assert_eq!(
+            state.map(|e| (e.value, e.expires_at_ms)),
+            Some(([10, 0, 0], 7_000))
+        );
+    }
+
+    /// A refund goes to the sliding window's current count only while its
+    /// window runs: from the instant it ends, that count is the next
+    /// window's previous one and stays as it is.
+    #[test]
+    fn a_sliding_window_refund_stops_when_its_window_ends() {
+        let limit = Limit::new(Rate::per_second(10));
+        // The window ends at 4 s; its counter expires a window later.
+        let counter = Entry {
+            value: [3, 5, 0],
+            expires_at_ms: 5_000,
+        };
+        let refund = |now_ms: u64| {
+            Algorithm::SlidingWindow
+                .refund(counter, now_ms * 1000, &limit, 2)
+                .map(|e| e.value)
+        };
+        assert_eq!(refund(3_999), Some([1, 5, 0]));
+        assert_eq!(refund(4_000), Some([3, 5, 0]));
+    }
+
     #[test]
     fn limits_are_bounded_where_both_stores_stop_being_exact() {
         // 1 s / 15,625 is exactly 64 µs, so a burst of 2^45 reaches 2^51.
