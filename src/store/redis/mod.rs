@@ -358,12 +358,14 @@ fn keys_per_limit(script: Script) -> usize {
 fn push_keys(check: &Charge<'_>, evalsha: &mut redis::Cmd) {
     let script = check.script();
     evalsha.arg(check.limits.len() * keys_per_limit(script));
-    let (mut key, mut previous) = (KeyBuffer::take(), KeyBuffer::take());
+    let mut key = KeyBuffer::take();
+    // Only the sliding window on Redis's clock names a second key.
+    let mut previous = (keys_per_limit(script) == 2).then(KeyBuffer::take);
     for limit in check.limits {
         check.counter_key(limit, &mut key);
         evalsha.arg(key.as_str());
-        if keys_per_limit(script) == 2 {
-            layout::previous_count_key(&key, &mut previous);
+        if let Some(previous) = previous.as_mut() {
+            layout::previous_count_key(&key, previous);
             evalsha.arg(previous.as_str());
         }
     }
