@@ -2,7 +2,7 @@
 //! draft-ietf-httpapi-ratelimit-headers, `Retry-After`, and optionally the
 //! legacy `X-RateLimit-*` trio.
 
-use std::{io::Write as _, time::Duration};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header::RETRY_AFTER};
 
@@ -89,15 +89,9 @@ pub(crate) fn insert(
 ) {
     let t = whole_seconds(decision.retry_after.unwrap_or(decision.reset_after));
     let item = items.item(decision.window);
-    // Name (at most 64 + 10 bytes) and two u64s fit; no allocation to format.
-    const LEN: usize = 160;
-    let mut buf = [0u8; LEN];
-    let mut cursor = &mut buf[..];
-    let name = item.map_or("", |item| &item.name);
-    let _ = write!(cursor, "\"{name}\";r={};t={t}", decision.remaining);
-    let written = LEN - cursor.len();
     headers.append(RATELIMIT_POLICY, items.value.clone());
-    if let Ok(value) = HeaderValue::from_bytes(&buf[..written]) {
+    let name = item.map_or("", |item| &item.name);
+    if let Ok(value) = HeaderValue::try_from(remaining_item(name, decision.remaining, t)) {
         headers.append(RATELIMIT, value);
     }
     // One trio per response, for the policy with the fewest remaining; on a
@@ -112,6 +106,21 @@ pub(crate) fn insert(
         headers.insert(X_RATELIMIT_REMAINING, decision.remaining.into());
         headers.insert(X_RATELIMIT_RESET, t.into());
     }
+}
+
+/// The `RateLimit` item `"<name>";r=<remaining>;t=<t>`, in a buffer that
+/// becomes the header value as it is (one allocation, no copy).
+fn remaining_item(name: &str, remaining: u64, t: u64) -> Vec<u8> {
+    let (mut remaining_digits, mut t_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let parts: [&[u8]; 6] = [
+        b"\"",
+        name.as_bytes(),
+        b"\";r=",
+        remaining_digits.format(remaining).as_bytes(),
+        b";t=",
+        t_digits.format(t).as_bytes(),
+    ];
+    parts.concat()
 }
 
 /// `Retry-After` for a response that refuses the request; successes never

@@ -9,8 +9,6 @@
 //! so a verbatim and a hashed value can never meet, and the length of the part
 //! is bounded whatever the client sends.
 
-use std::fmt::Write as _;
-
 use sha2::{Digest, Sha256};
 
 /// Longest value written verbatim; longer ones are hashed.
@@ -38,10 +36,11 @@ pub fn push_value(out: &mut String, value: &[u8], secret: bool) {
         // Every byte is ASCII, checked above.
         out.extend(value.iter().map(|&b| b as char));
     } else {
+        let mut hex = [0u8; HASH_HEX_LEN];
+        // Cannot fail: the buffer holds exactly two digits per byte.
+        let _ = hex::encode_to_slice(&Sha256::digest(value)[..HASH_HEX_LEN / 2], &mut hex);
         out.push('#');
-        for byte in &Sha256::digest(value)[..HASH_HEX_LEN / 2] {
-            let _ = write!(out, "{byte:02x}");
-        }
+        out.extend(hex.iter().map(|&b| b as char));
     }
 }
 

@@ -103,8 +103,10 @@ impl RedisConnection {
             Inner::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
             #[cfg(feature = "cluster")]
             Inner::Cluster(cluster) => match cmd.query_async(&mut cluster.clone()).await {
+                // Boxed: the rare redirect's future would otherwise size
+                // every call's.
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask) => {
-                    asked(cluster.clone(), cmd, e).await
+                    Box::pin(asked(cluster.clone(), cmd, e)).await
                 }
                 reply => reply,
             },

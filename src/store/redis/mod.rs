@@ -157,12 +157,7 @@ impl RedisStore {
             .arg(0)
             .arg(-1)
             .arg(-1);
-        let reply = Self::run(
-            self.connection.clone(),
-            self.dropped.clone(),
-            script.source(),
-            evalsha,
-        );
+        let reply = self.call(script.source(), evalsha).send();
         let denied = |e: &redis::RedisError| {
             e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
                 || e.to_string().contains("can't run this command")
@@ -215,7 +210,7 @@ impl RedisStore {
         now_us: Option<u64>,
     ) -> Result<Vec<LimitState>, Error> {
         let charge = Charge::peek(key, limits, algorithm, now_us);
-        let reply = self.script_call(&charge, 0)?.await?;
+        let reply = self.script_call(&charge, 0)?.send().await?;
         Ok(verdicts(&charge, &reply, 0)?
             .into_iter()
             .flatten()
@@ -267,21 +262,10 @@ impl RedisStore {
         self.connection.scan(pattern, max_scanned).await
     }
 
-    /// The script call for `check` with `cost` (negative: a refund), to be
-    /// awaited; or the check's validation error.
-    fn script_call(
-        &self,
-        check: &Charge<'_>,
-        cost: i64,
-    ) -> Result<impl Future<Output = Result<Reply, Error>> + Send + 'static, Error> {
-        let evalsha = Self::evalsha(check, cost)?;
-        let (connection, dropped) = (self.connection.clone(), self.dropped.clone());
-        Ok(Self::run(
-            connection,
-            dropped,
-            check.script().source(),
-            evalsha,
-        ))
+    /// The script call for `check` with `cost` (negative: a refund), or the
+    /// check's validation error.
+    fn script_call(&self, check: &Charge<'_>, cost: i64) -> Result<ScriptCall, Error> {
+        Ok(self.call(check.script().source(), Self::evalsha(check, cost)?))
     }
 
     /// The `EVALSHA` of `check` with `cost` (negative: a refund), or the
@@ -306,24 +290,43 @@ impl RedisStore {
         Ok(evalsha)
     }
 
-    async fn run(
-        connection: RedisConnection,
-        dropped: Dropped,
-        source: &'static str,
-        evalsha: redis::Cmd,
-    ) -> Result<Reply, Error> {
+    /// A call of `evalsha` (its script's `source` for a reload), ready to
+    /// send.
+    fn call(&self, source: &'static str, evalsha: redis::Cmd) -> ScriptCall {
+        ScriptCall {
+            connection: self.connection.clone(),
+            dropped: self.dropped.clone(),
+            source,
+            evalsha,
+        }
+    }
+}
+
+/// A script call, made before its future: small, so that the future that
+/// sends it is built in place, where it is awaited (a future built first
+/// and awaited inside another is copied, and sized, twice).
+struct ScriptCall {
+    connection: RedisConnection,
+    dropped: Dropped,
+    source: &'static str,
+    evalsha: redis::Cmd,
+}
+
+impl ScriptCall {
+    async fn send(self) -> Result<Reply, Error> {
+        let Self {
+            connection,
+            dropped,
+            source,
+            evalsha,
+        } = self;
         // A call the policy's timeout abandons, or that fails, may mean the
         // master moved.
         let watch = Watch(Some(&connection));
         if dropped.load(Relaxed) {
-            // The script must not run twice, and once sent it cannot be
-            // known not to have run; a PING can be sent twice. The first
-            // one fails if the reconnection was refused or cut short, and
-            // has the manager connect again for the second.
-            let ping = redis::cmd("PING");
-            if connection.query::<()>(&ping).await.is_err() {
-                connection.query::<()>(&ping).await?;
-            }
+            // Boxed, as the reload below: rare paths, whose futures would
+            // otherwise size every call's.
+            Box::pin(reconnected(&connection)).await?;
             dropped.store(false, Relaxed);
         }
         let reply = match connection.query(&evalsha).await {
@@ -332,7 +335,7 @@ impl RedisStore {
                 Err(e)
             }
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                connection.query(&eval(&evalsha, source)).await
+                Box::pin(connection.query(&eval(&evalsha, source))).await
             }
             reply => reply,
         };
@@ -341,6 +344,18 @@ impl RedisStore {
         }
         Ok(reply?)
     }
+}
+
+/// After a dropped connection: the script must not run twice, and once
+/// sent it cannot be known not to have run; a PING can be sent twice. The
+/// first one fails if the reconnection was refused or cut short, and has
+/// the manager connect again for the second.
+async fn reconnected(connection: &RedisConnection) -> redis::RedisResult<()> {
+    let ping = redis::cmd("PING");
+    if connection.query::<()>(&ping).await.is_err() {
+        connection.query::<()>(&ping).await?;
+    }
+    Ok(())
 }
 
 /// How many keys `script` names per limit: the sliding window on Redis's
@@ -477,7 +492,7 @@ impl Store for RedisStore {
         let mut limits = [check.limits[0]; MAX_LIMITS];
         limits[..n].copy_from_slice(check.limits);
         Box::pin(async move {
-            let reply = call.await?;
+            let reply = call.send().await?;
             let limits = &limits[..n];
             let verdicts = script
                 .verdicts(&reply, limits, cost)
@@ -495,7 +510,7 @@ impl Store for RedisStore {
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         Box::pin(async move {
-            match call.await?[..] {
+            match call.send().await?[..] {
                 [1] => Ok(()),
                 ref reply => Err(Error::UnexpectedReply(format!("{reply:?}"))),
             }

@@ -118,7 +118,9 @@ impl Following {
     pub(super) async fn master(&self) -> RedisResult<ConnectionManager> {
         match self.known() {
             Some(connection) => Ok(connection),
-            None => self.ask(false).await,
+            // Boxed: asking the sentinels is rare, and its future would
+            // otherwise size every call's.
+            None => Box::pin(self.ask(false)).await,
         }
     }
 
