@@ -92,7 +92,7 @@ mod prometheus;
 mod queue;
 mod telemetry;
 
-use std::{io::IsTerminal, net::SocketAddr, process::ExitCode};
+use std::{io::IsTerminal, net::SocketAddr, process::ExitCode, sync::Arc};
 
 use axum::{
     Extension, Json, Router,
@@ -188,7 +188,8 @@ fn dashboard_policy(env: &Env) -> Policy {
 
 // ---------------------------------------------------------------- routes
 
-#[derive(Clone)]
+/// What the handlers share, behind an `Arc`: axum clones the state for every
+/// request.
 struct AppState {
     queue: Option<EventQueue>,
     batch_cost: BatchCost,
@@ -203,7 +204,7 @@ fn app<St: Store>(
     queue: Option<EventQueue>,
 ) -> Result<(Router, Vec<LeaseHandle>), axum_redis_ratelimit::Error> {
     let leases = std::cell::RefCell::new(Vec::new());
-    let limited = |route: MethodRouter<AppState>, spec: &PolicySpec| match &counters {
+    let limited = |route: MethodRouter<Arc<AppState>>, spec: &PolicySpec| match &counters {
         Some(store) => RateLimitLayer::new(spec.policy.clone(), store.clone()).map(|layer| {
             if spec.policy.settings().lease.is_some() {
                 leases.borrow_mut().push(layer.lease_handle());
@@ -233,10 +234,10 @@ fn app<St: Store>(
                 .route_layer(middleware::from_fn(require_user)),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(AppState {
+        .with_state(Arc::new(AppState {
             queue,
             batch_cost: policies.telemetry_cost.clone(),
-        });
+        }));
     Ok((router, leases.into_inner()))
 }
 

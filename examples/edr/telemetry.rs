@@ -1,6 +1,8 @@
 //! `POST /api/v1/telemetry/`: a batch the limiter let through is checked
 //! against what it was charged, then handed to the queue.
 
+use std::sync::Arc;
+
 use axum::{
     Json,
     body::Bytes,
@@ -23,7 +25,7 @@ pub fn json_error(status: StatusCode, error: &str) -> Response {
 /// Runs only once the limiter has let the request through, so the body of a
 /// refused request is never read. The limiter charged what the head
 /// declares; only a batch that holds exactly that many events goes on.
-pub async fn telemetry_handler(State(state): State<AppState>, request: Request) -> Response {
+pub async fn telemetry_handler(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // Refused before a byte of it is read: a client that waits for
     // `100 Continue` never sends it.
     let length = (request.headers().get(header::CONTENT_LENGTH))

@@ -51,7 +51,7 @@ pub(super) struct Pending<S, B> {
     pub request: Request<B>,
     pub counted: Counted,
     /// When the store was asked.
-    pub asked: std::time::Instant,
+    pub asked: tokio::time::Instant,
 }
 
 /// What an allowed request counted, to give back if a layer inside refuses

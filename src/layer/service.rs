@@ -235,7 +235,8 @@ where
             return self.finish(step, request);
         }
         let policy = &self.shared.policy;
-        let asked = std::time::Instant::now();
+        // One clock read for the latency and the timeout's deadline.
+        let asked = tokio::time::Instant::now();
         let check = match leases {
             Some(leases) => Check::lease(leases.clone().take(key.as_str().to_owned(), cost)),
             None => Check::store(self.shared.store.check(Charge {
@@ -261,7 +262,10 @@ where
             asked,
         };
         ResponseFuture::check(
-            tokio::time::timeout(policy.settings.timeout, check),
+            match asked.checked_add(policy.settings.timeout) {
+                Some(deadline) => tokio::time::timeout_at(deadline, check),
+                None => tokio::time::timeout(policy.settings.timeout, check),
+            },
             pending,
             &self.shared,
         )
@@ -385,6 +389,19 @@ mod tests {
         use http_body_util::BodyExt;
         let body = unavailable.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"p 503");
+    }
+
+    /// A timeout too long to add to the clock still decides: the deadline
+    /// falls back to tokio's far future instead of overflowing.
+    #[tokio::test]
+    async fn a_timeout_beyond_the_clocks_range_still_decides() {
+        let policy = Policy::new("p")
+            .rate(Rate::per_minute(1))
+            .key(Key::global())
+            .timeout(std::time::Duration::MAX)
+            .fail_closed();
+        let layer = RateLimitLayer::new(policy, Down).unwrap();
+        assert_eq!(send(&layer, &[]).await.status(), 503);
     }
 
     /// A switched-off policy lets everything through, from the builder and
