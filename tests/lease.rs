@@ -14,7 +14,7 @@ use axum_redis_ratelimit::{
     RedisStore, layer::Stats,
 };
 use common::{
-    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, eventually, serve,
+    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, eventually, keys_with_prefix, serve,
     topology::{LIMITER_ACL, create_user, url_with_user},
     unique_prefix, within,
 };
@@ -358,6 +358,115 @@ async fn a_crashed_app_server_loses_at_most_its_slice() {
         }
         assert_eq!(admitted, 100 - held, "{algorithm:?}");
         assert_eq!(counter(&policy, "agent").await, 100);
+    }
+}
+
+/// A policy's counters as Redis holds them: each key's `DUMP` and its
+/// expiry (`PEXPIRETIME`, ms since the epoch).
+type Snapshot = Vec<(String, Vec<u8>, i64)>;
+
+async fn snapshot(policy: &Policy) -> Snapshot {
+    let mut conn = RedisServer::shared().connection().await;
+    let mut taken = Vec::new();
+    for key in keys_with_prefix(policy.counter_pattern().trim_end_matches('*')).await {
+        let (dump, expiry): (Vec<u8>, i64) = redis::pipe()
+            .cmd("DUMP")
+            .arg(&key)
+            .cmd("PEXPIRETIME")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        taken.push((key, dump, expiry));
+    }
+    taken
+}
+
+/// Puts `policy`'s counters back as `snapshot` holds them, as a replica
+/// promoted then would: the same values and the same absolute expiries
+/// (replicas receive expiries as `PEXPIREAT`); a counter made since is gone.
+async fn roll_back(policy: &Policy, snapshot: &Snapshot) {
+    let mut conn = RedisServer::shared().connection().await;
+    for key in keys_with_prefix(policy.counter_pattern().trim_end_matches('*')).await {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    for (key, dump, expiry) in snapshot {
+        assert!(*expiry > 0, "{key} has an expiry");
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(expiry)
+            .arg(dump)
+            .arg("REPLACE")
+            .arg("ABSTTL")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// A Redis failover that loses the writes not yet replicated, modelled on
+/// the harness's server: the counters go back to what a replica promoted
+/// at the snapshot holds, while the two app servers keep every slice they
+/// were granted since. The README's bound: the window admits at most the
+/// limit plus the grants forgotten, and those are at most the units
+/// admitted between the snapshot and the failover plus one slice per app
+/// server held unspent.
+#[tokio::test]
+async fn a_failover_that_loses_writes_costs_at_most_the_forgotten_grants() {
+    for algorithm in WINDOWS {
+        let max_slice = 8;
+        let policy = leasing(algorithm, "100/h", max_slice)
+            .lease_instances(2)
+            .lease_idle_return(Duration::from_secs(3600));
+        let servers = [
+            Instance::new(policy.clone()).await,
+            Instance::new(policy.clone()).await,
+        ];
+        let mut admitted = 0;
+        for i in 0..30 {
+            admitted += u64::from(servers[i % 2].send("agent", 1).await);
+        }
+        let replicated = snapshot(&policy).await;
+        let counted = counter(&policy, "agent").await;
+        // Acknowledged by the primary, never replicated.
+        let mut in_the_lag = 0;
+        for i in 0..25 {
+            in_the_lag += u64::from(servers[i % 2].send("agent", 1).await);
+        }
+        let forgotten = counter(&policy, "agent").await - counted;
+        roll_back(&policy, &replicated).await;
+        assert_eq!(counter(&policy, "agent").await, counted, "{algorithm:?}");
+        admitted += in_the_lag;
+        let mut refused_in_a_row = 0;
+        for i in 0..400 {
+            if servers[i % 2].send("agent", 1).await {
+                admitted += 1;
+                refused_in_a_row = 0;
+            } else {
+                refused_in_a_row += 1;
+            }
+        }
+        assert_eq!(in_the_lag, 25, "{algorithm:?}");
+        // The failover did forget grants (25 requests on two servers with
+        // slices of at most 8 take at least one each)…
+        assert!(forgotten >= 2, "{algorithm:?}: {forgotten} forgotten");
+        // …at most the units admitted meanwhile and a slice per server…
+        assert!(
+            forgotten <= in_the_lag + 2 * max_slice,
+            "{algorithm:?}: {forgotten} forgotten, {in_the_lag} admitted meanwhile"
+        );
+        // …and the window admits no more than the limit and those.
+        assert!(
+            admitted <= 100 + forgotten,
+            "{algorithm:?}: {admitted} admitted, {forgotten} forgotten"
+        );
+        // It still binds: the key ends refused, with the limit reached.
+        assert!(refused_in_a_row > 100, "{algorithm:?}");
+        assert!(admitted >= 100, "{algorithm:?}: {admitted}");
     }
 }
 
