@@ -32,12 +32,12 @@ impl RedisStore {
             Ok(prepared) => prepared,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let send = self.call(source, evalsha);
+        let script = self.call(source, evalsha);
         let (algorithm, cost, n) = (call.algorithm, call.cost, call.limits.len());
         let mut limits = [call.limits[0]; MAX_LIMITS];
         limits[..n].copy_from_slice(call.limits);
         Box::pin(async move {
-            let reply = send.send().await?;
+            let reply = script.send().await?;
             let limits = &limits[..n];
             parse(algorithm, limits, cost, &reply)
                 .ok_or_else(|| Error::UnexpectedReply(format!("{reply:?}")))
