@@ -92,7 +92,10 @@ mod table;
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 pub(crate) use self::table::{Table, Taken};
-use crate::{Algorithm, Decision, Error, algorithm::Limit, store::MAX_LIMITS};
+use crate::{
+    Algorithm, Decision, Error,
+    algorithm::{Limit, MAX_LIMITS},
+};
 
 /// What [`Store::lease`](crate::store::Store::lease) answers.
 pub type LeaseFuture = Pin<Box<dyn Future<Output = Result<LeaseReply, Error>> + Send>>;
