@@ -663,6 +663,30 @@ mod tests {
         );
     }
 
+    /// A caller whose clock is behind the one that opened the window (an
+    /// app server on `Clock::App` 300 ms late) is counted at the window's
+    /// start, and every wait it is told is longer by the difference: never
+    /// early on the opener's clock.
+    #[test]
+    fn a_sliding_window_caller_behind_the_opener_counts_at_the_start_and_waits_longer() {
+        let limit = Limit::new(Rate::per_second(10));
+        // Opened at 4 s on the opener's clock: its window ends at 5 s.
+        let opened = |count| Entry {
+            value: [count, 0, 0],
+            expires_at_ms: 6_000,
+        };
+        let decide = |count, cost| {
+            Algorithm::SlidingWindow
+                .decide(Some(opened(count)), 3_700_000, &limit, cost)
+                .0
+        };
+        // The whole window and the next are still ahead of it: 2 s + 0.3 s.
+        assert_eq!(decide(3, 1), Verdict::allowed(6, 2_300_000));
+        // Full: at 5.1 s the full window weighs 9 of 10, room for one; from
+        // its 3.7 s that is 1.1 s, and 0.3 s more for its clock.
+        assert_eq!(decide(10, 1), Verdict::denied(0, 2_300_000, 1_400_000));
+    }
+
     /// A refund goes to the sliding window's current count only while its
     /// window runs: from the instant it ends, that count is the next
     /// window's previous one and stays as it is.
