@@ -10,11 +10,11 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{Router, routing::post};
 use axum_redis_ratelimit::{
-    Algorithm, Clock, Cost, FailMode, Key, MemoryStore, Outcome, Policy, RateLimitLayer,
+    Algorithm, Clock, Cost, FailMode, Key, Limit, MemoryStore, Outcome, Policy, RateLimitLayer,
     RedisStore, layer::Stats,
 };
 use common::{
-    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, eventually, keys_with_prefix, serve,
+    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, check, eventually, keys_with_prefix, serve,
     topology::{LIMITER_ACL, create_user, url_with_user},
     unique_prefix, within,
 };
@@ -110,16 +110,13 @@ fn leasing(algorithm: Algorithm, rate: &str, max_slice: u64) -> Policy {
 /// The counter of `agent` under `policy`'s only limit, as Redis holds it:
 /// the count of its window (both windows' counters are integers).
 async fn counter(policy: &Policy, agent: &str) -> u64 {
-    let limit = policy.limits().next().unwrap();
+    let limits: Vec<Limit> = policy.limits().collect();
     let client = policy.client_key(None, agent.as_bytes()).unwrap();
-    let window = limit.rate().window().as_secs();
-    let kind = match policy.settings().algorithm {
-        Algorithm::SlidingWindow => "sliding",
-        _ => "fixed",
-    };
+    let mut key = String::new();
+    check(&client, &limits, policy.settings().algorithm).counter_key(&limits[0], &mut key);
     let mut conn = RedisServer::shared().connection().await;
     let count: Option<u64> = redis::cmd("GET")
-        .arg(format!("{client}:{window}:{kind}"))
+        .arg(key)
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -39,9 +39,10 @@ use std::{
 
 use axum::{body::Body, response::Response};
 use axum_redis_ratelimit::{
-    Algorithm, Cost, Decision, Key, Mode, Policy, Rate, RateLimitLayer, RateLimitStatus, RedisStore,
+    Algorithm, Cost, Decision, Key, Limit, Mode, Policy, Rate, RateLimitLayer, RateLimitStatus,
+    RedisStore,
 };
-use common::{EVENT_COUNT, RedisServer, TOKEN, unique_prefix};
+use common::{EVENT_COUNT, RedisServer, TOKEN, check, unique_prefix};
 use http::Request;
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt, service_fn};
@@ -187,11 +188,10 @@ impl Case {
 
     fn counter(&self, policy: &Policy, agent: usize) -> String {
         let client = policy.client_key(None, AGENTS[agent].as_bytes()).unwrap();
-        let kind = match self.algorithm {
-            Algorithm::SlidingWindow => "sliding",
-            _ => "fixed",
-        };
-        format!("{client}:{}:{kind}", self.window_s)
+        let limits: Vec<Limit> = policy.limits().collect();
+        let mut key = String::new();
+        check(&client, &limits, self.algorithm).counter_key(&limits[0], &mut key);
+        key
     }
 
     /// The window of a request, named by its counter's expiry (ms, as

@@ -1099,13 +1099,10 @@ async fn lease_mode_admits_exactly_the_limit_and_returns_every_unspent_unit() {
             let service = servers[server].layer(handler);
             async move { service.oneshot(request).await.unwrap().status() == StatusCode::OK }
         };
+        let rate = limits(&["40/m"]);
         let counter = |agent: &str| {
             let client = policy.client_key(None, agent.as_bytes()).unwrap();
-            let kind = match algorithm {
-                Algorithm::SlidingWindow => "sliding",
-                _ => "fixed",
-            };
-            format!("{client}:60:{kind}")
+            counter_key(&check(&client, &rate, algorithm))
         };
         let mut admitted = 0;
         for i in 0..100 {
