@@ -236,3 +236,85 @@ async fn an_app_started_while_redis_is_down_limits_once_it_is_up() {
     server.restart();
     app.await_recovery("a").await;
 }
+
+/// A Redis slower than half a second, within a policy's longer timeout: the
+/// decision waits for Redis and Redis decides. The connection adds no
+/// shorter timeout of its own (redis-rs's default of 500 ms per reply cut
+/// such a decision short, and the fail mode answered).
+#[tokio::test]
+async fn a_slow_redis_within_a_longer_timeout_still_decides() {
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let policy = Policy::new("patient")
+        .rate(Rate::per_minute(3))
+        .key(Key::header(TOKEN))
+        .timeout(Duration::from_secs(4))
+        .on_store_error(FailMode::Closed);
+    let app = app_with(RedisStore::connect(server.url()).await.unwrap(), policy).await;
+    assert_eq!(app.post("a").await.status, StatusCode::OK);
+
+    // Redis holds every command for 800 ms from now (the pause is its own
+    // clock's, not this test's).
+    let mut admin = server.connection().await;
+    let pause = Duration::from_millis(800);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let sent = tokio::time::Instant::now();
+    let reply = app.post("a").await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert!(sent.elapsed() >= pause, "the decision waited out the pause");
+    assert!(
+        reply.header("ratelimit").unwrap().contains(";r=1;"),
+        "{reply:?}"
+    );
+    assert_eq!(app.stats.store_errors(), 0);
+}
+
+/// The mirror: outside a decision no policy bounds the wait, so the store's
+/// own commands (the checks of `connect`, `peek`, `reset`, `scan`) and an
+/// application's commands on a [`RedisConnection`] give up on a Redis that
+/// answers nothing, with an error, instead of hanging.
+#[tokio::test]
+async fn a_paused_redis_fails_the_stores_own_commands_instead_of_hanging() {
+    use axum_redis_ratelimit::{Algorithm, store::RedisConnection};
+
+    let Some(server) = RedisServer::private() else {
+        return;
+    };
+    let store = RedisStore::connect(server.url()).await.unwrap();
+    let mut connection = RedisConnection::open(server.url()).unwrap();
+    let _: () = redis::cmd("PING")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let limits = [Rate::per_minute(3).into()];
+    let key = "rl:paused:{x-agent-token:a}";
+    store
+        .peek(key, &limits, Algorithm::FixedWindow, None)
+        .await
+        .unwrap();
+
+    server.pause();
+    let guard = Duration::from_secs(10);
+    let peek = within(
+        guard,
+        store.peek(key, &limits, Algorithm::FixedWindow, None),
+    )
+    .await;
+    assert!(peek.is_err(), "{peek:?}");
+    let reset = within(guard, store.reset(key, &limits, Algorithm::FixedWindow)).await;
+    assert!(reset.is_err(), "{reset:?}");
+    let scan = within(guard, store.scan("rl:paused:*", 10_000)).await;
+    assert!(scan.is_err(), "{scan:?}");
+    let connect = within(guard, RedisStore::connect(server.url())).await;
+    assert!(connect.is_err(), "connect checks that Redis answers");
+    let ping = within(guard, redis::cmd("PING").query_async::<()>(&mut connection)).await;
+    assert!(ping.is_err(), "{ping:?}");
+    server.resume();
+}

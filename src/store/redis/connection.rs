@@ -3,6 +3,8 @@
 //! connection that routes each script to its key's primary, or a
 //! connection to the master the Sentinels name, followed through failovers.
 
+use std::{io::ErrorKind::TimedOut, time::Duration};
+
 use redis::{
     Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
     aio::{ConnectionLike, ConnectionManager},
@@ -20,7 +22,8 @@ use crate::Error;
 /// application's own commands on the same servers: one server, a Cluster
 /// (each command routed by its first key), or the master the Sentinels
 /// name, followed through failovers. Cheap to clone: clones share the
-/// multiplexed connections. It connects on its first command.
+/// multiplexed connections. It connects on its first command, and a
+/// command waits 500 ms at most for its reply (redis-rs's default).
 ///
 /// ```no_run
 /// use axum_redis_ratelimit::store::{RedisConfig, RedisConnection};
@@ -54,11 +57,17 @@ impl RedisConnection {
     /// [`Error::Config`] naming the setting that cannot work, or `redis`
     /// outside a Tokio runtime.
     pub fn open(config: impl Into<RedisConfig>) -> Result<Self, Error> {
-        Self::with_drops(&config.into(), &Dropped::default())
+        Self::with_drops(&config.into(), Some(COMMAND_TIMEOUT), &Dropped::default())
     }
 
-    /// As [`open`](Self::open), flagging `dropped` when a connection drops.
-    pub(super) fn with_drops(config: &RedisConfig, dropped: &Dropped) -> Result<Self, Error> {
+    /// As [`open`](Self::open), each command waiting `response` at most for
+    /// its reply (`None`: as long as its caller waits), flagging `dropped`
+    /// when a connection drops.
+    pub(super) fn with_drops(
+        config: &RedisConfig,
+        response: Option<Duration>,
+        dropped: &Dropped,
+    ) -> Result<Self, Error> {
         let timeout = config.connect_timeout_or_default();
 
         let inner = match config.topology()? {
@@ -66,10 +75,10 @@ impl RedisConnection {
                 let certs = tls::certificates(config.tls.as_ref(), std::iter::once(url))?;
                 let client = client(url, "redis.url", certs)?;
                 in_runtime()?;
-                Inner::Standalone(manager(client, timeout, dropped)?)
+                Inner::Standalone(manager(client, timeout, response, dropped)?)
             }
             #[cfg(feature = "cluster")]
-            Topology::Cluster(nodes) => cluster(config, nodes, timeout)?,
+            Topology::Cluster(nodes) => cluster(config, nodes, timeout, response)?,
             #[cfg(feature = "sentinel")]
             Topology::Sentinel {
                 sentinels,
@@ -78,6 +87,7 @@ impl RedisConnection {
                 config,
                 sentinels,
                 master_name,
+                response,
                 dropped.clone(),
             )?)),
             #[cfg(not(feature = "cluster"))]
@@ -97,19 +107,25 @@ impl RedisConnection {
     }
 
     /// Sends `cmd` and reads its reply, straight to the inner connection
-    /// (no second boxed future per call, as through [`ConnectionLike`]).
-    pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        match &self.inner {
-            Inner::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
+    /// (no second boxed future per call, as through [`ConnectionLike`]), on
+    /// this handle: a caller that owns one spares a clone of the shared
+    /// connection's counters.
+    pub(super) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match &mut self.inner {
+            Inner::Standalone(manager) => cmd.query_async(manager).await,
             #[cfg(feature = "cluster")]
-            Inner::Cluster(cluster) => match cmd.query_async(&mut cluster.clone()).await {
-                // Boxed: the rare redirect's future would otherwise size
-                // every call's.
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask) => {
-                    Box::pin(asked(cluster.clone(), cmd, e)).await
-                }
-                reply => reply,
-            },
+            Inner::Cluster(cluster) => {
+                let ask = match cmd.query_async(cluster).await {
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask) => {
+                        e
+                    }
+                    reply => return reply,
+                };
+                // Boxed, and out of the match (whose reply it would keep):
+                // the rare redirect's future would otherwise size every
+                // call's.
+                Box::pin(asked(cluster.clone(), cmd, ask)).await
+            }
             #[cfg(feature = "sentinel")]
             Inner::Sentinel(following) => cmd.query_async(&mut following.master().await?).await,
         }
@@ -143,7 +159,7 @@ impl RedisConnection {
             }
             _ => {
                 let server = |cmd: Cmd| {
-                    let this = self.clone();
+                    let mut this = self.clone();
                     async move { this.query::<Value>(&cmd).await }
                 };
                 scan_node(server, pattern, count, budget, &mut scan).await?;
@@ -233,6 +249,14 @@ impl std::fmt::Debug for RedisConnection {
     }
 }
 
+/// How long a command waits for its reply (redis-rs's default) on a
+/// [`RedisConnection`] an application opens, and among the store's own
+/// commands outside a decision: the checks of
+/// [`connect`](super::RedisStore::connect), a peek, a reset, each `SCAN`
+/// call. A decision's call has no such bound: its policy's timeout bounds
+/// it, shorter or longer than this.
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// The `COUNT` of each `SCAN` call: about as many keys examined per call.
 const SCAN_COUNT: u64 = 1000;
 
@@ -278,7 +302,10 @@ where
             .arg(pattern)
             .arg("COUNT")
             .arg(count);
-        let (next, keys) = <(u64, Vec<Vec<u8>>)>::from_redis_value(call(cmd).await?)?;
+        let reply = tokio::time::timeout(COMMAND_TIMEOUT, call(cmd))
+            .await
+            .map_err(|_| redis::RedisError::from(std::io::Error::from(TimedOut)))??;
+        let (next, keys) = <(u64, Vec<Vec<u8>>)>::from_redis_value(reply)?;
         scan.calls += 1;
         scan.scanned += count;
         scan.keys.extend(
@@ -392,7 +419,8 @@ async fn asked<T: FromRedisValue>(
 fn cluster(
     config: &RedisConfig,
     nodes: &[String],
-    timeout: std::time::Duration,
+    timeout: Duration,
+    response: Option<Duration>,
 ) -> Result<Inner, Error> {
     use redis::{
         IntoConnectionInfo, ProtocolVersion,
@@ -422,6 +450,10 @@ fn cluster(
         .min_retry_wait(5)
         .max_retry_wait(50)
         .connection_timeout(timeout);
+    let builder = match response {
+        Some(response) => builder.response_timeout(response),
+        None => builder,
+    };
     let builder = match certs {
         #[cfg(feature = "tls")]
         Some(certs) => builder.certs(certs),

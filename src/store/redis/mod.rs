@@ -19,7 +19,7 @@ use redis::{ErrorKind, ServerErrorKind, aio::ConnectionManager};
 
 pub use self::config::{RedisConfig, TlsFiles};
 pub use self::connection::{KeyScan, RedisConnection};
-use self::server::Dropped;
+use self::{connection::COMMAND_TIMEOUT, server::Dropped};
 use super::{Charge, MAX_LIMITS, Store};
 use crate::{
     Algorithm, Decision, Error, Limit, LimitState,
@@ -96,7 +96,11 @@ impl RedisStore {
     pub async fn connect(config: impl Into<RedisConfig>) -> Result<Self, Error> {
         let config = config.into();
         let store = Self::connect_lazy(config.clone())?;
-        let ping = store.connection.query::<()>(&redis::cmd("PING")).await;
+        let (ping, mut connection) = (redis::cmd("PING"), store.connection.clone());
+        let ping = connection.query::<()>(&ping);
+        let Ok(ping) = tokio::time::timeout(COMMAND_TIMEOUT, ping).await else {
+            return Err(Error::Timeout(COMMAND_TIMEOUT));
+        };
         if let Err(e) = ping {
             return Err(match config.plain_field() {
                 // A TLS port drops a plaintext client at once; a closed
@@ -117,7 +121,7 @@ impl RedisStore {
             });
         }
         for script in Script::ALL {
-            store.probe(script).await?;
+            bounded(store.probe(script)).await?;
         }
         Ok(store)
     }
@@ -131,7 +135,9 @@ impl RedisStore {
     /// outside a Tokio runtime.
     pub fn connect_lazy(config: impl Into<RedisConfig>) -> Result<Self, Error> {
         let dropped = Dropped::default();
-        let connection = RedisConnection::with_drops(&config.into(), &dropped)?;
+        // A decision's call waits as long as its policy's timeout allows,
+        // whatever that is; the store's own calls are bounded one by one.
+        let connection = RedisConnection::with_drops(&config.into(), None, &dropped)?;
         Ok(Self {
             connection,
             dropped,
@@ -139,7 +145,10 @@ impl RedisStore {
     }
 
     /// Uses a connection the application already has. Such a connection
-    /// tells the store of a drop only through a decision that fails.
+    /// tells the store of a drop only through a decision that fails, and
+    /// its own response timeout (redis-rs's default: 500 ms) cuts short a
+    /// decision whose policy's timeout is longer: set it to `None` or
+    /// above the longest.
     pub fn from_connection(connection: ConnectionManager) -> Self {
         Self {
             connection: RedisConnection::from_manager(connection),
@@ -210,7 +219,7 @@ impl RedisStore {
         now_us: Option<u64>,
     ) -> Result<Vec<LimitState>, Error> {
         let charge = Charge::peek(key, limits, algorithm, now_us);
-        let reply = self.script_call(&charge, 0)?.send().await?;
+        let reply = bounded(self.script_call(&charge, 0)?.send()).await?;
         Ok(verdicts(&charge, &reply, 0)?
             .into_iter()
             .flatten()
@@ -245,7 +254,7 @@ impl RedisStore {
                 del.arg(counter);
             });
         }
-        Ok(self.connection.query(&del).await?)
+        bounded(async { Ok(self.connection.clone().query(&del).await?) }).await
     }
 
     /// The keys matching `pattern` (a `SCAN MATCH` glob, such as
@@ -302,6 +311,14 @@ impl RedisStore {
     }
 }
 
+/// `call`, one of the store's own outside a decision (which its policy's
+/// timeout bounds), given up after [`COMMAND_TIMEOUT`].
+async fn bounded<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::time::timeout(COMMAND_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(Error::Timeout(COMMAND_TIMEOUT)))
+}
+
 /// A script call, made before its future: small, so that the future that
 /// sends it is built in place, where it is awaited (a future built first
 /// and awaited inside another is copied, and sized, twice).
@@ -322,26 +339,34 @@ impl ScriptCall {
         } = self;
         // A call the policy's timeout abandons, or that fails, may mean the
         // master moved.
-        let watch = Watch(Some(&connection));
+        let mut watch = Watch {
+            connection,
+            answered: false,
+        };
+        let connection = &mut watch.connection;
         if dropped.load(Relaxed) {
             // Boxed, as the reload below: rare paths, whose futures would
             // otherwise size every call's.
-            Box::pin(reconnected(&connection)).await?;
+            Box::pin(reconnected(connection)).await?;
             dropped.store(false, Relaxed);
         }
-        let reply = match connection.query(&evalsha).await {
-            Err(e) if e.is_connection_dropped() => {
-                dropped.store(true, Relaxed);
-                Err(e)
+        match connection.query(&evalsha).await {
+            Ok(reply) => {
+                watch.answered = true;
+                return Ok(reply);
             }
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                Box::pin(connection.query(&eval(&evalsha, source))).await
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {}
+            Err(e) => {
+                if e.is_connection_dropped() {
+                    dropped.store(true, Relaxed);
+                }
+                return Err(e.into());
             }
-            reply => reply,
-        };
-        if reply.is_ok() {
-            watch.done();
         }
+        // Reloaded out of the match, whose reply would otherwise be kept
+        // (and sized into every call's future) while this runs.
+        let reply = Box::pin(connection.query(&eval(&evalsha, source))).await;
+        watch.answered = reply.is_ok();
         Ok(reply?)
     }
 }
@@ -350,7 +375,7 @@ impl ScriptCall {
 /// sent it cannot be known not to have run; a PING can be sent twice. The
 /// first one fails if the reconnection was refused or cut short, and has
 /// the manager connect again for the second.
-async fn reconnected(connection: &RedisConnection) -> redis::RedisResult<()> {
+async fn reconnected(connection: &mut RedisConnection) -> redis::RedisResult<()> {
     let ping = redis::cmd("PING");
     if connection.query::<()>(&ping).await.is_err() {
         connection.query::<()>(&ping).await?;
@@ -460,20 +485,17 @@ fn eval(evalsha: &redis::Cmd, source: &str) -> redis::Cmd {
     eval
 }
 
-/// Tells the connection of a call that ended without an answer, by error
-/// or by being dropped.
-struct Watch<'a>(Option<&'a RedisConnection>);
-
-impl Watch<'_> {
-    fn done(mut self) {
-        self.0 = None;
-    }
+/// A call's connection, told when the call ended without an answer, by
+/// error or by being dropped.
+struct Watch {
+    connection: RedisConnection,
+    answered: bool,
 }
 
-impl Drop for Watch<'_> {
+impl Drop for Watch {
     fn drop(&mut self) {
-        if let Some(connection) = self.0 {
-            connection.suspect();
+        if !self.answered {
+            self.connection.suspect();
         }
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Following {
     asking: AtomicBool,
     last_asked: Mutex<Option<Instant>>,
     connect_timeout: Duration,
+    /// How long a command waits for its reply (`None`: as its caller).
+    response_timeout: Option<Duration>,
     db: i64,
     dropped: Dropped,
 }
@@ -54,6 +56,7 @@ impl Following {
         config: &RedisConfig,
         sentinels: &[String],
         master_name: &str,
+        response_timeout: Option<Duration>,
         dropped: Dropped,
     ) -> Result<Self, Error> {
         let field = "redis.sentinels";
@@ -108,6 +111,7 @@ impl Following {
             asking: AtomicBool::new(false),
             last_asked: Mutex::new(None),
             connect_timeout: config.connect_timeout_or_default(),
+            response_timeout,
             db: config.db.unwrap_or(0),
             dropped,
         })
@@ -170,7 +174,12 @@ impl Following {
         {
             return Ok(master.connection.clone());
         }
-        let connection = server::manager(client, self.connect_timeout, &self.dropped)?;
+        let connection = server::manager(
+            client,
+            self.connect_timeout,
+            self.response_timeout,
+            &self.dropped,
+        )?;
         *self.master.write().unwrap() = Some(Master {
             address,
             connection: connection.clone(),

@@ -46,21 +46,23 @@ pub(super) fn client(
     }
 }
 
-/// A lazily connecting manager for `client` that flags `dropped`.
+/// A lazily connecting manager for `client` that flags `dropped`, whose
+/// commands wait `response` at most for their reply (`None`: as long as the
+/// caller waits).
 ///
 /// One connection attempt per reconnect, without backoff, so that no
 /// decision waits on a backoff's sleep while Redis is already back; while
-/// it is down, the policy's breaker paces the attempts. Each request has its
-/// own timeout in the policy, so the connection needs none beyond the
-/// attempt's.
+/// it is down, the policy's breaker paces the attempts.
 pub(super) fn manager(
     client: Client,
     timeout: Duration,
+    response: Option<Duration>,
     dropped: &Dropped,
 ) -> RedisResult<ConnectionManager> {
     let on_drop = dropped.clone();
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
+        .set_response_timeout(response)
         .set_number_of_retries(0)
         .set_push_sender(move |push: PushInfo| {
             if push.kind == PushKind::Disconnection {
