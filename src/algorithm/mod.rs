@@ -687,6 +687,30 @@ mod tests {
         assert_eq!(decide(10, 1), Verdict::denied(0, 2_300_000, 1_400_000));
     }
 
+    /// Midway through a sliding window, an allowed request's reset is when
+    /// its count stops weighing: the end of the window after this one, so
+    /// less of it is left the later in the window the request comes.
+    #[test]
+    fn a_sliding_window_resets_when_the_next_window_ends() {
+        let limit = Limit::new(Rate::per_second(10));
+        // The window runs from 4 s to 5 s; the previous one held 5.
+        let counter = Entry {
+            value: [3, 5, 0],
+            expires_at_ms: 6_000,
+        };
+        let at = |now_ms: u64| {
+            Algorithm::SlidingWindow
+                .decide(Some(counter), now_ms * 1000, &limit, 1)
+                .0
+        };
+        // At 4.4 s the previous window weighs 0.6 × 5 = 3: 3 + 3 + 1 used,
+        // 3 left; the count weighs until 6 s, 1.6 s away.
+        assert_eq!(at(4_400), Verdict::allowed(3, 1_600_000));
+        // At 4.9 s it weighs 0.1 × 5 = 0.5: 4.5 used, 5 left (5.5 floored),
+        // until 6 s.
+        assert_eq!(at(4_900), Verdict::allowed(5, 1_100_000));
+    }
+
     /// A refund goes to the sliding window's current count only while its
     /// window runs: from the instant it ends, that count is the next
     /// window's previous one and stays as it is.
