@@ -711,6 +711,38 @@ mod tests {
         assert_eq!(at(4_900), Verdict::allowed(5, 1_100_000));
     }
 
+    /// A sliding window's denials: the reset is when what is counted stops
+    /// weighing, the retry when the request would fit, for each shape of
+    /// the state.
+    #[test]
+    fn a_sliding_window_denial_resets_when_its_counts_stop_weighing() {
+        let limit = Limit::new(Rate::per_second(10));
+        // The window runs from 4 s to 5 s.
+        let at = |current, previous, now_ms: u64, cost| {
+            let counter = Entry {
+                value: [current, previous, 0],
+                expires_at_ms: 6_000,
+            };
+            Algorithm::SlidingWindow
+                .decide(Some(counter), now_ms * 1000, &limit, cost)
+                .0
+        };
+        // Nothing counted in this window, a full previous one weighing 0.8 ×
+        // 10 = 8 at 4.2 s: 3 do not fit. The previous count stops weighing
+        // when this window ends, 0.8 s away; 3 fit once it weighs 7, at 4.3 s.
+        assert_eq!(at(0, 10, 4_200, 3), Verdict::denied(2, 800_000, 100_000));
+        // 8 counted and a previous 5 weighing 2.5 at 4.5 s: 3 more never fit
+        // this window (8 + 3 > 10). Reset when this window's 8 stop weighing,
+        // at 6 s; the retry when the 8 weigh 7 at most, 0.125 s into the next.
+        assert_eq!(at(8, 5, 4_500, 3), Verdict::denied(0, 1_500_000, 625_000));
+        // A key with nothing counted and a cost above the limit: nothing to
+        // wait for to reset, and no retry within a window that helps.
+        let fresh = Algorithm::SlidingWindow
+            .decide(None, 4_500_000, &limit, 11)
+            .0;
+        assert_eq!(fresh, Verdict::denied(10, 0, 1_000_000));
+    }
+
     /// A refund goes to the sliding window's current count only while its
     /// window runs: from the instant it ends, that count is the next
     /// window's previous one and stays as it is.
