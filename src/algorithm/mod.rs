@@ -731,6 +731,10 @@ mod tests {
         // 10 = 8 at 4.2 s: 3 do not fit. The previous count stops weighing
         // when this window ends, 0.8 s away; 3 fit once it weighs 7, at 4.3 s.
         assert_eq!(at(0, 10, 4_200, 3), Verdict::denied(2, 800_000, 100_000));
+        // 2 counted and the full previous 10 weighing 8 at 4.2 s: 6 more
+        // fit in this window once the previous weighs 2, at 4.8 s. Reset
+        // when this window's 2 stop weighing, at 6 s.
+        assert_eq!(at(2, 10, 4_200, 6), Verdict::denied(0, 1_800_000, 600_000));
         // 8 counted and a previous 5 weighing 2.5 at 4.5 s: 3 more never fit
         // this window (8 + 3 > 10). Reset when this window's 8 stop weighing,
         // at 6 s; the retry when the 8 weigh 7 at most, 0.125 s into the next.
