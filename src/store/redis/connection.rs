@@ -3,7 +3,7 @@
 //! connection that routes each script to its key's primary, or a
 //! connection to the master the Sentinels name, followed through failovers.
 
-use std::{io::ErrorKind::TimedOut, time::Duration};
+use std::time::Duration;
 
 use redis::{
     Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
@@ -257,6 +257,16 @@ impl std::fmt::Debug for RedisConnection {
 /// it, shorter or longer than this.
 pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// `call`, one of the store's own outside a decision (which its policy's
+/// timeout bounds), given up after [`COMMAND_TIMEOUT`].
+pub(super) async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(COMMAND_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(Error::Timeout(COMMAND_TIMEOUT)))
+}
+
 /// The `COUNT` of each `SCAN` call: about as many keys examined per call.
 const SCAN_COUNT: u64 = 1000;
 
@@ -285,7 +295,7 @@ async fn scan_node<F, Fut>(
     count: u64,
     budget: u64,
     scan: &mut KeyScan,
-) -> RedisResult<()>
+) -> Result<(), Error>
 where
     F: FnMut(Cmd) -> Fut,
     Fut: std::future::Future<Output = RedisResult<Value>>,
@@ -302,10 +312,9 @@ where
             .arg(pattern)
             .arg("COUNT")
             .arg(count);
-        let reply = tokio::time::timeout(COMMAND_TIMEOUT, call(cmd))
-            .await
-            .map_err(|_| redis::RedisError::from(std::io::Error::from(TimedOut)))??;
-        let (next, keys) = <(u64, Vec<Vec<u8>>)>::from_redis_value(reply)?;
+        let reply = bounded(async { Ok(call(cmd).await?) }).await?;
+        let (next, keys) =
+            <(u64, Vec<Vec<u8>>)>::from_redis_value(reply).map_err(redis::RedisError::from)?;
         scan.calls += 1;
         scan.scanned += count;
         scan.keys.extend(

@@ -19,7 +19,7 @@ use redis::{ErrorKind, ServerErrorKind, aio::ConnectionManager};
 
 pub use self::config::{RedisConfig, TlsFiles};
 pub use self::connection::{KeyScan, RedisConnection};
-use self::{connection::COMMAND_TIMEOUT, server::Dropped};
+use self::{connection::bounded, server::Dropped};
 use super::{Charge, MAX_LIMITS, Store};
 use crate::{
     Algorithm, Decision, Error, Limit, LimitState,
@@ -96,12 +96,10 @@ impl RedisStore {
     pub async fn connect(config: impl Into<RedisConfig>) -> Result<Self, Error> {
         let config = config.into();
         let store = Self::connect_lazy(config.clone())?;
-        let (ping, mut connection) = (redis::cmd("PING"), store.connection.clone());
-        let ping = connection.query::<()>(&ping);
-        let Ok(ping) = tokio::time::timeout(COMMAND_TIMEOUT, ping).await else {
-            return Err(Error::Timeout(COMMAND_TIMEOUT));
-        };
-        if let Err(e) = ping {
+        let mut connection = store.connection.clone();
+        // The PING's own error, kept for what it tells of a TLS port.
+        let ping = async { Ok(connection.query::<()>(&redis::cmd("PING")).await) };
+        if let Err(e) = bounded(ping).await? {
             return Err(match config.plain_field() {
                 // A TLS port drops a plaintext client at once; a closed
                 // port is just unreachable.
@@ -309,14 +307,6 @@ impl RedisStore {
             evalsha,
         }
     }
-}
-
-/// `call`, one of the store's own outside a decision (which its policy's
-/// timeout bounds), given up after [`COMMAND_TIMEOUT`].
-async fn bounded<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-    tokio::time::timeout(COMMAND_TIMEOUT, call)
-        .await
-        .unwrap_or(Err(Error::Timeout(COMMAND_TIMEOUT)))
 }
 
 /// A script call, made before its future: small, so that the future that
