@@ -14,7 +14,8 @@ use axum_redis_ratelimit::{
     RedisStore, layer::Stats,
 };
 use common::{
-    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, check, eventually, keys_with_prefix, serve,
+    EVENT_COUNT, HttpClient, RedisServer, Reply, TOKEN, check, counter_key, eventually,
+    keys_with_prefix, serve,
     topology::{LIMITER_ACL, create_user, url_with_user},
     unique_prefix, within,
 };
@@ -112,8 +113,7 @@ fn leasing(algorithm: Algorithm, rate: &str, max_slice: u64) -> Policy {
 async fn counter(policy: &Policy, agent: &str) -> u64 {
     let limits: Vec<Limit> = policy.limits().collect();
     let client = policy.client_key(None, agent.as_bytes()).unwrap();
-    let mut key = String::new();
-    check(&client, &limits, policy.settings().algorithm).counter_key(&limits[0], &mut key);
+    let key = counter_key(&check(&client, &limits, policy.settings().algorithm));
     let mut conn = RedisServer::shared().connection().await;
     let count: Option<u64> = redis::cmd("GET")
         .arg(key)

@@ -42,7 +42,7 @@ use axum_redis_ratelimit::{
     Algorithm, Cost, Decision, Key, Limit, Mode, Policy, Rate, RateLimitLayer, RateLimitStatus,
     RedisStore,
 };
-use common::{EVENT_COUNT, RedisServer, TOKEN, check, unique_prefix};
+use common::{EVENT_COUNT, RedisServer, TOKEN, check, counter_key, unique_prefix};
 use http::Request;
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt, service_fn};
@@ -189,9 +189,7 @@ impl Case {
     fn counter(&self, policy: &Policy, agent: usize) -> String {
         let client = policy.client_key(None, AGENTS[agent].as_bytes()).unwrap();
         let limits: Vec<Limit> = policy.limits().collect();
-        let mut key = String::new();
-        check(&client, &limits, self.algorithm).counter_key(&limits[0], &mut key);
-        key
+        counter_key(&check(&client, &limits, self.algorithm))
     }
 
     /// The window of a request, named by its counter's expiry (ms, as

@@ -663,28 +663,35 @@ mod tests {
         );
     }
 
+    /// A sliding window of 10 a second that runs from 4 s to 5 s, holding
+    /// `current` and the previous window's `previous`, asked for `cost` at
+    /// `now_ms`.
+    fn sliding_at(current: u64, previous: u64, now_ms: u64, cost: u64) -> Verdict {
+        let counter = Entry {
+            value: [current, previous, 0],
+            expires_at_ms: 6_000,
+        };
+        let limit = Limit::new(Rate::per_second(10));
+        Algorithm::SlidingWindow
+            .decide(Some(counter), now_ms * 1000, &limit, cost)
+            .0
+    }
+
     /// A caller whose clock is behind the one that opened the window (an
     /// app server on `Clock::App` 300 ms late) is counted at the window's
     /// start, and every wait it is told is longer by the difference: never
     /// early on the opener's clock.
     #[test]
     fn a_sliding_window_caller_behind_the_opener_counts_at_the_start_and_waits_longer() {
-        let limit = Limit::new(Rate::per_second(10));
-        // Opened at 4 s on the opener's clock: its window ends at 5 s.
-        let opened = |count| Entry {
-            value: [count, 0, 0],
-            expires_at_ms: 6_000,
-        };
-        let decide = |count, cost| {
-            Algorithm::SlidingWindow
-                .decide(Some(opened(count)), 3_700_000, &limit, cost)
-                .0
-        };
+        // Opened at 4 s on the opener's clock; the caller's says 3.7 s.
         // The whole window and the next are still ahead of it: 2 s + 0.3 s.
-        assert_eq!(decide(3, 1), Verdict::allowed(6, 2_300_000));
+        assert_eq!(sliding_at(3, 0, 3_700, 1), Verdict::allowed(6, 2_300_000));
         // Full: at 5.1 s the full window weighs 9 of 10, room for one; from
         // its 3.7 s that is 1.1 s, and 0.3 s more for its clock.
-        assert_eq!(decide(10, 1), Verdict::denied(0, 2_300_000, 1_400_000));
+        assert_eq!(
+            sliding_at(10, 0, 3_700, 1),
+            Verdict::denied(0, 2_300_000, 1_400_000)
+        );
     }
 
     /// Midway through a sliding window, an allowed request's reset is when
@@ -692,23 +699,12 @@ mod tests {
     /// less of it is left the later in the window the request comes.
     #[test]
     fn a_sliding_window_resets_when_the_next_window_ends() {
-        let limit = Limit::new(Rate::per_second(10));
-        // The window runs from 4 s to 5 s; the previous one held 5.
-        let counter = Entry {
-            value: [3, 5, 0],
-            expires_at_ms: 6_000,
-        };
-        let at = |now_ms: u64| {
-            Algorithm::SlidingWindow
-                .decide(Some(counter), now_ms * 1000, &limit, 1)
-                .0
-        };
-        // At 4.4 s the previous window weighs 0.6 × 5 = 3: 3 + 3 + 1 used,
-        // 3 left; the count weighs until 6 s, 1.6 s away.
-        assert_eq!(at(4_400), Verdict::allowed(3, 1_600_000));
-        // At 4.9 s it weighs 0.1 × 5 = 0.5: 4.5 used, 5 left (5.5 floored),
-        // until 6 s.
-        assert_eq!(at(4_900), Verdict::allowed(5, 1_100_000));
+        // At 4.4 s the previous window's 5 weigh 0.6 × 5 = 3: 3 + 3 + 1
+        // used, 3 left; the count weighs until 6 s, 1.6 s away.
+        assert_eq!(sliding_at(3, 5, 4_400, 1), Verdict::allowed(3, 1_600_000));
+        // At 4.9 s they weigh 0.1 × 5 = 0.5: 4.5 used, 5 left (5.5
+        // floored), until 6 s.
+        assert_eq!(sliding_at(3, 5, 4_900, 1), Verdict::allowed(5, 1_100_000));
     }
 
     /// A sliding window's denials: the reset is when what is counted stops
@@ -716,31 +712,30 @@ mod tests {
     /// the state.
     #[test]
     fn a_sliding_window_denial_resets_when_its_counts_stop_weighing() {
-        let limit = Limit::new(Rate::per_second(10));
-        // The window runs from 4 s to 5 s.
-        let at = |current, previous, now_ms: u64, cost| {
-            let counter = Entry {
-                value: [current, previous, 0],
-                expires_at_ms: 6_000,
-            };
-            Algorithm::SlidingWindow
-                .decide(Some(counter), now_ms * 1000, &limit, cost)
-                .0
-        };
         // Nothing counted in this window, a full previous one weighing 0.8 ×
         // 10 = 8 at 4.2 s: 3 do not fit. The previous count stops weighing
         // when this window ends, 0.8 s away; 3 fit once it weighs 7, at 4.3 s.
-        assert_eq!(at(0, 10, 4_200, 3), Verdict::denied(2, 800_000, 100_000));
+        assert_eq!(
+            sliding_at(0, 10, 4_200, 3),
+            Verdict::denied(2, 800_000, 100_000)
+        );
         // 2 counted and the full previous 10 weighing 8 at 4.2 s: 6 more
         // fit in this window once the previous weighs 2, at 4.8 s. Reset
         // when this window's 2 stop weighing, at 6 s.
-        assert_eq!(at(2, 10, 4_200, 6), Verdict::denied(0, 1_800_000, 600_000));
+        assert_eq!(
+            sliding_at(2, 10, 4_200, 6),
+            Verdict::denied(0, 1_800_000, 600_000)
+        );
         // 8 counted and a previous 5 weighing 2.5 at 4.5 s: 3 more never fit
         // this window (8 + 3 > 10). Reset when this window's 8 stop weighing,
         // at 6 s; the retry when the 8 weigh 7 at most, 0.125 s into the next.
-        assert_eq!(at(8, 5, 4_500, 3), Verdict::denied(0, 1_500_000, 625_000));
+        assert_eq!(
+            sliding_at(8, 5, 4_500, 3),
+            Verdict::denied(0, 1_500_000, 625_000)
+        );
         // A key with nothing counted and a cost above the limit: nothing to
         // wait for to reset, and no retry within a window that helps.
+        let limit = Limit::new(Rate::per_second(10));
         let fresh = Algorithm::SlidingWindow
             .decide(None, 4_500_000, &limit, 11)
             .0;

@@ -309,6 +309,13 @@ pub fn check<'a>(key: &'a str, limits: &'a [Limit], algorithm: Algorithm) -> Cha
     }
 }
 
+/// The Redis key of the first limit of `charge`, as the store names it.
+pub fn counter_key(charge: &Charge<'_>) -> String {
+    let mut key = String::new();
+    charge.counter_key(&charge.limits[0], &mut key);
+    key
+}
+
 /// A current-thread runtime, for async code driven from a plain `fn`.
 /// A non-zero number for burst sizes and rate limits.
 pub fn nz(n: u64) -> std::num::NonZeroU64 {

@@ -19,7 +19,7 @@ use axum_redis_ratelimit::{
 use futures::future::join_all;
 use proptest::prelude::*;
 
-use super::common::{check, current_thread, eventually, nz, unique_prefix};
+use super::common::{check, counter_key, current_thread, eventually, nz, unique_prefix};
 
 /// A Redis store on this binary's target.
 async fn redis() -> RedisStore {
@@ -539,14 +539,6 @@ fn unix_now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
-}
-
-/// The counter keys of one client, as the stores name them.
-/// The Redis key of the first limit of `charge`, as the store names it.
-fn counter_key(charge: &Charge<'_>) -> String {
-    let mut key = String::new();
-    charge.counter_key(&charge.limits[0], &mut key);
-    key
 }
 
 /// `Clock::App` with the app's clock two hours behind Redis's, or ahead of
